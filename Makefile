@@ -1,0 +1,38 @@
+# Quick start: `make demo` (set up + main job) and `make test` (set up + tests).
+# Both are idempotent: set-up steps are skipped when already done.
+
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+# openai-whisper ships the real Whisper tokenizer assets; its dependencies
+# (numba, OpenAI Triton) are not needed for that, hence --no-deps.
+OPENAI_WHISPER := openai-whisper==20250625
+PYTEST_ARGS ?=
+
+.PHONY: setup system demo test lint clean
+
+setup: system $(VENV)/.installed
+
+system:
+	@bash scripts/install-system-deps.sh
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-deps "$(OPENAI_WHISPER)"
+	@touch $@
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(BIN)/s2i demo
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf build .pytest_cache

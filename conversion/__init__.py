@@ -1,0 +1,1 @@
+"""Conversion: Hugging Face checkpoints to ONNX and a Triton model repository."""

@@ -1,0 +1,70 @@
+"""One description per exported graph: names, shapes, batching and validation tolerance.
+
+A :class:`OnnxComponent` is what the ONNX, ONNX Runtime and TensorRT paths share:
+the Triton stage model is rendered from it for every target, and the exported
+graph is checked against it (names, datatypes, ranks) before it is served.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from s2i.model_repository.config import DynamicBatching, TensorSpec
+
+_ONNX_TO_TRITON = {1: "FP32", 6: "INT32", 7: "INT64", 9: "BOOL", 10: "FP16", 11: "FP64"}
+
+
+class GraphMismatchError(ValueError):
+    """An exported graph does not have the inputs/outputs its description declares."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OnnxComponent:
+    """An exported graph served as one Triton stage model.
+
+    Attributes:
+        model_name: Name of the stage model in the repository.
+        onnx_file: File name of the graph in the export folder.
+        inputs: Inputs, dims without the batch axis (``-1`` for dynamic axes).
+        outputs: Outputs, likewise.
+        max_batch_size: Largest batch Triton may form.
+        dynamic_batching: The batcher, so concurrent requests share one graph call.
+        atol: Largest absolute difference to PyTorch accepted at export.
+    """
+
+    model_name: str
+    onnx_file: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int
+    dynamic_batching: DynamicBatching | None
+    atol: float
+
+    def check_graph(self, onnx_path: Path) -> None:
+        """Raise :class:`GraphMismatchError` unless ``onnx_path`` matches this description."""
+        import onnx
+
+        graph = onnx.load(str(onnx_path), load_external_data=False).graph
+        for kind, declared, actual in (("input", self.inputs, graph.input), ("output", self.outputs, graph.output)):
+            found = {node.name: node for node in actual}
+            if set(found) != {tensor.name for tensor in declared}:
+                raise GraphMismatchError(
+                    f"`{self.model_name}` declares {kind}s {sorted(t.name for t in declared)} but "
+                    f"{onnx_path.name} has {sorted(found)}."
+                )
+            for tensor in declared:
+                node_type = found[tensor.name].type.tensor_type
+                datatype = _ONNX_TO_TRITON.get(node_type.elem_type, str(node_type.elem_type))
+                dims = [dim.dim_value if dim.dim_value > 0 else -1 for dim in node_type.shape.dim][1:]
+                if datatype != tensor.datatype or len(dims) != len(tensor.dims):
+                    raise GraphMismatchError(
+                        f"`{self.model_name}` {kind} `{tensor.name}` is declared {tensor.datatype}{list(tensor.dims)} "
+                        f"but the graph has {datatype}{dims} (batch axis excluded)."
+                    )
+                for declared_dim, graph_dim in zip(tensor.dims, dims, strict=True):
+                    if declared_dim != -1 and graph_dim != -1 and declared_dim != graph_dim:
+                        raise GraphMismatchError(
+                            f"`{self.model_name}` {kind} `{tensor.name}` is declared {list(tensor.dims)} "
+                            f"but the graph has {dims}."
+                        )

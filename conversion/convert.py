@@ -1,0 +1,86 @@
+"""``s2i convert``: trained checkpoints in, a validated Triton model repository out."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+from s2i.conversion.repository import PYTHON_ONNXRUNTIME, TARGETS, write_model
+
+LOGGER = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be found or is not of the expected kind."""
+
+
+def resolve_checkpoint(reference: str | Path, required_file: str = "config.json") -> Path:
+    """A local checkpoint folder for ``reference``: a folder, or a hub id downloaded once.
+
+    Hub ids only work where the hub is reachable and ``HF_HUB_OFFLINE`` is not set.
+    """
+    path = Path(reference).expanduser()
+    if path.is_dir():
+        if not (path / required_file).is_file():
+            raise CheckpointError(f"`{reference}` has no {required_file}; is it a Hugging Face checkpoint folder?")
+        return path
+    if path.exists() or str(reference).startswith((".", "/")) or str(reference).count("/") != 1:
+        raise CheckpointError(f"Checkpoint `{reference}` is not a folder (nor a hub id like `openai/whisper-base`).")
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        raise CheckpointError(f"`{reference}` looks like a hub id, but HF_HUB_OFFLINE is set; download it first.")
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(str(reference)))
+
+
+def _cache_key(checkpoint: Path) -> str:
+    """A key that changes when the checkpoint's files change (path, sizes, mtimes)."""
+    digest = hashlib.sha256(str(checkpoint.resolve()).encode())
+    for file in sorted(checkpoint.iterdir()):
+        if file.is_file():
+            stat = file.stat()
+            digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class ConversionReport:
+    """What :func:`convert` did: the repository, its models and each graph's max abs diff to PyTorch."""
+
+    repository: Path
+    models: list[str]
+    max_abs_diff: dict[str, float]
+
+
+def convert(
+    *,
+    whisper: str | Path,
+    output: Path,
+    target: str = PYTHON_ONNXRUNTIME,
+    work_dir: Path | None = None,
+) -> ConversionReport:
+    """Export, validate and write every stage into the model repository ``output``.
+
+    Args:
+        whisper: Whisper checkpoint folder or hub id.
+        output: Repository folder (models already there are replaced).
+        target: How stage graphs are served; one of :data:`~s2i.conversion.repository.TARGETS`.
+        work_dir: Where ONNX exports are cached (``<output>/../onnx`` by default).
+    """
+    from s2i.stages.whisper.export import export_whisper
+    from s2i.stages.whisper.models import whisper_repository_models
+
+    if target not in TARGETS:
+        raise ValueError(f"`target` must be one of {list(TARGETS)}, got {target!r}.")
+    output = Path(output)
+    work_dir = Path(work_dir) if work_dir else output.parent / "onnx"
+    whisper_dir = resolve_checkpoint(whisper)
+    exported = export_whisper(whisper_dir, work_dir / f"whisper-{_cache_key(whisper_dir)}")
+    output.mkdir(parents=True, exist_ok=True)
+    models = whisper_repository_models(whisper_dir, exported.onnx_dir, exported.components, target)
+    for model in models:
+        write_model(output, model)
+    return ConversionReport(output, [model.spec.name for model in models], dict(exported.max_abs_diff))

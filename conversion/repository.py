@@ -1,0 +1,99 @@
+"""Write models into a Triton model repository, for one serving target.
+
+Targets differ only in how stage graphs are served; BLS and ensemble models
+are the same Python code everywhere:
+
+* ``python-onnxruntime`` (default, CPU, the bundled server): each graph runs on
+  ONNX Runtime inside a Python-backend model (``python_models/onnx_stage.py``).
+* ``onnxruntime``: each graph is a native ``onnxruntime_onnx`` model (NGC container).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import logging
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+from s2i.conversion.components import OnnxComponent
+from s2i.model_repository.config import InstanceGroup, ModelSpec, render_config
+
+LOGGER = logging.getLogger(__name__)
+
+PYTHON_ONNXRUNTIME = "python-onnxruntime"
+ONNXRUNTIME = "onnxruntime"
+TARGETS = (PYTHON_ONNXRUNTIME, ONNXRUNTIME)
+ONNX_MODEL_FILE = "model.onnx"
+
+
+def stage_model_spec(component: OnnxComponent, target: str, instances: int = 1) -> ModelSpec:
+    """The Triton model serving ``component`` on ``target``."""
+    common = dict(
+        name=component.model_name,
+        inputs=component.inputs,
+        outputs=component.outputs,
+        max_batch_size=component.max_batch_size,
+        dynamic_batching=component.dynamic_batching,
+        instance_groups=(InstanceGroup(count=instances),),
+    )
+    if target == PYTHON_ONNXRUNTIME:
+        return ModelSpec(backend="python", parameters={"onnx_file": ONNX_MODEL_FILE, "intra_op_threads": "1"}, **common)
+    if target == ONNXRUNTIME:
+        return ModelSpec(backend="", platform="onnxruntime_onnx", default_model_filename=ONNX_MODEL_FILE, **common)
+    raise ValueError(f"`target` must be one of {list(TARGETS)}, got {target!r}.")
+
+
+def python_model_source(name: str) -> str:
+    """Source of ``model_repository/python_models/<name>.py``."""
+    return importlib.resources.files("s2i.model_repository.python_models").joinpath(f"{name}.py").read_text()
+
+
+def _link_or_copy(source: Path, destination: Path) -> None:
+    destination.unlink(missing_ok=True)
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+
+
+@dataclasses.dataclass(frozen=True)
+class RepositoryModel:
+    """A model to write: its description, its ``model.py`` (Python backend) and its files.
+
+    Attributes:
+        spec: The model description; renders ``config.pbtxt``.
+        python_model: Name of the ``python_models`` source copied to ``1/model.py``.
+        files: Destination (relative to the version folder) -> source file.
+    """
+
+    spec: ModelSpec
+    python_model: str | None = None
+    files: Mapping[str, Path] = dataclasses.field(default_factory=dict)
+
+
+def write_model(repository: Path, model: RepositoryModel) -> Path:
+    """Write one model into ``repository``; returns its folder."""
+    model_dir = Path(repository) / model.spec.name
+    version_dir = model_dir / "1"
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    version_dir.mkdir(parents=True)
+    (model_dir / "config.pbtxt").write_text(render_config(model.spec))
+    if model.python_model:
+        (version_dir / "model.py").write_text(python_model_source(model.python_model))
+    for relative, source in model.files.items():
+        destination = version_dir / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        _link_or_copy(Path(source), destination)
+    LOGGER.info("Wrote model `%s` to %s", model.spec.name, model_dir)
+    return model_dir
+
+
+def stage_repository_model(component: OnnxComponent, onnx_dir: Path, target: str) -> RepositoryModel:
+    """The repository entry of an exported graph for ``target``."""
+    spec = stage_model_spec(component, target)
+    python_model = "onnx_stage" if target == PYTHON_ONNXRUNTIME else None
+    return RepositoryModel(spec, python_model, {ONNX_MODEL_FILE: Path(onnx_dir) / component.onnx_file})

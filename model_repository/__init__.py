@@ -1,0 +1,1 @@
+"""Triton model repository: typed model descriptions, config rendering and Python-backend models."""

@@ -1,0 +1,67 @@
+"""Run one exported ONNX graph for a batch of Triton requests on ONNX Runtime.
+
+The bundled server has no onnxruntime backend, so stage graphs run inside a
+Python-backend model (``python_models/onnx_stage.py``) that calls this module.
+Requests whose tensors have the same shapes are concatenated along the batch
+axis and run as one call, which is what Triton's dynamic batcher is for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+Tensors = Mapping[str, np.ndarray]
+
+
+class OnnxStage:
+    """An ONNX Runtime session with batching over requests."""
+
+    def __init__(self, onnx_path: Path, intra_op_threads: int = 1, providers: Sequence[str] | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        # One thread per instance: Triton scales with instances, and several
+        # stage processes share few cores.
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            str(onnx_path), sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
+        )
+        self.input_names = [node.name for node in self.session.get_inputs()]
+        self.output_names = [node.name for node in self.session.get_outputs()]
+
+    def run(self, inputs: Tensors, output_names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run the graph once on ``inputs``."""
+        names = list(output_names or self.output_names)
+        values = self.session.run(names, {name: inputs[name] for name in self.input_names})
+        return dict(zip(names, values, strict=True))
+
+    def run_requests(
+        self, requests: Sequence[Tensors], output_names: Sequence[str] | None = None
+    ) -> list[dict[str, np.ndarray]]:
+        """Run several requests, batching those whose input shapes agree (outside the batch axis)."""
+        groups: dict[tuple, list[int]] = {}
+        for index, request in enumerate(requests):
+            key = tuple((name, request[name].shape[1:], request[name].dtype.str) for name in self.input_names)
+            groups.setdefault(key, []).append(index)
+        results: list[dict[str, np.ndarray]] = [{} for _ in requests]
+        for indices in groups.values():
+            batch = {name: np.concatenate([requests[i][name] for i in indices]) for name in self.input_names}
+            outputs = self.run(batch, output_names)
+            sizes = np.cumsum([requests[i][self.input_names[0]].shape[0] for i in indices])[:-1]
+            for name, value in outputs.items():
+                for index, part in zip(indices, np.split(value, sizes), strict=True):
+                    results[index][name] = part
+        return results
+
+
+def onnx_stage_runner(stages: Mapping[str, OnnxStage]):
+    """A :data:`~s2i.stages.whisper.decoding.StageRunner` that calls local sessions instead of Triton."""
+
+    def run_stage(model_name: str, inputs: Tensors, output_names: Sequence[str]) -> dict[str, np.ndarray]:
+        return stages[model_name].run(inputs, output_names)
+
+    return run_stage

@@ -1,0 +1,43 @@
+"""Triton Python-backend model: one exported ONNX graph on ONNX Runtime.
+
+Parameters (config.pbtxt): ``onnx_file`` (beside this file) and ``intra_op_threads``.
+Input and output names come from the model config, which is generated from the
+same description the graph was checked against.
+"""
+
+import json
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+from s2i.model_repository.onnx_stage import OnnxStage
+from s2i.model_repository.triton_io import error_response
+
+
+class TritonPythonModel:
+    """Runs the graph for each batch of requests, batching same-shape requests into one call."""
+
+    def initialize(self, args):
+        """Load the graph named by the ``onnx_file`` parameter."""
+        config = json.loads(args["model_config"])
+        parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        self.input_names = [tensor["name"] for tensor in config["input"]]
+        self.output_names = [tensor["name"] for tensor in config["output"]]
+        self.stage = OnnxStage(version_dir / parameters["onnx_file"], int(parameters.get("intra_op_threads", "1")))
+
+    def execute(self, requests):
+        """Run all requests of the batch; a failure fails the whole batch's call, each with its own response."""
+        inputs = [
+            {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names}
+            for request in requests
+        ]
+        wanted = [request.requested_output_names() or self.output_names for request in requests]
+        try:
+            results = self.stage.run_requests(inputs, self.output_names)
+        except Exception as error:  # noqa: BLE001 - reported to the caller, never raised into Triton
+            return [error_response(pb_utils, error) for _ in requests]
+        return [
+            pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(name, result[name]) for name in names])
+            for result, names in zip(results, wanted, strict=False)
+        ]

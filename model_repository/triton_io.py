@@ -1,0 +1,78 @@
+"""Helpers for Python-backend models: reading request tensors, BLS calls, error responses.
+
+``triton_python_backend_utils`` only exists inside the server's stub, so every
+function takes that module as ``pb_utils`` instead of importing it; the rest of
+the package stays importable (and testable) anywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from s2i.audio import InvalidInputError
+
+
+class StageError(RuntimeError):
+    """A BLS call to a stage model failed; keeps the stage's error code."""
+
+    def __init__(self, model_name: str, message: str, code: int | None) -> None:
+        super().__init__(f"stage model `{model_name}` failed: {message}")
+        self.code = code
+
+
+def optional_input(pb_utils, request, name: str) -> np.ndarray | None:
+    """The numpy value of input ``name``, or ``None`` when the request left it out."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy()
+
+
+def scalar(value: np.ndarray | None, name: str, default=None, *, text: bool = True):
+    """The single element of a ``[1, 1]`` (batch, 1) input; BYTES are decoded as UTF-8 when ``text``."""
+    if value is None:
+        return default
+    if value.size != 1:
+        raise InvalidInputError(name, f"must hold one value, got shape {list(value.shape)}.")
+    item = value.reshape(-1)[0]
+    if isinstance(item, bytes) and text:
+        try:
+            return item.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InvalidInputError(name, "is not valid UTF-8.") from e
+    return item.item() if hasattr(item, "item") else item
+
+
+def make_stage_runner(pb_utils):
+    """A stage runner that calls other models of the server through BLS."""
+
+    def run_stage(model_name: str, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]):
+        request = pb_utils.InferenceRequest(
+            model_name=model_name,
+            inputs=[pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in inputs.items()],
+            requested_output_names=list(output_names),
+        )
+        response = request.exec()
+        if response.has_error():
+            error = response.error()
+            raise StageError(model_name, error.message(), error.code() if hasattr(error, "code") else None)
+        outputs = {}
+        for name in output_names:
+            tensor = pb_utils.get_output_tensor_by_name(response, name)
+            if tensor is None:
+                raise StageError(model_name, f"returned no `{name}` output", None)
+            outputs[name] = tensor.as_numpy()
+        return outputs
+
+    return run_stage
+
+
+def error_response(pb_utils, error: Exception):
+    """An ``InferenceResponse`` carrying ``error`` with the matching Triton error code."""
+    if isinstance(error, InvalidInputError):
+        code = pb_utils.TritonError.INVALID_ARG
+    elif isinstance(error, StageError) and error.code is not None:
+        code = error.code
+    else:
+        code = pb_utils.TritonError.INTERNAL
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), code))

@@ -1,0 +1,136 @@
+"""Audio input: decoding bytes, checking samples and resampling to the models' rate.
+
+Everything a request can carry is checked here, with limits, before any model
+runs; a failed check raises :class:`InvalidInputError` naming the field, which
+the server turns into an ``INVALID_ARGUMENT`` error for that request alone.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from fractions import Fraction
+
+import numpy as np
+
+MODEL_SAMPLE_RATE_HZ = 16_000
+# Whisper sees 30 s windows; longer audio is refused rather than cut silently.
+MAX_DURATION_S = 30.0
+MIN_SAMPLE_RATE_HZ = 4_000
+MAX_SAMPLE_RATE_HZ = 192_000
+# 30 s of 192 kHz stereo float32 is 46 MB; encoded files are far smaller.
+MAX_AUDIO_BYTES = 48 * 1024 * 1024
+# Shorter audio than this carries no speech the models could use.
+MIN_DURATION_S = 0.1
+
+
+class InvalidInputError(ValueError):
+    """A request input is outside what the server accepts.
+
+    Attributes:
+        field: The name of the offending input tensor.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"`{field}`: {message}")
+        self.field = field
+
+
+def decode_audio_bytes(data: bytes, field: str = "audio_bytes") -> tuple[np.ndarray, int]:
+    """Decode a WAV/FLAC/OGG file held in memory.
+
+    Returns:
+        Samples (float32, shape ``[samples]`` or ``[samples, channels]``) and the sample rate in Hz.
+    """
+    import soundfile
+
+    if not data:
+        raise InvalidInputError(field, "is empty; send the bytes of a WAV, FLAC or OGG file.")
+    if len(data) > MAX_AUDIO_BYTES:
+        raise InvalidInputError(field, f"is {len(data)} bytes; the limit is {MAX_AUDIO_BYTES} bytes.")
+    try:
+        samples, sample_rate_hz = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=False)
+    except (RuntimeError, soundfile.LibsndfileError, TypeError, ValueError) as e:
+        raise InvalidInputError(
+            field, f"could not be decoded as WAV, FLAC or OGG audio ({len(data)} bytes): {e}"
+        ) from e
+    return samples, int(sample_rate_hz)
+
+
+def prepare_audio(samples: np.ndarray, sample_rate_hz: int, field: str = "audio_samples") -> np.ndarray:
+    """Check mono float samples and resample them to :data:`MODEL_SAMPLE_RATE_HZ`.
+
+    Args:
+        samples: Mono samples in ``[-1, 1]``, shape ``[samples]``.
+        sample_rate_hz: Their sample rate.
+        field: Input name used in error messages.
+
+    Returns:
+        float32 samples at 16 kHz.
+    """
+    if not MIN_SAMPLE_RATE_HZ <= sample_rate_hz <= MAX_SAMPLE_RATE_HZ:
+        raise InvalidInputError(
+            "sample_rate_hz", f"must be between {MIN_SAMPLE_RATE_HZ} and {MAX_SAMPLE_RATE_HZ} Hz, got {sample_rate_hz}."
+        )
+    if samples.ndim != 1:
+        raise InvalidInputError(
+            field,
+            f"must be mono (one channel), got shape {list(samples.shape)}; downmix first "
+            "(e.g. `sox in.wav -c 1 out.wav`).",
+        )
+    if samples.dtype != np.float32:
+        raise InvalidInputError(field, f"must be float32, got {samples.dtype}.")
+    duration_s = samples.shape[0] / sample_rate_hz
+    if duration_s < MIN_DURATION_S:
+        raise InvalidInputError(
+            field, f"holds {samples.shape[0]} samples ({duration_s:.3f} s); at least {MIN_DURATION_S} s is needed."
+        )
+    if duration_s > MAX_DURATION_S:
+        raise InvalidInputError(
+            field,
+            f"is {duration_s:.1f} s long; the limit is {MAX_DURATION_S:.0f} s. Split the audio and send each part.",
+        )
+    if not np.all(np.isfinite(samples)):
+        bad = int(np.count_nonzero(~np.isfinite(samples)))
+        raise InvalidInputError(field, f"contains {bad} NaN or infinite values.")
+    return resample(samples, sample_rate_hz, MODEL_SAMPLE_RATE_HZ)
+
+
+def resample(samples: np.ndarray, from_rate_hz: int, to_rate_hz: int) -> np.ndarray:
+    """Band-limited polyphase resampling (``scipy.signal.resample_poly``)."""
+    if from_rate_hz == to_rate_hz:
+        return samples.astype(np.float32, copy=False)
+    from scipy.signal import resample_poly
+
+    ratio = Fraction(to_rate_hz, from_rate_hz)
+    return resample_poly(samples, ratio.numerator, ratio.denominator).astype(np.float32)
+
+
+def load_request_audio(samples: np.ndarray | None, sample_rate_hz: int | None, audio_bytes: bytes | None) -> np.ndarray:
+    """Turn whichever audio a request carries into checked 16 kHz mono samples."""
+    if (samples is None) == (audio_bytes is None):
+        raise InvalidInputError(
+            "audio_samples", "send exactly one of `audio_samples` (with `sample_rate_hz`) or `audio_bytes`."
+        )
+    if audio_bytes is not None:
+        decoded, rate = decode_audio_bytes(audio_bytes)
+        if decoded.ndim != 1:
+            raise InvalidInputError(
+                "audio_bytes",
+                f"has {decoded.shape[1]} channels; send mono audio (e.g. `sox in.wav -c 1 out.wav`).",
+            )
+        return prepare_audio(decoded, rate, field="audio_bytes")
+    if sample_rate_hz is None:
+        raise InvalidInputError("sample_rate_hz", "is required with `audio_samples`.")
+    return prepare_audio(samples, sample_rate_hz)
+
+
+def duration_s(samples: np.ndarray, sample_rate_hz: int = MODEL_SAMPLE_RATE_HZ) -> float:
+    """Duration of ``samples`` in seconds."""
+    return samples.shape[0] / sample_rate_hz
+
+
+def sine(frequency_hz: float, duration_s: float, sample_rate_hz: int, amplitude: float = 0.5) -> np.ndarray:
+    """A float32 sine tone; handy for checks of resampling and features."""
+    t = np.arange(math.ceil(duration_s * sample_rate_hz)) / sample_rate_hz
+    return (amplitude * np.sin(2 * np.pi * frequency_hz * t)).astype(np.float32)

@@ -1,0 +1,379 @@
+"""Run the real ``tritonserver`` shipped in the ``nvidia-pytriton`` wheel.
+
+The wheel carries the server, ``libtritonserver.so`` and the Python backend,
+but the backend only works when three things line up (see the environment
+notes): the stub built for the running interpreter sits next to
+``libtriton_python.so``, ``PATH`` starts with the ``bin/`` of the environment
+that holds the project's packages (otherwise every Python-backend output comes
+back with 0 bytes, silently), and ``LD_LIBRARY_PATH`` starts with the
+interpreter's ``LIBDIR`` (otherwise the stub may load another libpython).
+
+:func:`tritonserver_args` is the one source of truth for the server's flags:
+the embedded launcher, ``s2i serve`` and the Kubernetes manifests use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import IO
+
+LOGGER = logging.getLogger(__name__)
+
+# The Python backend copies every tensor through shared memory; 4 MiB is what
+# PyTriton passes, and the region grows on demand in 1 MiB steps.
+SHM_DEFAULT_BYTE_SIZE = 4 * 1024 * 1024
+SHM_GROWTH_BYTE_SIZE = 1024 * 1024
+DEFAULT_HTTP_PORT = 8000
+DEFAULT_GRPC_PORT = 8001
+DEFAULT_METRICS_PORT = 8002
+
+
+class ServerError(RuntimeError):
+    """The server could not be started, or stopped while it was needed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerOptions:
+    """What the server is started with; rendered by :func:`tritonserver_args`.
+
+    Attributes:
+        model_repository: Folder (or ``s3://``/``gs://`` URL) with the model repository.
+        http_port: KServe v2 HTTP/REST port.
+        grpc_port: KServe v2 gRPC port.
+        metrics_port: Prometheus metrics port.
+        log_verbose: Triton's ``--log-verbose`` level.
+        exit_timeout_s: How long Triton waits for in-flight requests on shutdown.
+        shm_region_prefix: Prefix of the Python backend's shared-memory regions; must be
+            unique per server on one host, so two servers never share a region.
+        restricted_api_key: When set, the model-repository, model-config, shared-memory,
+            statistics and trace APIs need the header ``admin-key: <value>``.
+    """
+
+    model_repository: str
+    http_port: int = DEFAULT_HTTP_PORT
+    grpc_port: int = DEFAULT_GRPC_PORT
+    metrics_port: int = DEFAULT_METRICS_PORT
+    log_verbose: int = 0
+    exit_timeout_s: int = 30
+    shm_region_prefix: str | None = None
+    restricted_api_key: str | None = None
+
+    def with_free_ports(self) -> ServerOptions:
+        """Return a copy whose three ports are free on this host."""
+        http_port, grpc_port, metrics_port = free_ports(3)
+        return dataclasses.replace(self, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
+
+
+RESTRICTED_CATEGORIES = "model-repository,model-config,shared-memory,statistics,trace,logging"
+
+
+def tritonserver_args(options: ServerOptions, backend_directory: str | None = None) -> list[str]:
+    """Return the ``tritonserver`` flags for ``options`` (without the binary).
+
+    Args:
+        options: The server options.
+        backend_directory: Backends folder; ``None`` keeps the server's default
+            (``/opt/tritonserver/backends`` in the NGC container).
+    """
+    args = [
+        f"--model-repository={options.model_repository}",
+        f"--http-port={options.http_port}",
+        f"--grpc-port={options.grpc_port}",
+        f"--metrics-port={options.metrics_port}",
+        f"--log-verbose={options.log_verbose}",
+        f"--exit-timeout-secs={options.exit_timeout_s}",
+        "--strict-readiness=true",
+        # Stage models run in Python processes; metrics for GPUs are added by
+        # Triton itself where NVML exists.
+        "--allow-metrics=true",
+        f"--backend-config=python,shm-default-byte-size={SHM_DEFAULT_BYTE_SIZE}",
+        f"--backend-config=python,shm-growth-byte-size={SHM_GROWTH_BYTE_SIZE}",
+    ]
+    if options.shm_region_prefix:
+        args.append(f"--backend-config=python,shm-region-prefix-name={options.shm_region_prefix}")
+    if options.restricted_api_key:
+        restriction = f"{RESTRICTED_CATEGORIES}:admin-key={options.restricted_api_key}"
+        args += [f"--grpc-restricted-protocol={restriction}", f"--http-restricted-api={restriction}"]
+    if backend_directory:
+        args.append(f"--backend-directory={backend_directory}")
+    return args
+
+
+def free_ports(count: int) -> list[int]:
+    """Return ``count`` distinct TCP ports that are free on the loopback interface now."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return True
+    return False
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonDistribution:
+    """Where the ``nvidia-pytriton`` wheel keeps the server, its libraries and stubs."""
+
+    root: Path
+
+    @classmethod
+    def find(cls) -> TritonDistribution:
+        """Locate the distribution inside the installed ``pytriton`` package."""
+        try:
+            import pytriton
+        except ImportError as e:  # pragma: no cover - dependency of the project
+            raise ServerError(
+                "The `nvidia-pytriton` package is not installed; run `make setup` or "
+                "`pip install nvidia-pytriton==0.7.0`."
+            ) from e
+        return cls(Path(pytriton.__file__).parent / "tritonserver")
+
+    @property
+    def binary(self) -> Path:
+        """The ``tritonserver`` executable."""
+        return self.root / "bin" / "tritonserver"
+
+    @property
+    def libs(self) -> Path:
+        """Shared libraries the wheel vendors for the server."""
+        return self.root.parent.parent / "nvidia_pytriton.libs"
+
+    def stub(self, python_version: str) -> Path:
+        """The Python-backend stub built for ``python_version`` (``"3.11"``)."""
+        return self.root / "python_backend_stubs" / python_version / "triton_python_backend_stub"
+
+    def prepare_backends(self, workspace: Path) -> Path:
+        """Assemble a backends folder whose Python backend matches this interpreter.
+
+        The wheel's own folder has no stub (one per Python version ships
+        beside it), so it is copied into ``workspace`` with the right stub.
+        """
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        stub = self.stub(version)
+        if not stub.is_file():
+            raise ServerError(f"The pytriton wheel has no Python-backend stub for Python {version} ({stub}).")
+        python_dir = workspace / "backends" / "python"
+        python_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
+            shutil.copy2(self.root / "backends" / "python" / name, python_dir / name)
+        shutil.copy2(stub, python_dir / "triton_python_backend_stub")
+        return workspace / "backends"
+
+
+def server_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    """Return the environment the embedded server (and its Python stubs) need."""
+    env = dict(os.environ if base is None else base)
+    # The stub finds its packages through the first `python` on PATH: it must be
+    # this environment's, or outputs come back empty without an error.
+    env_bin = str(Path(sys.prefix) / "bin")
+    env["PATH"] = os.pathsep.join([env_bin, env.get("PATH", "")])
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    distribution = TritonDistribution.find()
+    library_path = [libdir, str(distribution.libs), env.get("LD_LIBRARY_PATH", "")]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(part for part in library_path if part)
+    # Stage models use onnxruntime/torch; one thread pool per process each is
+    # enough and avoids oversubscribing small machines.
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    return env
+
+
+class TritonServer:
+    """The embedded ``tritonserver`` as a context manager.
+
+    Example:
+        >>> with TritonServer(ServerOptions("build/model_repository").with_free_ports()) as server:
+        ...     print(server.grpc_url)
+    """
+
+    def __init__(
+        self,
+        options: ServerOptions,
+        *,
+        workspace: Path | None = None,
+        log_file: Path | None = None,
+        log_stream: IO[str] | None = None,
+        startup_timeout_s: float = 180.0,
+    ) -> None:
+        if not options.shm_region_prefix:
+            options = dataclasses.replace(options, shm_region_prefix=f"s2i{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        self.options = options
+        self.startup_timeout_s = startup_timeout_s
+        self._workspace = workspace
+        self._log_file = log_file
+        self._log_stream = log_stream
+        self._process: subprocess.Popen[str] | None = None
+        self._log_thread: threading.Thread | None = None
+        self._log_lines: list[str] = []
+
+    @property
+    def grpc_url(self) -> str:
+        """``host:port`` of the gRPC endpoint."""
+        return f"127.0.0.1:{self.options.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        """``host:port`` of the HTTP endpoint."""
+        return f"127.0.0.1:{self.options.http_port}"
+
+    @property
+    def log_text(self) -> str:
+        """Everything the server has printed so far."""
+        return "".join(self._log_lines)
+
+    def _check_options(self) -> None:
+        repository = self.options.model_repository
+        if "://" not in repository:
+            path = Path(repository)
+            if not path.is_dir():
+                raise ServerError(f"`model_repository` {repository!r} is not a folder; run `s2i convert` first.")
+            if not any(child.is_dir() for child in path.iterdir()):
+                raise ServerError(f"`model_repository` {repository!r} holds no models.")
+        for field in ("http_port", "grpc_port", "metrics_port"):
+            port = getattr(self.options, field)
+            if not 0 < port < 65536:
+                raise ServerError(f"`{field}` must be between 1 and 65535, got {port}.")
+            if _port_in_use(port):
+                raise ServerError(f"`{field}` {port} is already in use; pick another port or stop the other server.")
+
+    def command(self, backend_directory: Path) -> list[str]:
+        """The full command line the server is started with."""
+        return [str(TritonDistribution.find().binary), *tritonserver_args(self.options, str(backend_directory))]
+
+    def start(self) -> None:
+        """Start the server and wait until it reports ready."""
+        self._check_options()
+        distribution = TritonDistribution.find()
+        if not os.access(distribution.binary, os.X_OK):
+            raise ServerError(f"`tritonserver` binary not found or not executable at {distribution.binary}.")
+        workspace = self._workspace or Path(os.environ.get("S2I_CACHE", Path.home() / ".cache" / "s2i")) / (
+            f"triton-{self.options.shm_region_prefix}"
+        )
+        self._workspace = workspace
+        backends = distribution.prepare_backends(workspace)
+        command = self.command(backends)
+        LOGGER.info("Starting %s", " ".join(command))
+        self._process = subprocess.Popen(
+            command,
+            env=server_environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            # Own process group, so a Ctrl-C in a terminal reaches us first and
+            # we shut the server down in order.
+            start_new_session=True,
+        )
+        self._log_thread = threading.Thread(target=self._pump_log, name="tritonserver-log", daemon=True)
+        self._log_thread.start()
+        try:
+            self.wait_until_ready(self.startup_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _pump_log(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        log_file = open(self._log_file, "a", encoding="utf-8") if self._log_file else None  # noqa: SIM115
+        try:
+            for line in self._process.stdout:
+                self._log_lines.append(line)
+                if log_file:
+                    log_file.write(line)
+                    log_file.flush()
+                if self._log_stream:
+                    self._log_stream.write(line)
+        finally:
+            if log_file:
+                log_file.close()
+
+    def is_alive(self) -> bool:
+        """Whether the server process is running."""
+        return self._process is not None and self._process.poll() is None
+
+    def is_ready(self) -> bool:
+        """Whether the server answers ``/v2/health/ready`` with 200."""
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def wait_until_ready(self, timeout_s: float) -> None:
+        """Poll readiness until ``timeout_s`` passes; raise with the log tail if it does."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.is_alive():
+                self._join_log()
+                raise ServerError(
+                    f"tritonserver exited with code {self._process.returncode if self._process else '?'} "
+                    f"before it was ready. Last lines of its log:\n{self._log_tail()}"
+                )
+            if self.is_ready():
+                LOGGER.info("tritonserver ready (gRPC %s, HTTP %s)", self.grpc_url, self.http_url)
+                return
+            time.sleep(0.25)
+        raise ServerError(f"tritonserver was not ready after {timeout_s:.0f} s. Last lines:\n{self._log_tail()}")
+
+    def _log_tail(self, lines: int = 30) -> str:
+        return "".join(self._log_lines[-lines:])
+
+    def _join_log(self) -> None:
+        if self._log_thread is not None:
+            self._log_thread.join(timeout=5)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop the server: SIGTERM, then SIGKILL after ``timeout_s``; remove the workspace."""
+        process = self._process
+        if process is not None and process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                LOGGER.warning("tritonserver did not stop in %.0f s; killing it", timeout_s)
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            except ProcessLookupError:
+                pass
+        self._join_log()
+        if self._workspace is not None and self._workspace.name.startswith("triton-"):
+            shutil.rmtree(self._workspace, ignore_errors=True)
+
+    def wait(self) -> int:
+        """Block until the server exits; return its exit code."""
+        assert self._process is not None
+        return self._process.wait()
+
+    def __enter__(self) -> TritonServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -1,0 +1,1 @@
+"""Pipeline stages: one package per model family (export, Triton description, reference, runtime)."""

@@ -1,0 +1,230 @@
+"""Whisper inference on exported stage graphs: log-mel features, encoder, greedy decoding with KV cache.
+
+The loop follows ``WhisperForConditionalGeneration.generate`` for short-form,
+greedy, no-timestamp decoding, so token ids match it on the same weights:
+
+* the decoder prompt is ``<|startoftranscript|> <|lang|> <|task|> <|notimestamps|>``;
+* ``suppress_tokens`` are masked at every step, ``begin_suppress_tokens`` at the
+  first generated token;
+* decoding stops at ``<|endoftext|>`` (kept in the output, as ``generate`` does)
+  or after ``max_new_tokens`` / the model's ``max_target_positions``.
+
+Stage graphs are reached through a :data:`StageRunner`, so the same code runs
+inside Triton (BLS calls to stage models) and in tests (ONNX Runtime sessions).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from s2i import names
+from s2i.audio import InvalidInputError
+
+# (model name, inputs, requested output names) -> outputs
+StageRunner = Callable[[str, Mapping[str, np.ndarray], Sequence[str]], Mapping[str, np.ndarray]]
+
+TASKS = ("translate", "transcribe")
+DEFAULT_TASK = "translate"
+DEFAULT_LANGUAGE = "hi"
+DEFAULT_MAX_NEW_TOKENS = 128
+
+
+def past_names(num_layers: int, *, prefix: str, include_encoder: bool) -> list[str]:
+    """KV-cache tensor names as Optimum's exporter writes them (``present.0.decoder.key``, …)."""
+    parts = ("decoder", "encoder") if include_encoder else ("decoder",)
+    return [
+        f"{prefix}.{layer}.{part}.{kind}" for layer in range(num_layers) for part in parts for kind in ("key", "value")
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodingRules:
+    """The parts of a checkpoint's ``generation_config.json`` greedy decoding obeys."""
+
+    decoder_start_token_id: int
+    eos_token_id: int
+    no_timestamps_token_id: int
+    suppress_tokens: tuple[int, ...]
+    begin_suppress_tokens: tuple[int, ...]
+    lang_to_id: Mapping[str, int]
+    task_to_id: Mapping[str, int]
+    max_target_positions: int
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint_dir: Path) -> DecodingRules:
+        """Read ``generation_config.json`` and ``config.json`` of a Whisper checkpoint."""
+        generation = json.loads((Path(checkpoint_dir) / "generation_config.json").read_text())
+        config = json.loads((Path(checkpoint_dir) / "config.json").read_text())
+        missing = [key for key in ("lang_to_id", "task_to_id", "no_timestamps_token_id") if key not in generation]
+        if missing:
+            raise ValueError(
+                f"{checkpoint_dir}/generation_config.json lacks {missing}: it is not a multilingual Whisper "
+                "checkpoint (English-only models cannot translate Hindi)."
+            )
+        eos = generation["eos_token_id"]
+        return cls(
+            decoder_start_token_id=int(generation["decoder_start_token_id"]),
+            eos_token_id=int(eos[0] if isinstance(eos, list) else eos),
+            no_timestamps_token_id=int(generation["no_timestamps_token_id"]),
+            suppress_tokens=tuple(generation.get("suppress_tokens") or ()),
+            begin_suppress_tokens=tuple(generation.get("begin_suppress_tokens") or ()),
+            lang_to_id=dict(generation["lang_to_id"]),
+            task_to_id=dict(generation["task_to_id"]),
+            max_target_positions=int(config["max_target_positions"]),
+        )
+
+    def prompt(self, language: str, task: str) -> list[int]:
+        """The forced decoder prompt for ``language`` (``"hi"``) and ``task``."""
+        if task not in TASKS:
+            raise InvalidInputError(names.TASK, f"must be one of {list(TASKS)}, got {task!r}.")
+        language_token = f"<|{language}|>"
+        if language_token not in self.lang_to_id:
+            codes = sorted(token.strip("<|>") for token in self.lang_to_id)
+            raise InvalidInputError(
+                names.LANGUAGE, f"{language!r} is not a language of this model; use one of {codes}."
+            )
+        return [
+            self.decoder_start_token_id,
+            self.lang_to_id[language_token],
+            self.task_to_id[task],
+            self.no_timestamps_token_id,
+        ]
+
+    def max_new_tokens_limit(self, prompt_length: int = 4) -> int:
+        """The most tokens a request may ask for: the decoder's positions minus the prompt."""
+        return self.max_target_positions - prompt_length
+
+
+def greedy_decode(
+    encoder_hidden_states: np.ndarray,
+    prompts: np.ndarray,
+    max_new_tokens: Sequence[int],
+    rules: DecodingRules,
+    run_stage: StageRunner,
+    num_layers: int,
+) -> list[list[int]]:
+    """Decode a batch greedily, reusing the KV cache between steps.
+
+    Args:
+        encoder_hidden_states: ``[batch, frames, d_model]`` from the encoder.
+        prompts: ``[batch, prompt_length]`` forced decoder prompts (same length for all).
+        max_new_tokens: Per-sequence limit of generated tokens.
+        rules: Token rules of the checkpoint.
+        run_stage: Runs ``whisper_decoder`` / ``whisper_decoder_with_past``.
+        num_layers: Decoder layers (number of KV-cache pairs).
+
+    Returns:
+        The generated ids of each sequence, ending with ``<|endoftext|>`` when it was produced.
+    """
+    batch = prompts.shape[0]
+    present_all = past_names(num_layers, prefix="present", include_encoder=True)
+    present_decoder = past_names(num_layers, prefix="present", include_encoder=False)
+    outputs = run_stage(
+        names.WHISPER_DECODER,
+        {names.INPUT_IDS: prompts.astype(np.int64), names.ENCODER_HIDDEN_STATES: encoder_hidden_states},
+        [names.LOGITS, *present_all],
+    )
+    past = {name.replace("present", "past_key_values", 1): outputs[name] for name in present_all}
+    suppress = np.asarray(rules.suppress_tokens, dtype=np.int64)
+    begin_suppress = np.asarray(rules.begin_suppress_tokens, dtype=np.int64)
+    limits = np.minimum(np.asarray(max_new_tokens), rules.max_target_positions - prompts.shape[1])
+    generated: list[list[int]] = [[] for _ in range(batch)]
+    finished = np.zeros(batch, dtype=bool)
+    step = 0
+    while True:
+        scores = np.array(outputs[names.LOGITS][:, -1, :], dtype=np.float32)
+        scores[:, suppress] = -np.inf
+        if step == 0:
+            scores[:, begin_suppress] = -np.inf
+        next_tokens = scores.argmax(axis=-1)
+        for index in np.flatnonzero(~finished):
+            generated[index].append(int(next_tokens[index]))
+        finished |= next_tokens == rules.eos_token_id
+        step += 1
+        finished |= step >= limits
+        if finished.all():
+            return generated
+        # Finished sequences keep feeding <|endoftext|> (the pad token), as generate does.
+        next_tokens = np.where(finished, rules.eos_token_id, next_tokens)
+        outputs = run_stage(
+            names.WHISPER_DECODER_WITH_PAST,
+            {names.INPUT_IDS: next_tokens[:, None].astype(np.int64), **past},
+            [names.LOGITS, *present_decoder],
+        )
+        for name in present_decoder:
+            past[name.replace("present", "past_key_values", 1)] = outputs[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class TranscriptionRequest:
+    """One audio clip and what to do with it (already checked, 16 kHz mono)."""
+
+    samples: np.ndarray
+    task: str = DEFAULT_TASK
+    language: str = DEFAULT_LANGUAGE
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+
+
+@dataclasses.dataclass(frozen=True)
+class Transcription:
+    """What Whisper made of one clip."""
+
+    token_ids: list[int]
+    text: str
+
+
+class WhisperRunner:
+    """Features, encoder and decoding for a batch of clips, on any :data:`StageRunner`."""
+
+    def __init__(self, checkpoint_dir: Path, run_stage: StageRunner) -> None:
+        from transformers import WhisperFeatureExtractor, WhisperTokenizerFast
+
+        checkpoint_dir = Path(checkpoint_dir)
+        self.rules = DecodingRules.from_checkpoint(checkpoint_dir)
+        config = json.loads((checkpoint_dir / "config.json").read_text())
+        self.num_layers = int(config["decoder_layers"])
+        self.feature_extractor = WhisperFeatureExtractor.from_pretrained(checkpoint_dir)
+        self.tokenizer = WhisperTokenizerFast.from_pretrained(checkpoint_dir)
+        self.run_stage = run_stage
+
+    def check(self, request: TranscriptionRequest) -> list[int]:
+        """Validate a request's options; return its decoder prompt."""
+        limit = self.rules.max_new_tokens_limit()
+        if not 1 <= request.max_new_tokens <= limit:
+            raise InvalidInputError(
+                names.MAX_NEW_TOKENS, f"must be between 1 and {limit}, got {request.max_new_tokens}."
+            )
+        return self.rules.prompt(request.language, request.task)
+
+    def features(self, clips: Sequence[np.ndarray]) -> np.ndarray:
+        """Log-mel features ``[batch, n_mels, 3000]``, padded to Whisper's 30 s window."""
+        return self.feature_extractor(
+            list(clips), sampling_rate=self.feature_extractor.sampling_rate, return_tensors="np"
+        ).input_features.astype(np.float32)
+
+    def encode(self, features: np.ndarray) -> np.ndarray:
+        """Run the encoder stage."""
+        outputs = self.run_stage(names.WHISPER_ENCODER, {names.INPUT_FEATURES: features}, [names.LAST_HIDDEN_STATE])
+        return outputs[names.LAST_HIDDEN_STATE]
+
+    def transcribe(self, requests: Sequence[TranscriptionRequest]) -> list[Transcription]:
+        """Transcribe or translate a batch of checked requests."""
+        prompts = np.asarray([self.check(request) for request in requests], dtype=np.int64)
+        hidden = self.encode(self.features([request.samples for request in requests]))
+        token_ids = greedy_decode(
+            hidden,
+            prompts,
+            [request.max_new_tokens for request in requests],
+            self.rules,
+            self.run_stage,
+            self.num_layers,
+        )
+        return [
+            Transcription(token_ids=ids, text=self.tokenizer.decode(ids, skip_special_tokens=True).strip())
+            for ids in token_ids
+        ]

@@ -1,0 +1,144 @@
+"""Export a Whisper checkpoint to ONNX with Optimum and validate every graph against PyTorch."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from s2i import names
+from s2i.conversion.components import OnnxComponent
+from s2i.model_repository.onnx_stage import OnnxStage
+from s2i.stages.whisper.decoding import DecodingRules, past_names
+from s2i.stages.whisper.models import whisper_components
+
+LOGGER = logging.getLogger(__name__)
+
+OPTIMUM_TASK = "automatic-speech-recognition-with-past"
+# Files the `whisper` BLS model needs beside the graphs: tokenizer, features, decoding rules.
+ASSET_FILES = (
+    "config.json",
+    "generation_config.json",
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "normalizer.json",
+)
+
+
+class ValidationError(RuntimeError):
+    """An exported graph differs from PyTorch by more than its tolerance."""
+
+
+@dataclasses.dataclass
+class WhisperExport:
+    """The result of :func:`export_whisper`."""
+
+    onnx_dir: Path
+    components: list[OnnxComponent]
+    max_abs_diff: dict[str, float]
+
+
+def export_whisper(checkpoint: Path, onnx_dir: Path, *, validate: bool = True) -> WhisperExport:
+    """Export encoder, decoder and decoder-with-past graphs of ``checkpoint`` into ``onnx_dir``.
+
+    Graphs are written once: an ``onnx_dir`` that already holds them for the
+    same ``config.json`` is reused (delete it to force a new export).
+    """
+    from optimum.exporters.onnx import main_export
+
+    checkpoint, onnx_dir = Path(checkpoint), Path(onnx_dir)
+    config = json.loads((checkpoint / "config.json").read_text())
+    components = whisper_components(config)
+    stamp = onnx_dir / "source_config.json"
+    cached = stamp.is_file() and json.loads(stamp.read_text()) == config
+    if cached and all((onnx_dir / c.onnx_file).is_file() for c in components):
+        LOGGER.info("Reusing the ONNX export in %s", onnx_dir)
+    else:
+        LOGGER.info("Exporting %s to ONNX (%s)", checkpoint, OPTIMUM_TASK)
+        main_export(
+            str(checkpoint), output=onnx_dir, task=OPTIMUM_TASK, no_post_process=True, do_validation=False, device="cpu"
+        )
+        stamp.write_text(json.dumps(config))
+    for component in components:
+        component.check_graph(onnx_dir / component.onnx_file)
+    diffs = validate_whisper_export(checkpoint, onnx_dir, components) if validate else {}
+    return WhisperExport(onnx_dir=onnx_dir, components=components, max_abs_diff=diffs)
+
+
+def _max_abs_diff(reference, actual: np.ndarray) -> float:
+    return float(np.max(np.abs(reference.detach().numpy() - actual)))
+
+
+def validate_whisper_export(checkpoint: Path, onnx_dir: Path, components: list[OnnxComponent]) -> dict[str, float]:
+    """Run each graph and the PyTorch model on the same inputs; return the max abs diff per graph.
+
+    Raises:
+        ValidationError: A graph's difference exceeds its component's ``atol``.
+    """
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    model = WhisperForConditionalGeneration.from_pretrained(checkpoint).eval()
+    rules = DecodingRules.from_checkpoint(checkpoint)
+    layers = model.config.decoder_layers
+    by_name = {component.model_name: component for component in components}
+    stages = {name: OnnxStage(onnx_dir / component.onnx_file) for name, component in by_name.items()}
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(2, model.config.num_mel_bins, 3000, generator=generator)
+    prompt = torch.tensor([rules.prompt("hi", "translate"), rules.prompt("hi", "transcribe")])
+    next_token = torch.tensor([[440], [1000]])
+    with torch.no_grad():
+        encoder_out = model.model.encoder(features)
+        first = model(encoder_outputs=encoder_out, decoder_input_ids=prompt, use_cache=True)
+        # The cache object grows in place on the next call: keep a copy of this step's.
+        first_cache = [[t.clone() for t in layer] for layer in first.past_key_values.to_legacy_cache()]
+        second = model(
+            encoder_outputs=encoder_out,
+            decoder_input_ids=next_token,
+            past_key_values=first.past_key_values,
+            use_cache=True,
+        )
+    second_cache = second.past_key_values.to_legacy_cache()
+
+    def cache_tensor(cache, name: str):
+        _, layer, part, kind = name.split(".")
+        return cache[int(layer)][(0 if part == "decoder" else 2) + (0 if kind == "key" else 1)]
+
+    diffs: dict[str, float] = {}
+    encoder = stages[names.WHISPER_ENCODER].run({names.INPUT_FEATURES: features.numpy()})
+    diffs[names.WHISPER_ENCODER] = _max_abs_diff(encoder_out.last_hidden_state, encoder[names.LAST_HIDDEN_STATE])
+
+    decoder = stages[names.WHISPER_DECODER].run(
+        {names.INPUT_IDS: prompt.numpy(), names.ENCODER_HIDDEN_STATES: encoder_out.last_hidden_state.numpy()}
+    )
+    present_all = past_names(layers, prefix="present", include_encoder=True)
+    diffs[names.WHISPER_DECODER] = max(
+        [_max_abs_diff(first.logits, decoder[names.LOGITS])]
+        + [_max_abs_diff(cache_tensor(first_cache, name), decoder[name]) for name in present_all]
+    )
+
+    past = {name.replace("present", "past_key_values"): cache_tensor(first_cache, name).numpy() for name in present_all}
+    with_past = stages[names.WHISPER_DECODER_WITH_PAST].run({names.INPUT_IDS: next_token.numpy(), **past})
+    diffs[names.WHISPER_DECODER_WITH_PAST] = max(
+        [_max_abs_diff(second.logits, with_past[names.LOGITS])]
+        + [
+            _max_abs_diff(cache_tensor(second_cache, name), with_past[name])
+            for name in past_names(layers, prefix="present", include_encoder=False)
+        ]
+    )
+    for name, diff in diffs.items():
+        LOGGER.info("%s: max abs diff to PyTorch %.2e (tolerance %.0e)", name, diff, by_name[name].atol)
+        if not diff <= by_name[name].atol:
+            raise ValidationError(
+                f"`{name}` differs from PyTorch by {diff:.3e}, more than the tolerance {by_name[name].atol:.0e}; "
+                "the export is not trustworthy (try another opset or exporter version)."
+            )
+    return diffs

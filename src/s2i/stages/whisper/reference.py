@@ -1,0 +1,35 @@
+"""The reference: Whisper run in-process with transformers, no Triton, no ONNX.
+
+Parity tests compare the served model with :meth:`WhisperReference.generate`,
+and benchmarks use it as the one-request-at-a-time baseline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class WhisperReference:
+    """``WhisperForConditionalGeneration.generate`` (greedy) on a checkpoint folder."""
+
+    def __init__(self, checkpoint_dir: Path) -> None:
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+        self.processor = WhisperProcessor.from_pretrained(checkpoint_dir)
+        self.model = WhisperForConditionalGeneration.from_pretrained(checkpoint_dir).eval()
+
+    def generate(
+        self, samples_16khz: np.ndarray, *, task: str = "translate", language: str = "hi", max_new_tokens: int = 128
+    ) -> tuple[list[int], str]:
+        """Token ids (without the forced prompt) and text for one 16 kHz mono clip."""
+        import torch
+
+        features = self.processor.feature_extractor(
+            samples_16khz, sampling_rate=16_000, return_tensors="pt"
+        ).input_features
+        with torch.no_grad():
+            generated = self.model.generate(features, language=language, task=task, max_new_tokens=max_new_tokens)
+        token_ids = generated[0].tolist()
+        return token_ids, self.processor.tokenizer.decode(token_ids, skip_special_tokens=True).strip()

@@ -1,0 +1,73 @@
+"""Session fixtures: tiny checkpoints, one model repository and one real tritonserver for the whole run."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from s2i.conversion.convert import convert
+from s2i.server import ServerOptions, TritonServer
+from s2i.speech import HINDI_SENTENCES, synthesize
+from s2i.tiny import build_tiny_checkpoints
+
+ROOT = Path(__file__).resolve().parents[1]
+# Checkpoints and exports are cached here between local runs; CI starts empty.
+BUILD_DIR = Path(os.environ.get("S2I_TEST_BUILD_DIR", ROOT / "build" / "test"))
+# Tiny random models rarely emit <|endoftext|>; a short limit keeps each request fast.
+MAX_NEW_TOKENS = 24
+
+
+@dataclass(frozen=True)
+class SpeechClip:
+    """A Hindi clip as espeak-ng wrote it (22.05 kHz mono WAV)."""
+
+    text: str
+    wav_bytes: bytes
+    samples: np.ndarray
+    sample_rate_hz: int
+
+
+@pytest.fixture(scope="session")
+def checkpoints() -> dict[str, Path]:
+    return build_tiny_checkpoints(BUILD_DIR / "checkpoints")
+
+
+@pytest.fixture(scope="session")
+def model_repository(checkpoints):
+    return convert(whisper=checkpoints["whisper"], output=BUILD_DIR / "model_repository", work_dir=BUILD_DIR / "onnx")
+
+
+@pytest.fixture(scope="session")
+def hindi_clips() -> list[SpeechClip]:
+    # Different sentences and prosody, so clips give different token sequences.
+    prosody = [dict(speed_wpm=160, pitch=50), dict(speed_wpm=120, pitch=70), dict(speed_wpm=190, pitch=30)]
+    clips = []
+    for index, (text, options) in enumerate(zip(HINDI_SENTENCES, prosody, strict=False)):
+        path = synthesize(text, BUILD_DIR / "speech" / f"clip{index}.wav", **options)
+        samples, rate = soundfile.read(path, dtype="float32")
+        clips.append(SpeechClip(text, path.read_bytes(), samples, rate))
+    return clips
+
+
+@pytest.fixture(scope="session")
+def triton_server(model_repository):
+    server = TritonServer(
+        ServerOptions(str(model_repository.repository)).with_free_ports(), log_file=BUILD_DIR / "tritonserver.log"
+    )
+    server.start()
+    yield server
+    server.stop()
+    assert not server.is_alive(), "tritonserver still running after stop()"
+
+
+@pytest.fixture()
+def client(triton_server):
+    from s2i.client import Client
+
+    with Client(triton_server.grpc_url, timeout_s=60) as client:
+        yield client

@@ -1,0 +1,1 @@
+"""Fine-tuning code for the pipeline's models."""
