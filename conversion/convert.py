@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from s2i.conversion.repository import PYTHON_ONNXRUNTIME, TARGETS, write_model
@@ -56,31 +57,38 @@ class ConversionReport:
 
 
 def convert(
-    *,
-    whisper: str | Path,
+    checkpoints: Mapping[str, str | Path],
     output: Path,
+    *,
     target: str = PYTHON_ONNXRUNTIME,
     work_dir: Path | None = None,
 ) -> ConversionReport:
-    """Export, validate and write every stage into the model repository ``output``.
+    """Export, validate and write every given stage into the model repository ``output``.
 
     Args:
-        whisper: Whisper checkpoint folder or hub id.
-        output: Repository folder (models already there are replaced).
+        checkpoints: Stage name (``whisper``, …) -> checkpoint folder or hub id.
+        output: Repository folder (models already there are replaced, others kept).
         target: How stage graphs are served; one of :data:`~s2i.conversion.repository.TARGETS`.
         work_dir: Where ONNX exports are cached (``<output>/../onnx`` by default).
     """
-    from s2i.stages.whisper.export import export_whisper
-    from s2i.stages.whisper.models import whisper_repository_models
+    from s2i.stages.registry import STAGES
 
     if target not in TARGETS:
         raise ValueError(f"`target` must be one of {list(TARGETS)}, got {target!r}.")
+    unknown = sorted(set(checkpoints) - set(STAGES))
+    if unknown or not checkpoints:
+        raise ValueError(f"`checkpoints` must name stages among {sorted(STAGES)}, got {sorted(checkpoints)}.")
     output = Path(output)
     work_dir = Path(work_dir) if work_dir else output.parent / "onnx"
-    whisper_dir = resolve_checkpoint(whisper)
-    exported = export_whisper(whisper_dir, work_dir / f"whisper-{_cache_key(whisper_dir)}")
-    output.mkdir(parents=True, exist_ok=True)
-    models = whisper_repository_models(whisper_dir, exported.onnx_dir, exported.components, target)
-    for model in models:
-        write_model(output, model)
-    return ConversionReport(output, [model.spec.name for model in models], dict(exported.max_abs_diff))
+    report = ConversionReport(output, [], {})
+    for name, stage in STAGES.items():
+        if name not in checkpoints:
+            continue
+        checkpoint = resolve_checkpoint(checkpoints[name])
+        exported = stage.export(checkpoint, work_dir / f"{name}-{_cache_key(checkpoint)}")
+        output.mkdir(parents=True, exist_ok=True)
+        for model in stage.repository_models(checkpoint, exported, target):
+            write_model(output, model)
+            report.models.append(model.spec.name)
+        report.max_abs_diff.update(exported.max_abs_diff)
+    return report

@@ -39,7 +39,7 @@ def checkpoints() -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def model_repository(checkpoints):
-    return convert(whisper=checkpoints["whisper"], output=BUILD_DIR / "model_repository", work_dir=BUILD_DIR / "onnx")
+    return convert(checkpoints, BUILD_DIR / "model_repository", work_dir=BUILD_DIR / "onnx")
 
 
 @pytest.fixture(scope="session")

@@ -32,8 +32,13 @@ def cmd_build_tiny(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     """Export, validate and write the model repository."""
     from s2i.conversion.convert import convert
+    from s2i.stages.registry import STAGES
 
-    report = convert(whisper=args.whisper, output=args.output, target=args.target, work_dir=args.work_dir)
+    checkpoints = {name: getattr(args, name) for name in STAGES if getattr(args, name, None)}
+    if not checkpoints:
+        print(f"error: name at least one checkpoint ({', '.join('--' + name for name in STAGES)})", file=sys.stderr)
+        return 2
+    report = convert(checkpoints, args.output, target=args.target, work_dir=args.work_dir)
     for name, diff in report.max_abs_diff.items():
         print(f"validated {name}: max abs diff to PyTorch {diff:.2e}")
     print(f"model repository: {report.repository} ({', '.join(report.models)})")
@@ -117,7 +122,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("[1/4] building tiny checkpoints (cached) ...", flush=True)
     checkpoints = build_tiny_checkpoints(_checkpoints_dir(build_dir))
     print("[2/4] exporting to ONNX, validating against PyTorch, writing the model repository ...", flush=True)
-    report = convert(whisper=checkpoints["whisper"], output=build_dir / "model_repository")
+    report = convert(checkpoints, build_dir / "model_repository")
     for name, diff in report.max_abs_diff.items():
         print(f"      {name}: max abs diff {diff:.2e}")
     sentence = args.text or HINDI_SENTENCES[0]
@@ -162,7 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     from s2i.conversion.repository import PYTHON_ONNXRUNTIME, TARGETS
 
     conv = commands.add_parser("convert", help="export checkpoints and write a Triton model repository")
-    conv.add_argument("--whisper", required=True, help="Whisper checkpoint folder or hub id")
+    from s2i.stages.registry import STAGES
+
+    for name in STAGES:
+        conv.add_argument(f"--{name}", help=f"{name} checkpoint folder or hub id")
     conv.add_argument("--output", type=Path, default=DEFAULT_BUILD_DIR / "model_repository")
     conv.add_argument("--target", choices=TARGETS, default=PYTHON_ONNXRUNTIME)
     conv.add_argument("--work-dir", type=Path, help="ONNX export cache (default: next to --output)")

@@ -9,40 +9,27 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable
 from pathlib import Path
+
+from s2i.stages.registry import STAGES
 
 LOGGER = logging.getLogger(__name__)
 
-# A larger init spread than transformers' 0.02 makes a random decoder's argmax
-# vary from step to step, so parity tests compare varied token sequences
-# instead of one repeated token.
-WHISPER_INIT_STD = 0.3
-
-
-def _build_whisper(output: Path, size: str) -> Path:
-    from s2i.stages.whisper.checkpoint import build_tiny_whisper
-
-    return build_tiny_whisper(output, size=size, seed=0, init_std=WHISPER_INIT_STD)
-
-
-BUILDERS: dict[str, Callable[[Path, str], Path]] = {"whisper": _build_whisper}
-
 
 def build_tiny_checkpoints(output: Path, size: str = "tiny", force: bool = False) -> dict[str, Path]:
-    """Build every tiny checkpoint under ``output/<size>/<model>``; reuse complete ones.
+    """Build every stage's checkpoint under ``output/<size>/<stage>``; reuse complete ones.
 
     Returns:
-        Model name -> checkpoint folder.
+        Stage name -> checkpoint folder.
     """
     paths = {}
-    for name, build in BUILDERS.items():
+    for name, stage in STAGES.items():
         path = Path(output) / size / name
         marker = path / ".complete"
         if force or not marker.is_file():
             shutil.rmtree(path, ignore_errors=True)
             LOGGER.info("Building the %s %s checkpoint in %s", size, name, path)
-            build(path, size)
+            stage.build_tiny(path, size)
             marker.write_text("ok\n")
         paths[name] = path
     return paths

@@ -648,7 +648,7 @@ def test_init_container_runs_conversion_into_repository_when_converting(overlay:
     repository = flag(server(overlay)["args"], "--model-repository")
 
     command = convert["command"] + convert["args"]
-    assert command == ["s2i", "convert", "--checkpoint", "$(S2I_CHECKPOINT)", "--output", repository]
+    assert command == ["s2i", "convert", "--whisper", "$(S2I_WHISPER_CHECKPOINT)", "--output", repository]
 
 
 @pytest.mark.parametrize("overlay", CONVERTING_OVERLAYS)
@@ -664,7 +664,7 @@ def test_init_container_writes_server_volume_when_converting(overlay: str) -> No
 @pytest.mark.parametrize("overlay", CONVERTING_OVERLAYS)
 def test_conversion_checkpoint_comes_from_config_map_when_converting(overlay: str) -> None:
     convert = init_container(overlay, "convert-model-repository")
-    (env,) = [e for e in convert["env"] if e["name"] == "S2I_CHECKPOINT"]
+    (env,) = [e for e in convert["env"] if e["name"] == "S2I_WHISPER_CHECKPOINT"]
     ref = env["valueFrom"]["configMapKeyRef"]
 
     (config_map,) = [c for c in objects(overlay, "ConfigMap") if c["metadata"]["name"] == ref["name"]]

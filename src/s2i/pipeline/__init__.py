@@ -1,0 +1,1 @@
+"""The speech-to-image pipeline: prompt composition, ensemble, streaming and the in-process reference."""

@@ -1,0 +1,1 @@
+"""Stable Diffusion: CLIP text encoder, UNet denoising loop with diffusers schedulers, VAE decoder."""

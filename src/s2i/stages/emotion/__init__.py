@@ -1,0 +1,1 @@
+"""Speech emotion: RAVDESS-class classifier over Whisper log-mel features."""
