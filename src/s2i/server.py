@@ -334,13 +334,18 @@ class TritonServer:
                 self._join_log()
                 raise ServerError(
                     f"tritonserver exited with code {self._process.returncode if self._process else '?'} "
-                    f"before it was ready. Last lines of its log:\n{self._log_tail()}"
+                    f"before it was ready.{self._failure_summary()} Last lines of its log:\n{self._log_tail()}"
                 )
             if self.is_ready():
                 LOGGER.info("tritonserver ready (gRPC %s, HTTP %s)", self.grpc_url, self.http_url)
                 return
             time.sleep(0.25)
         raise ServerError(f"tritonserver was not ready after {timeout_s:.0f} s. Last lines:\n{self._log_tail()}")
+
+    def _failure_summary(self) -> str:
+        """Error lines and unavailable models from the log, which the tail often scrolls past."""
+        errors = [line.rstrip() for line in self._log_lines if line.startswith("E") or "UNAVAILABLE" in line]
+        return ("\nErrors:\n" + "\n".join(errors[:20]) + "\n") if errors else ""
 
     def _log_tail(self, lines: int = 30) -> str:
         return "".join(self._log_lines[-lines:])
