@@ -8,6 +8,7 @@ graph is checked against it (names, datatypes, ranks) before it is served.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 
 from s2i.model_repository.config import DynamicBatching, TensorSpec
@@ -31,6 +32,9 @@ class OnnxComponent:
         max_batch_size: Largest batch Triton may form.
         dynamic_batching: The batcher, so concurrent requests share one graph call.
         atol: Largest absolute difference to PyTorch accepted at export.
+        axis_ranges: ``(min, opt, max)`` of each dynamic (``-1``) axis other than the batch:
+            input name -> {axis index in ``dims`` -> range}. TensorRT profiles are built from
+            these and the batch policy; ONNX Runtime needs none.
     """
 
     model_name: str
@@ -40,6 +44,31 @@ class OnnxComponent:
     max_batch_size: int
     dynamic_batching: DynamicBatching | None
     atol: float
+    axis_ranges: Mapping[str, Mapping[int, tuple[int, int, int]]] = dataclasses.field(default_factory=dict)
+
+    def profile(self, max_batch_size: int, opt_batch_size: int) -> dict[str, tuple[tuple[int, ...], ...]]:
+        """TensorRT optimisation profile: input name -> (min, opt, max) shapes, batch axis included."""
+        shapes = {}
+        for tensor in self.inputs:
+            ranges = self.axis_ranges.get(tensor.name, {})
+            # (min, opt, max) per axis, the batch axis first.
+            axes = [(1, opt_batch_size, max_batch_size)]
+            for axis, dim in enumerate(tensor.dims):
+                if dim != -1:
+                    axes.append((dim, dim, dim))
+                    continue
+                if axis not in ranges:
+                    raise ValueError(
+                        f"`{self.model_name}` input `{tensor.name}` axis {axis} is dynamic but has no "
+                        "`axis_ranges` entry; declare (min, opt, max) for it to build a TensorRT profile."
+                    )
+                if not 1 <= ranges[axis][0] <= ranges[axis][1] <= ranges[axis][2]:
+                    raise ValueError(
+                        f"`{self.model_name}` `{tensor.name}` axis {axis}: range {ranges[axis]} is not ordered."
+                    )
+                axes.append(tuple(ranges[axis]))
+            shapes[tensor.name] = tuple(zip(*axes, strict=True))
+        return shapes
 
     def check_graph(self, onnx_path: Path) -> None:
         """Raise :class:`GraphMismatchError` unless ``onnx_path`` matches this description."""

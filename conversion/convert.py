@@ -84,7 +84,7 @@ def convert(
     for name, stage in STAGES.items():
         if name not in checkpoints:
             continue
-        checkpoint = resolve_checkpoint(checkpoints[name])
+        checkpoint = resolve_checkpoint(checkpoints[name], getattr(stage, "checkpoint_marker", "config.json"))
         exported = stage.export(checkpoint, work_dir / f"{name}-{_cache_key(checkpoint)}")
         output.mkdir(parents=True, exist_ok=True)
         for model in stage.repository_models(checkpoint, exported, target):

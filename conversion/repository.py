@@ -5,7 +5,11 @@ are the same Python code everywhere:
 
 * ``python-onnxruntime`` (default, CPU, the bundled server): each graph runs on
   ONNX Runtime inside a Python-backend model (``python_models/onnx_stage.py``).
-* ``onnxruntime``: each graph is a native ``onnxruntime_onnx`` model (NGC container).
+* ``onnxruntime``: each graph is a native ``onnxruntime_onnx`` model on the CPU (NGC container).
+* ``onnxruntime-gpu``: the same on the GPU (``KIND_GPU``, ONNX Runtime's CUDA execution provider).
+* ``tensorrt``: each graph is a TensorRT engine (``tensorrt_plan``) built on this machine's GPU.
+
+Batching and instances come from :mod:`s2i.model_repository.deployment`, by model and device.
 """
 
 from __future__ import annotations
@@ -19,31 +23,55 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from s2i.conversion.components import OnnxComponent
-from s2i.model_repository.config import InstanceGroup, ModelSpec, render_config
+from s2i.conversion.tensorrt import ENGINE_FILE, MANIFEST_FILE, build_engine
+from s2i.model_repository.config import ModelSpec, render_config
+from s2i.model_repository.deployment import CPU, GPU, ModelPolicy, policy
 
 LOGGER = logging.getLogger(__name__)
 
 PYTHON_ONNXRUNTIME = "python-onnxruntime"
 ONNXRUNTIME = "onnxruntime"
-TARGETS = (PYTHON_ONNXRUNTIME, ONNXRUNTIME)
+ONNXRUNTIME_GPU = "onnxruntime-gpu"
+TENSORRT = "tensorrt"
+# Target -> the device its stage models run on.
+TARGET_DEVICE = {PYTHON_ONNXRUNTIME: CPU, ONNXRUNTIME: CPU, ONNXRUNTIME_GPU: GPU, TENSORRT: GPU}
+TARGETS = tuple(TARGET_DEVICE)
 ONNX_MODEL_FILE = "model.onnx"
 
 
-def stage_model_spec(component: OnnxComponent, target: str, instances: int = 1) -> ModelSpec:
+def device_of(target: str) -> str:
+    """``cpu`` or ``gpu``: where ``target``'s stage models run."""
+    if target not in TARGET_DEVICE:
+        raise ValueError(f"`target` must be one of {list(TARGETS)}, got {target!r}.")
+    return TARGET_DEVICE[target]
+
+
+def component_policy(component: OnnxComponent, target: str) -> ModelPolicy:
+    """The batching policy of ``component``'s model on ``target``'s device."""
+    declared = ModelPolicy(
+        max_batch_size=component.max_batch_size,
+        preferred_batch_sizes=component.dynamic_batching.preferred_batch_sizes if component.dynamic_batching else (),
+        max_queue_delay_us=component.dynamic_batching.max_queue_delay_us if component.dynamic_batching else None,
+    )
+    return policy(component.model_name, device_of(target), default=declared)
+
+
+def stage_model_spec(component: OnnxComponent, target: str) -> ModelSpec:
     """The Triton model serving ``component`` on ``target``."""
+    chosen = component_policy(component, target)
     common = dict(
         name=component.model_name,
         inputs=component.inputs,
         outputs=component.outputs,
-        max_batch_size=component.max_batch_size,
-        dynamic_batching=component.dynamic_batching,
-        instance_groups=(InstanceGroup(count=instances),),
+        max_batch_size=chosen.max_batch_size,
+        dynamic_batching=chosen.dynamic_batching,
+        instance_groups=chosen.instance_groups(device_of(target)),
     )
     if target == PYTHON_ONNXRUNTIME:
         return ModelSpec(backend="python", parameters={"onnx_file": ONNX_MODEL_FILE, "intra_op_threads": "1"}, **common)
-    if target == ONNXRUNTIME:
+    if target in (ONNXRUNTIME, ONNXRUNTIME_GPU):
         return ModelSpec(backend="", platform="onnxruntime_onnx", default_model_filename=ONNX_MODEL_FILE, **common)
-    raise ValueError(f"`target` must be one of {list(TARGETS)}, got {target!r}.")
+    return ModelSpec(backend="", platform="tensorrt_plan", default_model_filename=ENGINE_FILE, **common)
 
 
 def python_model_source(name: str) -> str:
@@ -93,7 +121,22 @@ def write_model(repository: Path, model: RepositoryModel) -> Path:
 
 
 def stage_repository_model(component: OnnxComponent, onnx_dir: Path, target: str) -> RepositoryModel:
-    """The repository entry of an exported graph for ``target``."""
+    """The repository entry of an exported graph for ``target`` (builds its engine for ``tensorrt``)."""
     spec = stage_model_spec(component, target)
-    python_model = "onnx_stage" if target == PYTHON_ONNXRUNTIME else None
-    return RepositoryModel(spec, python_model, {ONNX_MODEL_FILE: Path(onnx_dir) / component.onnx_file})
+    onnx_path = Path(onnx_dir) / component.onnx_file
+    if target != TENSORRT:
+        python_model = "onnx_stage" if target == PYTHON_ONNXRUNTIME else None
+        return RepositoryModel(spec, python_model, {ONNX_MODEL_FILE: onnx_path})
+    chosen = component_policy(component, target)
+    engine_dir = Path(onnx_dir) / "tensorrt" / component.model_name
+    build_engine(
+        component,
+        onnx_path,
+        engine_dir,
+        max_batch_size=chosen.max_batch_size,
+        opt_batch_size=max(chosen.preferred_batch_sizes or (1,)),
+        timing_cache=Path(onnx_dir) / "tensorrt" / "timing.cache",
+    )
+    return RepositoryModel(
+        spec, None, {ENGINE_FILE: engine_dir / ENGINE_FILE, MANIFEST_FILE: engine_dir / MANIFEST_FILE}
+    )

@@ -106,3 +106,13 @@ def test_server_stop_leaves_no_process_and_no_workspace_when_started_and_stopped
 def test_free_ports_returns_distinct_ports():
     ports = free_ports(3)
     assert len(set(ports)) == 3
+
+
+def test_server_start_refuses_tensorrt_engines_when_no_gpu_can_run_them(tmp_path):
+    from tests.conversion.test_tensorrt import manifest
+
+    version_dir = tmp_path / "whisper_encoder" / "1"
+    version_dir.mkdir(parents=True)
+    manifest().write(version_dir / "engine_manifest.json")
+    with pytest.raises(ServerError, match="needs (the `tensorrt` package|an NVIDIA GPU)"):
+        TritonServer(ServerOptions(str(tmp_path)).with_free_ports()).start()

@@ -256,12 +256,25 @@ class TritonServer:
                 raise ServerError(f"`model_repository` {repository!r} is not a folder; run `s2i convert` first.")
             if not any(child.is_dir() for child in path.iterdir()):
                 raise ServerError(f"`model_repository` {repository!r} holds no models.")
+            self._check_engines(path)
         for field in ("http_port", "grpc_port", "metrics_port"):
             port = getattr(self.options, field)
             if not 0 < port < 65536:
                 raise ServerError(f"`{field}` must be between 1 and 65535, got {port}.")
             if _port_in_use(port):
                 raise ServerError(f"`{field}` {port} is already in use; pick another port or stop the other server.")
+
+    @staticmethod
+    def _check_engines(repository: Path) -> None:
+        """Refuse TensorRT engines built for another GPU or TensorRT before Triton fails cryptically."""
+        from s2i.conversion.tensorrt import MANIFEST_FILE, EngineError, check_repository_engines, local_gpu_info
+
+        if not any(repository.glob(f"*/*/{MANIFEST_FILE}")):
+            return
+        try:
+            check_repository_engines(repository, local_gpu_info())
+        except EngineError as e:
+            raise ServerError(str(e)) from e
 
     def command(self, backend_directory: Path) -> list[str]:
         """The full command line the server is started with."""

@@ -30,6 +30,8 @@ class Stage(Protocol):
     """A model family of the pipeline (``whisper``, ``emotion``, ``diffusion``)."""
 
     name: str
+    # A file every checkpoint of this stage has at its root (`model_index.json` for diffusers).
+    checkpoint_marker: str = "config.json"
 
     def build_tiny(self, output_dir: Path, size: str) -> Path:
         """Write a deterministic random checkpoint of preset ``size`` into ``output_dir``."""

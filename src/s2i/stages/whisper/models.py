@@ -6,17 +6,22 @@ from collections.abc import Mapping
 
 from s2i import names
 from s2i.conversion.components import OnnxComponent
-from s2i.model_repository.config import DynamicBatching, InstanceGroup, ModelSpec, TensorSpec
+from s2i.model_repository.config import ModelSpec, TensorSpec
+from s2i.model_repository.deployment import CPU, policy
 from s2i.stages.whisper.decoding import past_names
 
 # Whisper's encoder sees 30 s: 3000 mel frames in, 1500 positions out.
 MEL_FRAMES = 3000
 # Optimum validates Whisper exports at 1e-3; the same bound is used here.
 ATOL = 1e-3
-MAX_BATCH_SIZE = 8
-# Decoding steps of concurrent requests are a few ms apart; waiting 2 ms lets
-# them share one decoder call.
-STAGE_BATCHING = DynamicBatching(preferred_batch_sizes=(4, 8), max_queue_delay_us=2000)
+# Typical decoded length, the `opt` point of TensorRT profiles over the KV-cache axis.
+TYPICAL_DECODED_TOKENS = 64
+
+
+def _declared_batching(model_name: str) -> dict:
+    """CPU batching from the deployment table (the GPU's is applied per target)."""
+    chosen = policy(model_name, CPU)
+    return dict(max_batch_size=chosen.max_batch_size, dynamic_batching=chosen.dynamic_batching)
 
 
 def whisper_components(config: Mapping) -> list[OnnxComponent]:
@@ -32,6 +37,11 @@ def whisper_components(config: Mapping) -> list[OnnxComponent]:
         sequence = frames if ".encoder." in name else -1
         return TensorSpec(name, "FP32", (heads, sequence, head_dim))
 
+    positions = int(config["max_target_positions"])
+    past_ranges = {
+        name: {1: (1, TYPICAL_DECODED_TOKENS, positions - 1)}
+        for name in past_names(layers, prefix="past_key_values", include_encoder=False)
+    }
     logits = TensorSpec(names.LOGITS, "FP32", (-1, vocab))
     input_ids = TensorSpec(names.INPUT_IDS, "INT64", (-1,))
     return [
@@ -40,33 +50,34 @@ def whisper_components(config: Mapping) -> list[OnnxComponent]:
             onnx_file="encoder_model.onnx",
             inputs=(TensorSpec(names.INPUT_FEATURES, "FP32", (int(config["num_mel_bins"]), MEL_FRAMES)),),
             outputs=(TensorSpec(names.LAST_HIDDEN_STATE, "FP32", (frames, d_model)),),
-            max_batch_size=MAX_BATCH_SIZE,
-            dynamic_batching=STAGE_BATCHING,
             atol=ATOL,
+            **_declared_batching(names.WHISPER_ENCODER),
         ),
         OnnxComponent(
             model_name=names.WHISPER_DECODER,
             onnx_file="decoder_model.onnx",
             inputs=(input_ids, TensorSpec(names.ENCODER_HIDDEN_STATES, "FP32", (frames, d_model))),
             outputs=(logits, *[kv(n) for n in past_names(layers, prefix="present", include_encoder=True)]),
-            max_batch_size=MAX_BATCH_SIZE,
-            dynamic_batching=STAGE_BATCHING,
             atol=ATOL,
+            axis_ranges={names.INPUT_IDS: {0: (1, 4, positions)}},
+            **_declared_batching(names.WHISPER_DECODER),
         ),
         OnnxComponent(
             model_name=names.WHISPER_DECODER_WITH_PAST,
             onnx_file="decoder_with_past_model.onnx",
             inputs=(input_ids, *[kv(n) for n in past_names(layers, prefix="past_key_values", include_encoder=True)]),
             outputs=(logits, *[kv(n) for n in past_names(layers, prefix="present", include_encoder=False)]),
-            max_batch_size=MAX_BATCH_SIZE,
-            dynamic_batching=STAGE_BATCHING,
             atol=ATOL,
+            # One new token per step; the cache grows to the decoder's positions.
+            axis_ranges={names.INPUT_IDS: {0: (1, 1, 1)}, **past_ranges},
+            **_declared_batching(names.WHISPER_DECODER_WITH_PAST),
         ),
     ]
 
 
-def whisper_model_spec(instances: int = 1) -> ModelSpec:
+def whisper_model_spec(device: str = CPU) -> ModelSpec:
     """The ``whisper`` BLS model: audio in, text and token ids out."""
+    chosen = policy(names.WHISPER, device)
     return ModelSpec(
         name=names.WHISPER,
         inputs=(
@@ -78,9 +89,10 @@ def whisper_model_spec(instances: int = 1) -> ModelSpec:
             TensorSpec(names.MAX_NEW_TOKENS, "INT32", (1,), optional=True),
         ),
         outputs=(TensorSpec(names.TEXT, "BYTES", (1,)), TensorSpec(names.TOKEN_IDS, "INT64", (-1,))),
-        max_batch_size=MAX_BATCH_SIZE,
-        dynamic_batching=DynamicBatching(preferred_batch_sizes=(4, 8), max_queue_delay_us=5000),
-        instance_groups=(InstanceGroup(count=instances),),
+        max_batch_size=chosen.max_batch_size,
+        dynamic_batching=chosen.dynamic_batching,
+        # The loop itself runs on the CPU on every device; its graphs run where the target says.
+        instance_groups=chosen.instance_groups(CPU),
     )
 
 
@@ -88,12 +100,12 @@ def whisper_repository_models(checkpoint, onnx_dir, components, target: str):
     """Every model the Whisper stage adds to a repository: three stage graphs and the BLS model."""
     from pathlib import Path
 
-    from s2i.conversion.repository import RepositoryModel, stage_repository_model
+    from s2i.conversion.repository import RepositoryModel, device_of, stage_repository_model
     from s2i.stages.whisper.export import ASSET_FILES
 
     checkpoint = Path(checkpoint)
     assets = {f"assets/{name}": checkpoint / name for name in ASSET_FILES if (checkpoint / name).is_file()}
     return [
         *(stage_repository_model(component, onnx_dir, target) for component in components),
-        RepositoryModel(whisper_model_spec(), python_model="whisper", files=assets),
+        RepositoryModel(whisper_model_spec(device_of(target)), python_model="whisper", files=assets),
     ]
