@@ -195,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     speak.add_argument("-o", "--output", type=Path, required=True)
     speak.set_defaults(handler=cmd_speak)
 
+    from s2i.benchmarks.cli import add_parser as add_bench_parser
+
+    add_bench_parser(commands)
+
     demo = commands.add_parser("demo", help="the main job, end to end on the tiny models")
     demo.add_argument("--build-dir", type=Path, default=DEFAULT_BUILD_DIR)
     demo.add_argument("--text", help="Hindi sentence to speak (default: a built-in one)")

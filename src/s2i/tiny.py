@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 from s2i.stages.registry import STAGES
@@ -16,14 +17,27 @@ from s2i.stages.registry import STAGES
 LOGGER = logging.getLogger(__name__)
 
 
-def build_tiny_checkpoints(output: Path, size: str = "tiny", force: bool = False) -> dict[str, Path]:
+def build_tiny_checkpoints(
+    output: Path, size: str = "tiny", force: bool = False, sizes: Mapping[str, str] | None = None
+) -> dict[str, Path]:
     """Build every stage's checkpoint under ``output/<size>/<stage>``; reuse complete ones.
+
+    Args:
+        output: Root folder.
+        size: Size preset of every stage.
+        force: Rebuild complete checkpoints too.
+        sizes: Stage -> size; when given, only these stages are built, each at its size.
 
     Returns:
         Stage name -> checkpoint folder.
     """
+    chosen = dict(sizes) if sizes is not None else dict.fromkeys(STAGES, size)
+    unknown = sorted(set(chosen) - set(STAGES))
+    if unknown:
+        raise ValueError(f"`sizes` names unknown stages {unknown}; stages are {sorted(STAGES)}.")
     paths = {}
-    for name, stage in STAGES.items():
+    for name, size in chosen.items():
+        stage = STAGES[name]
         path = Path(output) / size / name
         marker = path / ".complete"
         if force or not marker.is_file():

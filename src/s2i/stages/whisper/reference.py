@@ -16,7 +16,10 @@ class WhisperReference:
 
     def __init__(self, checkpoint_dir: Path) -> None:
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
+        from transformers.utils import logging as transformers_logging
 
+        # generate() warns on every call about defaults the checkpoint sets on purpose.
+        transformers_logging.set_verbosity_error()
         self.processor = WhisperProcessor.from_pretrained(checkpoint_dir)
         self.model = WhisperForConditionalGeneration.from_pretrained(checkpoint_dir).eval()
 

@@ -1,0 +1,105 @@
+"""``s2i bench``: latency/throughput against a running server, or one it starts on a preset."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(part) for part in text.split(",") if part]
+
+
+def add_parser(commands) -> None:
+    """Register ``bench`` on the ``s2i`` sub-command parser."""
+    from s2i.benchmarks.workloads import PRESETS
+
+    bench = commands.add_parser("bench", help="latency/throughput benchmark with a baseline in the same run")
+    bench.add_argument("--workload", default="whisper", help="`whisper`, or `model:<name>` for any one model")
+    bench.add_argument("--url", help="gRPC host:port of a running server (default: start one on --preset)")
+    bench.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model sizes for a started server")
+    bench.add_argument("--build-dir", type=Path, default=Path("build"), help="where preset models are built")
+    bench.add_argument("--concurrency", type=_ints, default=[1, 2, 4, 8], help="closed-loop levels, e.g. 1,2,4,8,16")
+    bench.add_argument("--requests", type=int, default=16, help="requests per level")
+    bench.add_argument("--duration-s", type=float, default=120.0, help="bound of each run")
+    bench.add_argument("--rate", type=_floats, default=[], help="open-loop Poisson rates (req/s), e.g. 1,2")
+    bench.add_argument("--warmup", type=int, default=2, help="unmeasured requests first")
+    bench.add_argument("--baseline-requests", type=int, default=8, help="in-process reference requests (0: none)")
+    bench.add_argument("--max-new-tokens", type=int, default=32, help="Whisper token budget per request")
+    bench.add_argument("--dynamic-size", type=int, default=1, help="size of -1 axes for `model:` workloads")
+    bench.add_argument("--output", type=Path, default=Path("build/bench"), help="report folder")
+    bench.set_defaults(handler=run)
+
+
+@contextlib.contextmanager
+def _server(args):
+    if args.url:
+        yield args.url, None
+        return
+    from s2i.benchmarks.workloads import PRESETS
+    from s2i.conversion.convert import convert
+    from s2i.server import ServerOptions, TritonServer
+    from s2i.tiny import build_tiny_checkpoints
+
+    sizes = PRESETS[args.preset]
+    print(f"building the `{args.preset}` preset and its model repository ...", file=sys.stderr, flush=True)
+    checkpoints = build_tiny_checkpoints(args.build_dir / "checkpoints", sizes=sizes)
+    repository = args.build_dir / f"model_repository-{args.preset}"
+    convert(checkpoints, repository, work_dir=args.build_dir / "onnx")
+    options = ServerOptions(str(repository)).with_free_ports()
+    print("starting tritonserver ...", file=sys.stderr, flush=True)
+    with TritonServer(options, log_file=args.build_dir / f"tritonserver-bench-{args.preset}.log") as server:
+        yield server.grpc_url, checkpoints
+
+
+def _workload(args, url: str, checkpoints):
+    from s2i.benchmarks.workloads import stage_workload, whisper_workload
+
+    if args.workload.startswith("model:"):
+        return stage_workload(url, args.workload.split(":", 1)[1], dynamic_size=args.dynamic_size)
+    if args.workload == "whisper":
+        import soundfile
+
+        from s2i.speech import HINDI_SENTENCES, synthesize
+
+        clips = []
+        for index, sentence in enumerate(HINDI_SENTENCES):
+            path = synthesize(sentence, args.build_dir / "speech" / f"bench{index}.wav", speed_wpm=140 + 15 * index)
+            samples, rate = soundfile.read(path, dtype="float32")
+            clips.append((samples, rate))
+        checkpoint = checkpoints["whisper"] if checkpoints and args.baseline_requests else None
+        return whisper_workload(clips, args.max_new_tokens, checkpoint)
+    raise ValueError(f"`workload` must be `whisper` or `model:<name>`, got {args.workload!r}.")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark and write its report."""
+    from s2i.benchmarks.report import markdown, write_report
+    from s2i.benchmarks.runner import BenchConfig, run_benchmark
+
+    if any(level < 1 for level in args.concurrency) or args.requests < 1:
+        print("error: `--concurrency` levels and `--requests` must be positive", file=sys.stderr)
+        return 2
+    config = BenchConfig(
+        concurrencies=tuple(args.concurrency),
+        requests_per_level=args.requests,
+        max_duration_s=args.duration_s,
+        rates_per_s=tuple(args.rate),
+        warmup_requests=args.warmup,
+        baseline_requests=args.baseline_requests,
+    )
+    with _server(args) as (url, checkpoints):
+        workload = _workload(args, url, checkpoints)
+        report = run_benchmark(url, workload, config)
+    report["preset"] = None if args.url else args.preset
+    report["command"] = "s2i " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])
+    paths = write_report(report, args.output)
+    print(markdown(report))
+    print("wrote " + ", ".join(str(path) for path in paths.values()))
+    return 0

@@ -1,0 +1,177 @@
+"""Run a benchmark: warm-up, concurrency sweep, Poisson runs, the in-process baseline, and ratios."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import platform
+import time
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+from s2i.benchmarks import server_stats
+from s2i.benchmarks.loadgen import RunResult, closed_loop, open_loop
+from s2i.benchmarks.workloads import Workload
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """What to run.
+
+    Attributes:
+        concurrencies: Closed-loop levels.
+        requests_per_level: Requests per closed-loop level (at least the level itself).
+        max_duration_s: Bound of each run, whatever the request count.
+        rates_per_s: Open-loop (Poisson) arrival rates; empty for none.
+        warmup_requests: Sent first and not measured (model load, caches, thread pools).
+        baseline_requests: In-process reference requests, one at a time; 0 disables the baseline.
+    """
+
+    concurrencies: Sequence[int] = (1, 2, 4, 8)
+    requests_per_level: int = 16
+    max_duration_s: float = 120.0
+    rates_per_s: Sequence[float] = ()
+    warmup_requests: int = 2
+    baseline_requests: int = 8
+
+
+def machine_info(url: str) -> dict:
+    """Host, CPU, package versions and the server's version."""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    versions = {}
+    for package in ("speech2image-triton", "tritonclient", "onnxruntime", "torch", "transformers", "diffusers"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    with grpcclient.InferenceServerClient(url) as client:
+        versions["tritonserver"] = client.get_server_metadata(as_json=True).get("version")
+    return {"hostname": platform.node(), "cpu": cpu, "cpu_count": os.cpu_count(), "versions": versions}
+
+
+def _progress(total: int, description: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="req", leave=False, disable=None)
+
+
+def _measured(url: str, run) -> tuple[RunResult, dict]:
+    before = server_stats.snapshot(url)
+    result = run()
+    return result, server_stats.breakdown(before, server_stats.snapshot(url))
+
+
+def run_baseline(workload: Workload, requests: int) -> dict | None:
+    """The reference, as the research ran it: in-process, one request at a time."""
+    if workload.baseline is None or requests <= 0:
+        return None
+    workload.baseline(0)  # warm-up
+    latencies = []
+    cpu_started, started = time.process_time(), time.perf_counter()
+    with _progress(requests, "baseline") as bar:
+        for index in range(requests):
+            began = time.perf_counter()
+            workload.baseline(index)
+            latencies.append(time.perf_counter() - began)
+            bar.update()
+    wall_s = time.perf_counter() - started
+    latencies_ms = np.asarray(latencies) * 1000
+    return {
+        "requests": requests,
+        "wall_s": wall_s,
+        "throughput_per_s": requests / wall_s,
+        "latency_ms": {
+            "p50": float(np.percentile(latencies_ms, 50)),
+            "p90": float(np.percentile(latencies_ms, 90)),
+            "mean": float(latencies_ms.mean()),
+            "max": float(latencies_ms.max()),
+        },
+        "cpu_s": time.process_time() - cpu_started,
+    }
+
+
+def run_benchmark(url: str, workload: Workload, config: BenchConfig) -> dict:
+    """Run everything ``config`` asks for against the server at ``url``; return the report dict."""
+    asyncio.run(
+        closed_loop(
+            url,
+            workload.factory,
+            concurrency=max(config.concurrencies),
+            max_requests=max(config.warmup_requests, max(config.concurrencies)),
+            max_duration_s=config.max_duration_s,
+            check=workload.check,
+        )
+    )
+    runs = []
+    for level in config.concurrencies:
+        requests = max(config.requests_per_level, level)
+        with _progress(requests, f"concurrency {level}") as bar:
+            result, stages = _measured(
+                url,
+                lambda level=level, requests=requests, bar=bar: asyncio.run(
+                    closed_loop(
+                        url,
+                        workload.factory,
+                        concurrency=level,
+                        max_requests=requests,
+                        max_duration_s=config.max_duration_s,
+                        check=workload.check,
+                        on_done=bar.update,
+                    )
+                ),
+            )
+        runs.append({**result.summary(), "server": stages})
+    for rate in config.rates_per_s:
+        requests = config.requests_per_level
+        with _progress(requests, f"poisson {rate}/s") as bar:
+            result, stages = _measured(
+                url,
+                lambda rate=rate, requests=requests, bar=bar: asyncio.run(
+                    open_loop(
+                        url,
+                        workload.factory,
+                        rate_per_s=rate,
+                        max_requests=requests,
+                        max_duration_s=config.max_duration_s,
+                        check=workload.check,
+                        on_done=bar.update,
+                    )
+                ),
+            )
+        runs.append({**result.summary(), "server": stages})
+    baseline = run_baseline(workload, config.baseline_requests)
+    for run in runs:
+        run["items_per_s"] = run["throughput_per_s"] * workload.items_per_request
+    return {
+        "workload": workload.name,
+        "config": dataclasses.asdict(config),
+        "machine": machine_info(url),
+        "runs": runs,
+        "baseline": baseline,
+        "ratios": ratios(runs, baseline),
+    }
+
+
+def ratios(runs: list[dict], baseline: dict | None) -> dict:
+    """Served/baseline throughput per concurrency, and the latency overhead at concurrency 1."""
+    if not baseline:
+        return {}
+    closed = [run for run in runs if run["mode"] == "closed" and run["completed"]]
+    result = {
+        "throughput_vs_baseline": {
+            str(run["concurrency"]): run["throughput_per_s"] / baseline["throughput_per_s"] for run in closed
+        }
+    }
+    single = next((run for run in closed if run["concurrency"] == 1), None)
+    if single:
+        result["latency_overhead_at_concurrency_1"] = single["latency_ms"]["p50"] / baseline["latency_ms"]["p50"] - 1
+    return result

@@ -1,0 +1,47 @@
+"""Per-model breakdown from Triton's statistics API: where the time goes, stage by stage."""
+
+from __future__ import annotations
+
+import tritonclient.grpc as grpcclient
+
+PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
+
+
+def snapshot(url: str) -> dict[str, dict]:
+    """Cumulative statistics of every model: counts and nanoseconds per phase."""
+    with grpcclient.InferenceServerClient(url) as client:
+        stats = client.get_inference_statistics(as_json=True)
+    models = {}
+    for model in stats.get("model_stats", []):
+        inference = model.get("inference_stats", {})
+        models[model["name"]] = {
+            "success_count": int(inference.get("success", {}).get("count", 0)),
+            "fail_count": int(inference.get("fail", {}).get("count", 0)),
+            "inference_count": int(model.get("inference_count", 0)),
+            "execution_count": int(model.get("execution_count", 0)),
+            **{f"{phase}_ns": int(inference.get(phase, {}).get("ns", 0)) for phase in PHASES},
+        }
+    return models
+
+
+def breakdown(before: dict[str, dict], after: dict[str, dict]) -> dict[str, dict]:
+    """What happened between two snapshots, per model that ran: requests, batch size, ms per request."""
+    result = {}
+    for name, end in after.items():
+        start = before.get(name, {})
+        requests = end["success_count"] - start.get("success_count", 0)
+        if requests <= 0:
+            continue
+        executions = end["execution_count"] - start.get("execution_count", 0)
+        inferences = end["inference_count"] - start.get("inference_count", 0)
+        result[name] = {
+            "requests": requests,
+            "failed": end["fail_count"] - start.get("fail_count", 0),
+            "executions": executions,
+            "mean_batch_size": inferences / executions if executions else 0.0,
+            **{
+                f"{phase}_ms_per_request": (end[f"{phase}_ns"] - start.get(f"{phase}_ns", 0)) / requests / 1e6
+                for phase in PHASES
+            },
+        }
+    return result

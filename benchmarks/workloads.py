@@ -1,0 +1,126 @@
+"""What a benchmark sends, how a response is checked, and the in-process baseline for the same inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+from s2i import names
+from s2i.audio import prepare_audio
+
+# Presets: per-stage checkpoint sizes. `tiny` keeps tests fast; `realistic` has
+# real architectures (Whisper-base dimensions) with random weights so CPU
+# figures reflect compute; GPU presets are listed for the GPU machines.
+PRESETS: dict[str, dict[str, str]] = {
+    "tiny": {"whisper": "tiny"},
+    "realistic": {"whisper": "base"},
+}
+
+
+@dataclasses.dataclass
+class Workload:
+    """A benchmarkable request stream.
+
+    Attributes:
+        name: What is benchmarked (``whisper``, a stage model name, …).
+        factory: Builds request ``i`` (model, inputs, outputs) for the async client.
+        check: Raises when a response's content is wrong (so empty outputs count as errors).
+        baseline: Runs request ``i`` in-process with the reference libraries, or ``None``.
+        items_per_request: Images (or clips) a request produces, for items/s.
+    """
+
+    name: str
+    factory: Callable[[int], tuple[str, list, list]]
+    check: Callable[[object], None]
+    baseline: Callable[[int], None] | None = None
+    items_per_request: int = 1
+
+
+def _bytes_input(name: str, value: bytes):
+    import tritonclient.grpc.aio as aio
+
+    tensor = aio.InferInput(name, [1, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[value]], dtype=np.object_))
+    return tensor
+
+
+def whisper_workload(
+    clips: Sequence[tuple[np.ndarray, int]], max_new_tokens: int, checkpoint_dir: Path | None = None
+) -> Workload:
+    """Translate the clips round-robin with a fixed token budget (random models never stop early)."""
+    import tritonclient.grpc.aio as aio
+
+    prepared = [prepare_audio(samples, rate) for samples, rate in clips]
+
+    def factory(index: int):
+        samples = prepared[index % len(prepared)]
+        audio = aio.InferInput(names.AUDIO_SAMPLES, [1, samples.shape[0]], "FP32")
+        audio.set_data_from_numpy(samples[None, :])
+        rate = aio.InferInput(names.SAMPLE_RATE_HZ, [1, 1], "INT32")
+        rate.set_data_from_numpy(np.array([[16_000]], np.int32))
+        budget = aio.InferInput(names.MAX_NEW_TOKENS, [1, 1], "INT32")
+        budget.set_data_from_numpy(np.array([[max_new_tokens]], np.int32))
+        outputs = [aio.InferRequestedOutput(names.TOKEN_IDS)]
+        return names.WHISPER, [audio, rate, budget], outputs
+
+    def check(response) -> None:
+        token_ids = response.as_numpy(names.TOKEN_IDS)
+        if token_ids is None or token_ids.size == 0:
+            raise ValueError("`token_ids` came back empty")
+
+    baseline = None
+    if checkpoint_dir is not None:
+        from s2i.stages.whisper.reference import WhisperReference
+
+        reference = WhisperReference(checkpoint_dir)
+
+        def baseline(index: int) -> None:
+            reference.generate(prepared[index % len(prepared)], max_new_tokens=max_new_tokens)
+
+    return Workload(names.WHISPER, factory, check, baseline)
+
+
+def stage_workload(url: str, model_name: str, dynamic_size: int = 1, seed: int = 0) -> Workload:
+    """Random inputs for any one model, shaped from its config (``-1`` axes become ``dynamic_size``)."""
+    import tritonclient.grpc.aio as aio
+
+    from s2i.model_repository.config import TRITON_TO_NUMPY
+
+    with grpcclient.InferenceServerClient(url) as client:
+        config = client.get_model_config(model_name, as_json=True)["config"]
+    batched = int(config.get("max_batch_size", 0)) > 0
+    rng = np.random.default_rng(seed)
+    tensors = []
+    for tensor in config["input"]:
+        if tensor.get("optional"):
+            continue
+        datatype = tensor["data_type"].removeprefix("TYPE_").replace("STRING", "BYTES")
+        shape = ([1] if batched else []) + [dynamic_size if int(d) == -1 else int(d) for d in tensor["dims"]]
+        if datatype == "BYTES":
+            value = np.full(shape, b"benchmark", dtype=np.object_)
+        elif datatype.startswith("FP"):
+            value = rng.standard_normal(shape).astype(TRITON_TO_NUMPY[datatype])
+        else:
+            value = rng.integers(0, 100, size=shape).astype(TRITON_TO_NUMPY[datatype])
+        tensors.append((tensor["name"], datatype, value))
+    outputs = [tensor["name"] for tensor in config["output"]]
+
+    def factory(index: int):
+        inputs = []
+        for name, datatype, value in tensors:
+            tensor = aio.InferInput(name, list(value.shape), datatype)
+            tensor.set_data_from_numpy(value)
+            inputs.append(tensor)
+        return model_name, inputs, [aio.InferRequestedOutput(name) for name in outputs]
+
+    def check(response) -> None:
+        for name in outputs:
+            value = response.as_numpy(name)
+            if value is None or value.size == 0:
+                raise ValueError(f"`{name}` came back empty")
+
+    return Workload(model_name, factory, check)
