@@ -41,9 +41,8 @@ def markdown(report: dict) -> str:
             per_level = ", ".join(f"{level}: {ratio:.2f}×" for level, ratio in ratios["throughput_vs_baseline"].items())
             lines.append(f"Served / baseline throughput by concurrency: {per_level}.")
             if "latency_overhead_at_concurrency_1" in ratios:
-                lines.append(
-                    f"Latency overhead at concurrency 1 (p50): {100 * ratios['latency_overhead_at_concurrency_1']:+.1f}%."
-                )
+                overhead = 100 * ratios["latency_overhead_at_concurrency_1"]
+                lines.append(f"Latency overhead at concurrency 1 (p50): {overhead:+.1f}%.")
     busiest = max(report["runs"], key=lambda run: run.get("concurrency") or 0)
     if busiest.get("server"):
         lines += [
