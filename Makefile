@@ -7,6 +7,9 @@ BIN := $(VENV)/bin
 # openai-whisper ships the real Whisper tokenizer assets; its dependencies
 # (numba, OpenAI Triton) are not needed for that, hence --no-deps.
 OPENAI_WHISPER := openai-whisper==20250625
+# open-clip-torch ships CLIP's BPE vocabulary (bpe_simple_vocab_16e6.txt.gz); its
+# dependencies (torchvision, timm) are not needed for that, hence --no-deps.
+OPEN_CLIP := open-clip-torch==3.3.0
 PYTEST_ARGS ?=
 
 .PHONY: setup system demo test lint clean
@@ -16,12 +19,13 @@ setup: system $(VENV)/.installed
 system:
 	@bash scripts/install-system-deps.sh
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	$(BIN)/python -m pip install -q --no-deps "$(OPENAI_WHISPER)"
+	$(BIN)/python -m pip install -q --no-deps "$(OPEN_CLIP)"
 	@touch $@
 
 demo: setup

@@ -21,7 +21,11 @@ def add_parser(commands) -> None:
     from s2i.benchmarks.workloads import PRESETS
 
     bench = commands.add_parser("bench", help="latency/throughput benchmark with a baseline in the same run")
-    bench.add_argument("--workload", default="whisper", help="`whisper`, or `model:<name>` for any one model")
+    bench.add_argument(
+        "--workload",
+        default="pipeline",
+        help="`pipeline` (speech_to_image), `whisper`, or `model:<name>` for any model",
+    )
     bench.add_argument("--url", help="gRPC host:port of a running server (default: start one on --preset)")
     bench.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model sizes for a started server")
     bench.add_argument("--build-dir", type=Path, default=Path("build"), help="where preset models are built")
@@ -32,6 +36,7 @@ def add_parser(commands) -> None:
     bench.add_argument("--warmup", type=int, default=2, help="unmeasured requests first")
     bench.add_argument("--baseline-requests", type=int, default=8, help="in-process reference requests (0: none)")
     bench.add_argument("--max-new-tokens", type=int, default=32, help="Whisper token budget per request")
+    bench.add_argument("--steps", type=int, default=10, help="denoising steps per image (`pipeline`)")
     bench.add_argument("--dynamic-size", type=int, default=1, help="size of -1 axes for `model:` workloads")
     bench.add_argument("--output", type=Path, default=Path("build/bench"), help="report folder")
     bench.set_defaults(handler=run)
@@ -59,23 +64,31 @@ def _server(args):
 
 
 def _workload(args, url: str, checkpoints):
-    from s2i.benchmarks.workloads import stage_workload, whisper_workload
+    from s2i.benchmarks.workloads import pipeline_workload, stage_workload, whisper_workload
 
     if args.workload.startswith("model:"):
         return stage_workload(url, args.workload.split(":", 1)[1], dynamic_size=args.dynamic_size)
-    if args.workload == "whisper":
-        import soundfile
+    if args.workload not in ("whisper", "pipeline"):
+        raise ValueError(f"`workload` must be `pipeline`, `whisper` or `model:<name>`, got {args.workload!r}.")
+    import soundfile
 
-        from s2i.speech import HINDI_SENTENCES, synthesize
+    from s2i.speech import HINDI_SENTENCES, synthesize
 
-        clips = []
-        for index, sentence in enumerate(HINDI_SENTENCES):
-            path = synthesize(sentence, args.build_dir / "speech" / f"bench{index}.wav", speed_wpm=140 + 15 * index)
-            samples, rate = soundfile.read(path, dtype="float32")
-            clips.append((samples, rate))
-        checkpoint = checkpoints["whisper"] if checkpoints and args.baseline_requests else None
-        return whisper_workload(clips, args.max_new_tokens, checkpoint)
-    raise ValueError(f"`workload` must be `whisper` or `model:<name>`, got {args.workload!r}.")
+    paths = [
+        synthesize(sentence, args.build_dir / "speech" / f"bench{index}.wav", speed_wpm=140 + 15 * index)
+        for index, sentence in enumerate(HINDI_SENTENCES)
+    ]
+    baseline_checkpoints = checkpoints if checkpoints and args.baseline_requests else None
+    if args.workload == "pipeline":
+        return pipeline_workload(
+            [path.read_bytes() for path in paths],
+            num_inference_steps=args.steps,
+            max_new_tokens=args.max_new_tokens,
+            checkpoints=baseline_checkpoints,
+        )
+    clips = [soundfile.read(path, dtype="float32") for path in paths]
+    checkpoint = baseline_checkpoints["whisper"] if baseline_checkpoints else None
+    return whisper_workload(clips, args.max_new_tokens, checkpoint)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,8 +16,9 @@ from s2i.audio import prepare_audio
 # real architectures (Whisper-base dimensions) with random weights so CPU
 # figures reflect compute; GPU presets are listed for the GPU machines.
 PRESETS: dict[str, dict[str, str]] = {
-    "tiny": {"whisper": "tiny"},
-    "realistic": {"whisper": "base"},
+    "tiny": {"whisper": "tiny", "emotion": "tiny", "diffusion": "tiny"},
+    # Whisper-base dimensions, a BiLSTM emotion model, a reduced SD UNet at 256x256.
+    "realistic": {"whisper": "base", "emotion": "base", "diffusion": "base"},
 }
 
 
@@ -82,6 +83,59 @@ def whisper_workload(
             reference.generate(prepared[index % len(prepared)], max_new_tokens=max_new_tokens)
 
     return Workload(names.WHISPER, factory, check, baseline)
+
+
+def pipeline_workload(
+    clips: Sequence[bytes],
+    *,
+    num_inference_steps: int,
+    max_new_tokens: int,
+    checkpoints: dict[str, Path] | None = None,
+) -> Workload:
+    """The whole ``speech_to_image`` ensemble, one WAV per request, a different seed per request."""
+    from s2i.client import operations
+
+    def operation(index: int):
+        return operations.speech_to_image(
+            clips[index % len(clips)],
+            seed=index,
+            num_inference_steps=num_inference_steps,
+            max_new_tokens=max_new_tokens,
+        )
+
+    def factory(index: int):
+        import tritonclient.grpc.aio as aio
+
+        request = operation(index)
+        inputs = []
+        for name, datatype, value in request.inputs:
+            tensor = aio.InferInput(name, list(value.shape), datatype)
+            tensor.set_data_from_numpy(value)
+            inputs.append(tensor)
+        # All the outputs the client asks for: Triton 2.51's ensemble can fail with "unexpected
+        # deadlock" when a request names only a few of them (see README, Known limitations).
+        return request.model, inputs, [aio.InferRequestedOutput(name) for name in request.outputs]
+
+    def check(response) -> None:
+        png = response.as_numpy(names.PNG)
+        if png is None or png.size != 1 or not png.reshape(-1)[0].startswith(b"\x89PNG"):
+            raise ValueError("`png` came back empty or not a PNG")
+
+    baseline = None
+    if checkpoints is not None:
+        from s2i.pipeline.reference import ReferencePipeline
+
+        reference = ReferencePipeline(checkpoints)
+
+        def baseline(index: int) -> None:
+            reference.run(
+                clips[index % len(clips)],
+                seed=index,
+                num_inference_steps=num_inference_steps,
+                max_new_tokens=max_new_tokens,
+            )
+
+    return Workload(names.SPEECH_TO_IMAGE, factory, check, baseline)
 
 
 def stage_workload(url: str, model_name: str, dynamic_size: int = 1, seed: int = 0) -> Workload:

@@ -1,6 +1,21 @@
-"""gRPC client library for the speech2image-triton server."""
+"""Client library for the speech2image-triton server: sync and asyncio gRPC clients, typed results."""
 
+from s2i.client.aio_client import AsyncClient
 from s2i.client.errors import ClientError, InvalidRequestError, ServerUnavailableError
-from s2i.client.grpc_client import Client, Translation
+from s2i.client.grpc_client import Client
+from s2i.client.results import EmotionResult, GeneratedImage, SpeechToImageResult, StreamEvent, Translation
+from s2i.client.transport import RetryPolicy
 
-__all__ = ["Client", "ClientError", "InvalidRequestError", "ServerUnavailableError", "Translation"]
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "ClientError",
+    "EmotionResult",
+    "GeneratedImage",
+    "InvalidRequestError",
+    "RetryPolicy",
+    "ServerUnavailableError",
+    "SpeechToImageResult",
+    "StreamEvent",
+    "Translation",
+]

@@ -2,93 +2,76 @@
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import time
-from pathlib import Path
+import uuid
 
-import numpy as np
 import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, serialize_byte_tensor, serialized_byte_size
 
-from s2i import names
-from s2i.client.errors import ClientError, InvalidRequestError, ServerUnavailableError
+from s2i.client import operations
+from s2i.client.errors import ServerUnavailableError
+from s2i.client.operations import AudioInput, Operation
+from s2i.client.results import EmotionResult, GeneratedImage, SpeechToImageResult, Translation
+from s2i.client.transport import Connection, RetryPolicy, wrap_error
 
-AudioInput = str | Path | bytes | np.ndarray
-
-
-@dataclasses.dataclass(frozen=True)
-class Translation:
-    """What the ``whisper`` model returned for one clip.
-
-    Attributes:
-        text: English translation (or the transcript, for ``task="transcribe"``).
-        token_ids: Generated token ids, without the forced prompt.
-    """
-
-    text: str
-    token_ids: list[int]
-
-
-def _wrap(error: InferenceServerException) -> ClientError:
-    status = (error.status() or "").replace("StatusCode.", "")
-    message = error.message() or str(error)
-    if status == "INVALID_ARGUMENT":
-        return InvalidRequestError(message, status)
-    if status == "UNAVAILABLE":
-        return ServerUnavailableError(message, status)
-    return ClientError(message, status or None)
-
-
-def audio_inputs(audio: AudioInput, sample_rate_hz: int | None) -> list[grpcclient.InferInput]:
-    """The request tensors for ``audio``: a file path or file bytes, or float32 mono samples."""
-    if isinstance(audio, (str, Path)):
-        audio = Path(audio).read_bytes()
-    if isinstance(audio, bytes):
-        if sample_rate_hz is not None:
-            raise ValueError("`sample_rate_hz` is read from the file; pass it only with raw samples.")
-        tensor = grpcclient.InferInput(names.AUDIO_BYTES, [1, 1], "BYTES")
-        tensor.set_data_from_numpy(np.array([[audio]], dtype=np.object_))
-        return [tensor]
-    samples = np.asarray(audio)
-    if sample_rate_hz is None:
-        raise ValueError("`sample_rate_hz` is required with raw samples.")
-    if samples.ndim != 1:
-        raise ValueError(f"`audio` must be mono samples of shape [samples], got shape {list(samples.shape)}.")
-    if samples.dtype != np.float32:
-        raise ValueError(f"`audio` must be float32 samples in [-1, 1], got {samples.dtype}.")
-    tensor = grpcclient.InferInput(names.AUDIO_SAMPLES, [1, samples.shape[0]], "FP32")
-    tensor.set_data_from_numpy(samples[None, :])
-    rate = grpcclient.InferInput(names.SAMPLE_RATE_HZ, [1, 1], "INT32")
-    rate.set_data_from_numpy(np.array([[sample_rate_hz]], dtype=np.int32))
-    return [tensor, rate]
-
-
-def text_input(name: str, value: str) -> grpcclient.InferInput:
-    """A ``[1, 1]`` BYTES input."""
-    tensor = grpcclient.InferInput(name, [1, 1], "BYTES")
-    tensor.set_data_from_numpy(np.array([[value.encode("utf-8")]], dtype=np.object_))
-    return tensor
-
-
-def int_input(name: str, value: int) -> grpcclient.InferInput:
-    """A ``[1, 1]`` INT32 input."""
-    tensor = grpcclient.InferInput(name, [1, 1], "INT32")
-    tensor.set_data_from_numpy(np.array([[value]], dtype=np.int32))
-    return tensor
+# Inputs at least this large go through system shared memory when it is enabled.
+SHARED_MEMORY_MIN_BYTES = 64 * 1024
 
 
 class Client:
-    """gRPC client; use as a context manager.
+    """Blocking client; use as a context manager.
 
     Example:
         >>> with Client("localhost:8001") as client:
-        ...     print(client.translate("speech.wav").text)
+        ...     result = client.speech_to_image("speech.wav", seed=7)
+        ...     result.image.save("out.png")
+
+    Args:
+        url: ``host:port`` of the gRPC endpoint.
+        timeout_s: Default per-call deadline.
+        headers: Sent with every request (auth for a gateway, …).
+        ssl: Use TLS (with ``root_certificates``, ``private_key``, ``certificate_chain`` PEM files).
+        retry: Retries on ``UNAVAILABLE``; pass ``RetryPolicy(max_attempts=1)`` to disable.
+        use_shared_memory: Send large inputs (audio) through system shared memory; only
+            for a server on the same host.
     """
 
-    def __init__(self, url: str = "localhost:8001", *, timeout_s: float = 120.0) -> None:
-        self.url = url
-        self.timeout_s = timeout_s
-        self._client = grpcclient.InferenceServerClient(url)
+    def __init__(
+        self,
+        url: str = "localhost:8001",
+        *,
+        timeout_s: float = 300.0,
+        headers: dict[str, str] | None = None,
+        ssl: bool = False,
+        root_certificates: str | None = None,
+        private_key: str | None = None,
+        certificate_chain: str | None = None,
+        retry: RetryPolicy | None = None,
+        use_shared_memory: bool = False,
+    ) -> None:
+        self.connection = Connection(
+            url=url,
+            timeout_s=timeout_s,
+            headers=dict(headers or {}),
+            ssl=ssl,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            retry=retry or RetryPolicy(),
+        )
+        self.use_shared_memory = use_shared_memory
+        self._client = grpcclient.InferenceServerClient(**self.connection.client_kwargs())
+
+    @property
+    def url(self) -> str:
+        """``host:port`` of the server."""
+        return self.connection.url
+
+    @property
+    def timeout_s(self) -> float:
+        """Default per-call deadline."""
+        return self.connection.timeout_s
 
     def close(self) -> None:
         """Close the channel."""
@@ -105,14 +88,68 @@ class Client:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                ready = self._client.is_server_ready() and (model is None or self._client.is_model_ready(model))
-                if ready:
+                headers = self.connection.headers or None
+                if self._client.is_server_ready(headers=headers) and (
+                    model is None or self._client.is_model_ready(model, headers=headers)
+                ):
                     return
             except InferenceServerException:
                 pass
             if time.monotonic() > deadline:
                 raise ServerUnavailableError(f"Server at {self.url} not ready after {timeout_s:.0f} s.", "UNAVAILABLE")
             time.sleep(0.2)
+
+    @contextlib.contextmanager
+    def _inputs(self, operation: Operation):
+        """``InferInput``s for an operation; large ones in registered shared memory while the call runs."""
+        import tritonclient.utils.shared_memory as shm
+
+        inputs, regions = [], []
+        try:
+            for name, datatype, value in operation.inputs:
+                tensor = grpcclient.InferInput(name, list(value.shape), datatype)
+                payload = serialize_byte_tensor(value) if datatype == "BYTES" else value
+                size = serialized_byte_size(payload) if datatype == "BYTES" else value.nbytes
+                if self.use_shared_memory and size >= SHARED_MEMORY_MIN_BYTES:
+                    region = f"s2i-{uuid.uuid4().hex[:12]}"
+                    handle = shm.create_shared_memory_region(region, f"/{region}", size)
+                    regions.append((region, handle))
+                    shm.set_shared_memory_region(handle, [payload])
+                    self._client.register_system_shared_memory(
+                        region, f"/{region}", size, headers=self.connection.headers or None
+                    )
+                    tensor.set_shared_memory(region, size)
+                else:
+                    tensor.set_data_from_numpy(value)
+                inputs.append(tensor)
+            yield inputs
+        finally:
+            for region, handle in regions:
+                with contextlib.suppress(InferenceServerException):
+                    self._client.unregister_system_shared_memory(region, headers=self.connection.headers or None)
+                shm.destroy_shared_memory_region(handle)
+
+    def execute(self, operation: Operation, timeout_s: float | None = None):
+        """Run an :class:`~s2i.client.operations.Operation`, retrying on ``UNAVAILABLE``; return its result."""
+        outputs = [grpcclient.InferRequestedOutput(name) for name in operation.outputs]
+        policy = self.connection.retry
+        for attempt in range(1, policy.max_attempts + 1):
+            try:
+                with self._inputs(operation) as inputs:
+                    result = self._client.infer(
+                        operation.model,
+                        inputs,
+                        outputs=outputs,
+                        client_timeout=timeout_s or self.timeout_s,
+                        headers=self.connection.headers or None,
+                    )
+                break
+            except InferenceServerException as e:
+                error = wrap_error(e)
+                if not isinstance(error, ServerUnavailableError) or attempt == policy.max_attempts:
+                    raise error from e
+                time.sleep(policy.backoff_s(attempt))
+        return operation.parse({name: result.as_numpy(name) for name in operation.outputs})
 
     def translate(
         self,
@@ -134,19 +171,42 @@ class Client:
             max_new_tokens: Limit of generated tokens (server default when ``None``).
             timeout_s: Per-call deadline (the client's default when ``None``).
         """
-        inputs = audio_inputs(audio, sample_rate_hz)
-        inputs += [text_input(names.TASK, task), text_input(names.LANGUAGE, language)]
-        if max_new_tokens is not None:
-            inputs.append(int_input(names.MAX_NEW_TOKENS, max_new_tokens))
-        outputs = [grpcclient.InferRequestedOutput(names.TEXT), grpcclient.InferRequestedOutput(names.TOKEN_IDS)]
-        try:
-            result = self._client.infer(
-                names.WHISPER, inputs, outputs=outputs, client_timeout=timeout_s or self.timeout_s
-            )
-        except InferenceServerException as e:
-            raise _wrap(e) from e
-        text = result.as_numpy(names.TEXT)
-        token_ids = result.as_numpy(names.TOKEN_IDS)
-        if text is None or token_ids is None or text.size != 1:
-            raise ClientError(f"`{names.WHISPER}` returned no text; is the server's Python environment set up?")
-        return Translation(text=text.reshape(-1)[0].decode("utf-8"), token_ids=token_ids.reshape(-1).tolist())
+        operation = operations.translate(
+            audio, sample_rate_hz, task=task, language=language, max_new_tokens=max_new_tokens
+        )
+        return self.execute(operation, timeout_s)
+
+    def classify_emotion(
+        self, audio: AudioInput, sample_rate_hz: int | None = None, *, timeout_s: float | None = None
+    ) -> EmotionResult:
+        """Classify the speaker's emotion with the ``emotion_classifier`` model (same audio as ``translate``)."""
+        return self.execute(operations.classify_emotion(audio, sample_rate_hz), timeout_s)
+
+    def text_to_image(self, prompt: str, *, timeout_s: float | None = None, **options) -> GeneratedImage:
+        """Generate an image with the ``diffusion`` model.
+
+        Args:
+            prompt: What to draw (CLIP keeps its first 77 tokens).
+            timeout_s: Per-call deadline.
+            **options: ``negative_prompt``, ``num_inference_steps``, ``guidance_scale``, ``height``,
+                ``width``, ``seed``, ``scheduler``; ``None`` takes the server's default.
+        """
+        return self.execute(operations.text_to_image(prompt, **options), timeout_s)
+
+    def speech_to_image(
+        self, audio: AudioInput, sample_rate_hz: int | None = None, *, timeout_s: float | None = None, **options
+    ) -> SpeechToImageResult:
+        """Hindi speech in, an emotion-aware image out, through the ``speech_to_image`` ensemble.
+
+        Args:
+            audio: Path or bytes of a WAV/FLAC/OGG file, or float32 mono samples.
+            sample_rate_hz: Sample rate of raw samples.
+            timeout_s: Per-call deadline.
+            **options: ``seed``, ``num_inference_steps``, ``guidance_scale``, ``height``, ``width``,
+                ``scheduler``, ``emotion_override``, ``style_template``, ``return_transcript``,
+                ``max_new_tokens``.
+        """
+        started = time.perf_counter()
+        result = self.execute(operations.speech_to_image(audio, sample_rate_hz, **options), timeout_s)
+        result.timings_ms["total"] = 1000 * (time.perf_counter() - started)
+        return result

@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from s2i.conversion.repository import PYTHON_ONNXRUNTIME, TARGETS, write_model
+from s2i.conversion.repository import PYTHON_ONNXRUNTIME, TARGETS, device_of, write_model
 
 LOGGER = logging.getLogger(__name__)
 
@@ -38,12 +38,13 @@ def resolve_checkpoint(reference: str | Path, required_file: str = "config.json"
 
 
 def _cache_key(checkpoint: Path) -> str:
-    """A key that changes when the checkpoint's files change (path, sizes, mtimes)."""
+    """A key that changes when any of the checkpoint's files change (path, sizes, mtimes)."""
     digest = hashlib.sha256(str(checkpoint.resolve()).encode())
-    for file in sorted(checkpoint.iterdir()):
-        if file.is_file():
+    # Whole tree: a diffusers checkpoint keeps its weights in sub-folders (unet/, vae/, …).
+    for file in sorted(checkpoint.rglob("*")):
+        if file.is_file() and not file.name.startswith("."):
             stat = file.stat()
-            digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            digest.update(f"{file.relative_to(checkpoint)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -91,4 +92,10 @@ def convert(
             write_model(output, model)
             report.models.append(model.spec.name)
         report.max_abs_diff.update(exported.max_abs_diff)
+    from s2i.pipeline.models import has_pipeline_models, pipeline_repository_models
+
+    if has_pipeline_models(output):
+        for model in pipeline_repository_models(output, device_of(target)):
+            write_model(output, model)
+            report.models.append(model.spec.name)
     return report

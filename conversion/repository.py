@@ -120,13 +120,32 @@ def write_model(repository: Path, model: RepositoryModel) -> Path:
     return model_dir
 
 
+def external_data_files(onnx_path: Path) -> list[Path]:
+    """Files holding the graph's external weights (``model.onnx_data`` for graphs over 2 GB)."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    locations = {
+        entry.value
+        for tensor in _get_all_tensors(model)
+        if uses_external_data(tensor)
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    return [Path(onnx_path).parent / location for location in sorted(locations)]
+
+
 def stage_repository_model(component: OnnxComponent, onnx_dir: Path, target: str) -> RepositoryModel:
     """The repository entry of an exported graph for ``target`` (builds its engine for ``tensorrt``)."""
     spec = stage_model_spec(component, target)
     onnx_path = Path(onnx_dir) / component.onnx_file
     if target != TENSORRT:
         python_model = "onnx_stage" if target == PYTHON_ONNXRUNTIME else None
-        return RepositoryModel(spec, python_model, {ONNX_MODEL_FILE: onnx_path})
+        files = {ONNX_MODEL_FILE: onnx_path}
+        # Graphs over 2 GB keep their weights in a file the graph names; it keeps that name.
+        files.update({path.name: path for path in external_data_files(onnx_path)})
+        return RepositoryModel(spec, python_model, files)
     chosen = component_policy(component, target)
     engine_dir = Path(onnx_dir) / "tensorrt" / component.model_name
     build_engine(

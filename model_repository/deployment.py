@@ -55,26 +55,52 @@ class ModelPolicy:
         return (InstanceGroup(count=self.instances, kind="KIND_GPU" if device == GPU else "KIND_CPU"),)
 
 
-# Stage graphs: batched, one instance (a GPU runs one graph at a time well; two
-# instances on GPU overlap copies and compute).
-_STAGE_CPU = ModelPolicy(max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=2000, instances=1)
-_STAGE_GPU = ModelPolicy(max_batch_size=16, preferred_batch_sizes=(8, 16), max_queue_delay_us=1000, instances=2)
-# Loops (BLS): each instance holds a request for its whole loop.
-_LOOP_CPU = ModelPolicy(max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=5000, instances=2)
-_LOOP_GPU = ModelPolicy(max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=5000, instances=8)
+def _batched(max_batch_size: int, preferred: tuple[int, ...], delay_us: int, instances: int = 1) -> ModelPolicy:
+    return ModelPolicy(max_batch_size, preferred, delay_us, instances)
+
+
+def _unbatched(instances: int) -> ModelPolicy:
+    # Light Python steps: requests that arrive together still come as one batch,
+    # but waiting for partners would only add latency.
+    return ModelPolicy(max_batch_size=8, instances=instances)
+
 
 POLICIES: dict[str, dict[str, ModelPolicy]] = {
     CPU: {
-        "whisper": _LOOP_CPU,
-        "whisper_encoder": _STAGE_CPU,
-        "whisper_decoder": _STAGE_CPU,
-        "whisper_decoder_with_past": _STAGE_CPU,
+        # Whisper: the decoder runs once per token, so its batcher waits only ~1 decoding step.
+        "whisper": _batched(8, (4, 8), 5000, instances=2),
+        "whisper_encoder": _batched(8, (4, 8), 2000),
+        "whisper_decoder": _batched(8, (4, 8), 2000),
+        "whisper_decoder_with_past": _batched(8, (4, 8), 2000),
+        "emotion_classifier": _batched(8, (4, 8), 2000),
+        "emotion_classifier_graph": _batched(8, (4, 8), 1000),
+        # Diffusion: 16 UNet rows = 8 guided images; the two loop instances' steps meet here.
+        "diffusion": _batched(8, (4, 8), 5000, instances=2),
+        "text_encoder": _batched(16, (8, 16), 2000),
+        "unet": _batched(16, (8, 16), 2000),
+        "vae_decoder": _batched(8, (4, 8), 2000),
+        "preprocess": _unbatched(2),
+        "prompt_composer": _unbatched(1),
+        "postprocess": _unbatched(1),
+        "speech_to_image_stream": _unbatched(2),
     },
     GPU: {
-        "whisper": _LOOP_GPU,
-        "whisper_encoder": _STAGE_GPU,
-        "whisper_decoder": _STAGE_GPU,
-        "whisper_decoder_with_past": _STAGE_GPU,
+        # More loop instances keep the GPU's batches full; stage graphs get two
+        # instances so one copies while the other computes.
+        "whisper": _batched(8, (4, 8), 5000, instances=8),
+        "whisper_encoder": _batched(16, (8, 16), 1000, instances=2),
+        "whisper_decoder": _batched(16, (8, 16), 1000, instances=2),
+        "whisper_decoder_with_past": _batched(16, (8, 16), 1000, instances=2),
+        "emotion_classifier": _batched(8, (4, 8), 2000, instances=4),
+        "emotion_classifier_graph": _batched(16, (8, 16), 1000),
+        "diffusion": _batched(8, (4, 8), 5000, instances=8),
+        "text_encoder": _batched(16, (8, 16), 1000),
+        "unet": _batched(16, (8, 16), 1000, instances=2),
+        "vae_decoder": _batched(8, (4, 8), 1000),
+        "preprocess": _unbatched(4),
+        "prompt_composer": _unbatched(2),
+        "postprocess": _unbatched(4),
+        "speech_to_image_stream": _unbatched(8),
     },
 }
 

@@ -7,6 +7,7 @@ the package stays importable (and testable) anywhere.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -14,11 +15,17 @@ import numpy as np
 from s2i.audio import InvalidInputError
 
 
+# How an InvalidInputError reads: "`field`: what is wrong".
+INVALID_INPUT_MESSAGE = re.compile(r"^`[a-z_]+`: ")
+
+
 class StageError(RuntimeError):
     """A BLS call to a stage model failed; keeps the stage's error code."""
 
-    def __init__(self, model_name: str, message: str, code: int | None) -> None:
-        super().__init__(f"stage model `{model_name}` failed: {message}")
+    def __init__(self, model_name: str, message: str, code: int | None, *, invalid_input: bool = False) -> None:
+        # A refused input is the caller's to fix: pass the stage's message (it names the field) unchanged.
+        super().__init__(message if invalid_input else f"stage model `{model_name}` failed: {message}")
+        self.model_name = model_name
         self.code = code
 
 
@@ -55,7 +62,15 @@ def make_stage_runner(pb_utils):
         response = request.exec()
         if response.has_error():
             error = response.error()
-            raise StageError(model_name, error.message(), error.code() if hasattr(error, "code") else None)
+            code = error.code() if hasattr(error, "code") else None
+            # BLS does not always carry the stage's code through; the message format does.
+            invalid = code == pb_utils.TritonError.INVALID_ARG or bool(INVALID_INPUT_MESSAGE.match(error.message()))
+            raise StageError(
+                model_name,
+                error.message(),
+                pb_utils.TritonError.INVALID_ARG if invalid else code,
+                invalid_input=invalid,
+            )
         outputs = {}
         for name in output_names:
             tensor = pb_utils.get_output_tensor_by_name(response, name)

@@ -6,6 +6,8 @@ their calls across concurrent requests. Checkpoint assets (tokenizer, feature
 extractor and generation configs) sit in ``assets/`` beside this file.
 """
 
+import dataclasses
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,17 +34,23 @@ class TritonPythonModel:
         self.runner = WhisperRunner(assets, make_stage_runner(pb_utils))
 
     def _parse(self, request):
-        audio_bytes = scalar(optional_input(pb_utils, request, names.AUDIO_BYTES), names.AUDIO_BYTES, text=False)
+        """The request's clip and options, checked; plus whether a transcript was asked for."""
+        features = optional_input(pb_utils, request, names.INPUT_FEATURES)
         samples = optional_input(pb_utils, request, names.AUDIO_SAMPLES)
-        if samples is not None and samples.shape[0] != 1:
-            raise InvalidInputError(
-                names.AUDIO_SAMPLES,
-                f"must hold one mono clip per request, got shape {list(samples.shape)} "
-                "(for stereo audio, downmix to one channel first).",
-            )
-        sample_rate_hz = scalar(optional_input(pb_utils, request, names.SAMPLE_RATE_HZ), names.SAMPLE_RATE_HZ)
+        for name, value in ((names.INPUT_FEATURES, features), (names.AUDIO_SAMPLES, samples)):
+            if value is not None and value.shape[0] != 1:
+                raise InvalidInputError(
+                    name,
+                    f"must hold one mono clip per request, got shape {list(value.shape)} "
+                    "(for stereo audio, downmix to one channel first).",
+                )
+        if features is None:
+            audio_bytes = scalar(optional_input(pb_utils, request, names.AUDIO_BYTES), names.AUDIO_BYTES, text=False)
+            sample_rate_hz = scalar(optional_input(pb_utils, request, names.SAMPLE_RATE_HZ), names.SAMPLE_RATE_HZ)
+            samples = load_request_audio(None if samples is None else samples[0], sample_rate_hz, audio_bytes)
         parsed = TranscriptionRequest(
-            samples=load_request_audio(None if samples is None else samples[0], sample_rate_hz, audio_bytes),
+            samples=samples,
+            features=None if features is None else features[0],
             task=scalar(optional_input(pb_utils, request, names.TASK), names.TASK, DEFAULT_TASK),
             language=scalar(optional_input(pb_utils, request, names.LANGUAGE), names.LANGUAGE, DEFAULT_LANGUAGE),
             max_new_tokens=int(
@@ -54,30 +62,49 @@ class TritonPythonModel:
             ),
         )
         self.runner.check(parsed)
-        return parsed
+        return_transcript = bool(
+            scalar(optional_input(pb_utils, request, names.RETURN_TRANSCRIPT), names.RETURN_TRANSCRIPT, False)
+        )
+        return parsed, return_transcript
 
     def execute(self, requests):
         """Answer every request; a bad one gets its own error and never fails its neighbours."""
+        started = time.perf_counter()
         responses = [None] * len(requests)
-        valid = {}
+        jobs = []  # (request index, kind, TranscriptionRequest)
         for index, request in enumerate(requests):
             try:
-                valid[index] = self._parse(request)
+                parsed, return_transcript = self._parse(request)
             except Exception as error:  # noqa: BLE001 - becomes this request's error response
                 responses[index] = error_response(pb_utils, error)
-        if valid:
-            try:
-                results = self.runner.transcribe(list(valid.values()))
-            except Exception as error:  # noqa: BLE001
-                results = [error] * len(valid)
-            for index, result in zip(valid, results, strict=False):
-                if isinstance(result, Exception):
-                    responses[index] = error_response(pb_utils, result)
-                    continue
-                responses[index] = pb_utils.InferenceResponse(
-                    output_tensors=[
-                        pb_utils.Tensor(names.TEXT, np.array([[result.text.encode("utf-8")]], dtype=np.object_)),
-                        pb_utils.Tensor(names.TOKEN_IDS, np.asarray([result.token_ids], dtype=np.int64)),
-                    ]
-                )
+                continue
+            jobs.append((index, "main", parsed))
+            if return_transcript:
+                # The transcript shares the clip's features and runs in the same decoder batch.
+                jobs.append((index, "transcript", dataclasses.replace(parsed, task="transcribe")))
+        if not jobs:
+            return responses
+        try:
+            results = self.runner.transcribe([job for _, _, job in jobs])
+        except Exception as error:  # noqa: BLE001
+            for index, _, _ in jobs:
+                responses[index] = error_response(pb_utils, error)
+            return responses
+        by_request = {}
+        for (index, kind, _), result in zip(jobs, results, strict=True):
+            by_request.setdefault(index, {})[kind] = result
+        elapsed_ms = np.array([[1000 * (time.perf_counter() - started)]], dtype=np.float32)
+        for index, parts in by_request.items():
+            main, transcript = parts["main"], parts.get("transcript")
+            responses[index] = pb_utils.InferenceResponse(
+                output_tensors=[
+                    pb_utils.Tensor(names.TEXT, np.array([[main.text.encode("utf-8")]], dtype=np.object_)),
+                    pb_utils.Tensor(names.TOKEN_IDS, np.asarray([main.token_ids], dtype=np.int64)),
+                    pb_utils.Tensor(
+                        names.TRANSCRIPT,
+                        np.array([[(transcript.text if transcript else "").encode("utf-8")]], dtype=np.object_),
+                    ),
+                    pb_utils.Tensor(names.COMPUTE_MS, elapsed_ms),
+                ]
+            )
         return responses

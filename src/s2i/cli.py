@@ -102,6 +102,110 @@ def cmd_translate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_imagine(args: argparse.Namespace) -> int:
+    """Send a prompt to the ``diffusion`` model and write the image as PNG."""
+    from PIL import Image
+
+    from s2i.client import Client, ClientError
+
+    with Client(args.url, timeout_s=args.timeout_s) as client:
+        try:
+            result = client.text_to_image(
+                args.prompt,
+                negative_prompt=args.negative_prompt,
+                num_inference_steps=args.steps,
+                guidance_scale=args.guidance_scale,
+                height=args.height,
+                width=args.width,
+                seed=args.seed,
+                scheduler=args.scheduler,
+            )
+        except ClientError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(result.image).save(args.output)
+    print(f"{args.output} ({result.image.shape[1]}x{result.image.shape[0]}, seed {result.seed})")
+    return 0
+
+
+def cmd_emotion(args: argparse.Namespace) -> int:
+    """Send a speech file to the ``emotion_classifier`` model and print the emotion and probabilities."""
+    from s2i.client import Client, ClientError
+
+    with Client(args.url, timeout_s=args.timeout_s) as client:
+        try:
+            result = client.classify_emotion(args.audio)
+        except ClientError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    print(result.label)
+    for label, probability in sorted(result.scores.items(), key=lambda item: -item[1]):
+        print(f"  {label:<10} {probability:.4f}")
+    return 0
+
+
+def cmd_train_emotion(args: argparse.Namespace) -> int:
+    """Train the emotion classifier on a RAVDESS-layout folder."""
+    from s2i.stages.emotion.modeling import EmotionConfig
+    from s2i.training.emotion import TrainingConfig, train_emotion
+
+    if args.synthesize:
+        from s2i.stages.emotion.ravdess import synthesize_corpus
+
+        files = synthesize_corpus(args.data, actors=tuple(range(1, args.synthesize + 1)), seed=args.seed)
+        print(f"synthetic RAVDESS-layout corpus: {len(files)} files in {args.data}")
+    if bool(args.val_actors) != bool(args.test_actors):
+        print("error: give both --val-actors and --test-actors, or neither", file=sys.stderr)
+        return 2
+    config = TrainingConfig(
+        model=EmotionConfig(architecture=args.architecture, hidden_size=args.hidden_size, num_layers=args.num_layers),
+        epochs=args.epochs,
+        patience=args.patience,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        val_actors=tuple(args.val_actors or ()),
+        test_actors=tuple(args.test_actors or ()),
+        threads=args.threads,
+    )
+    result = train_emotion(args.data, args.output, config)
+    print(
+        f"held-out actors {list(result.split.test)}: macro F1 {result.test.macro_f1:.3f}, "
+        f"accuracy {result.test.accuracy:.3f} (chance macro F1 {1 / config.model.num_labels:.3f}); "
+        f"best epoch {result.best_epoch} of {result.epochs_run}, {result.train_seconds:.0f} s"
+    )
+    print(f"checkpoint: {result.checkpoint} (convert with `s2i convert --emotion {result.checkpoint}`)")
+    print(f"confusion matrix: {result.confusion_png}")
+    return 0
+
+
+def _add_train_emotion(train_commands) -> None:
+    from s2i.stages.emotion.modeling import ARCHITECTURES
+
+    emotion = train_commands.add_parser("emotion", help="speech emotion classifier on a RAVDESS-layout folder")
+    emotion.add_argument("--data", type=Path, required=True, help="folder with Actor_XX/MM-VV-EE-II-SS-RR-AA.wav")
+    emotion.add_argument("--output", type=Path, default=DEFAULT_BUILD_DIR / "trained" / "emotion")
+    emotion.add_argument("--architecture", choices=ARCHITECTURES, default="bilstm")
+    emotion.add_argument("--hidden-size", type=int, default=64)
+    emotion.add_argument("--num-layers", type=int, default=1)
+    emotion.add_argument("--epochs", type=int, default=40)
+    emotion.add_argument("--patience", type=int, default=8, help="early stopping: epochs without better val F1")
+    emotion.add_argument("--batch-size", type=int, default=16)
+    emotion.add_argument("--learning-rate", type=float, default=3e-3)
+    emotion.add_argument("--seed", type=int, default=0)
+    emotion.add_argument("--val-actors", type=int, nargs="+", help="validation actors (default: seeded split)")
+    emotion.add_argument("--test-actors", type=int, nargs="+", help="held-out test actors (default: seeded split)")
+    emotion.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    emotion.add_argument(
+        "--synthesize",
+        type=int,
+        metavar="ACTORS",
+        help="first write a synthetic espeak-ng corpus with this many actors into --data (RAVDESS is not bundled)",
+    )
+    emotion.set_defaults(handler=cmd_train_emotion)
+
+
 def cmd_speak(args: argparse.Namespace) -> int:
     """Make Hindi speech with espeak-ng."""
     from s2i.speech import synthesize
@@ -111,33 +215,54 @@ def cmd_speak(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job: tiny models → repository → server → Hindi speech in → English text out."""
-    from s2i.client import Client
-    from s2i.conversion.convert import convert
-    from s2i.server import ServerOptions, TritonServer
-    from s2i.speech import HINDI_SENTENCES, synthesize
-    from s2i.tiny import build_tiny_checkpoints
+    """The main job: tiny models -> repository -> server -> Hindi speech in -> image out."""
+    from s2i.demo import run_demo
 
-    build_dir: Path = args.build_dir
-    print("[1/4] building tiny checkpoints (cached) ...", flush=True)
-    checkpoints = build_tiny_checkpoints(_checkpoints_dir(build_dir))
-    print("[2/4] exporting to ONNX, validating against PyTorch, writing the model repository ...", flush=True)
-    report = convert(checkpoints, build_dir / "model_repository")
-    for name, diff in report.max_abs_diff.items():
-        print(f"      {name}: max abs diff {diff:.2e}")
-    sentence = args.text or HINDI_SENTENCES[0]
-    speech = synthesize(sentence, build_dir / "speech" / "hindi.wav")
-    print(f"[3/4] starting tritonserver on {report.repository} ...", flush=True)
-    options = ServerOptions(str(report.repository)).with_free_ports()
-    with TritonServer(options, log_file=build_dir / "tritonserver.log") as server:
-        print(f"      ready: gRPC {server.grpc_url} (log: {build_dir / 'tritonserver.log'})", flush=True)
-        print(f"[4/4] sending Hindi speech ({speech}): {sentence}", flush=True)
-        with Client(server.grpc_url) as client:
-            started = time.perf_counter()
-            result = client.translate(speech, max_new_tokens=args.max_new_tokens)
-            latency_ms = (time.perf_counter() - started) * 1000
-    print(f"English translation (from the server, {latency_ms:.0f} ms): {result.text}")
-    print(f"token ids: {result.token_ids}")
+    return run_demo(
+        args.build_dir,
+        args.text,
+        args.output or args.build_dir / "demo" / "image.png",
+        steps=args.steps,
+        seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+    )
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Send a speech file through the ``speech_to_image`` ensemble; write the PNG, print texts and timings."""
+    from s2i.client import Client, ClientError
+
+    options = {
+        "seed": args.seed,
+        "num_inference_steps": args.steps,
+        "guidance_scale": args.guidance_scale,
+        "height": args.height,
+        "width": args.width,
+        "scheduler": args.scheduler,
+        "emotion_override": args.emotion,
+        "style_template": args.style,
+        "max_new_tokens": args.max_new_tokens,
+    }
+    with Client(args.url, timeout_s=args.timeout_s) as client:
+        try:
+            result = client.speech_to_image(
+                args.audio,
+                return_transcript=args.transcript,
+                **{key: value for key, value in options.items() if value is not None},
+            )
+        except ClientError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_bytes(result.png)
+    if args.transcript:
+        print(f"transcript: {result.transcript}")
+    print(f"translation: {result.text}")
+    detected = result.detected_emotion
+    print(f"emotion: {result.emotion} (detected {detected}, p={result.emotion_scores[detected]:.2f})")
+    print(f"prompt: {result.prompt}")
+    print("timings: " + ", ".join(f"{step} {ms:.0f} ms" for step, ms in result.timings_ms.items()))
+    print(f"image: {args.output} (seed {result.seed})")
     return 0
 
 
@@ -190,6 +315,37 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--timeout-s", type=float, default=120.0)
     translate.set_defaults(handler=cmd_translate)
 
+    imagine = commands.add_parser("imagine", help="English prompt -> PNG image, through the server")
+    imagine.add_argument("prompt")
+    imagine.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write")
+    imagine.add_argument("--url", default=DEFAULT_URL, help="gRPC host:port")
+    imagine.add_argument("--negative-prompt")
+    imagine.add_argument("--steps", type=int, help="denoising steps (server default: 50)")
+    imagine.add_argument("--guidance-scale", type=float, help="classifier-free guidance (server default: 7.5)")
+    imagine.add_argument("--height", type=int, help="pixels (default: the checkpoint's size)")
+    imagine.add_argument("--width", type=int, help="pixels (default: the checkpoint's size)")
+    imagine.add_argument("--seed", type=int, help="seed of the initial noise (server picks one if left out)")
+    imagine.add_argument("--scheduler", help="ddim, euler, euler_ancestral, dpmsolver++ or pndm")
+    imagine.add_argument("--timeout-s", type=float, default=300.0)
+    imagine.set_defaults(handler=cmd_imagine)
+
+    emotion = commands.add_parser("emotion", help="speech file -> emotion and probabilities, through the server")
+    emotion.add_argument("audio", type=Path, help="WAV/FLAC/OGG file")
+    emotion.add_argument("--url", default=DEFAULT_URL, help="gRPC host:port")
+    emotion.add_argument("--timeout-s", type=float, default=60.0)
+    emotion.set_defaults(handler=cmd_emotion)
+
+    # `s2i train <model>`: one subcommand per trainer (`_add_train_<model>(train_commands)`).
+    train = commands.add_parser("train", help="train or fine-tune a pipeline model")
+    train_commands = train.add_subparsers(dest="train_command", required=True)
+    _add_train_emotion(train_commands)
+    from s2i.training.whisper import add_train_parser as _add_train_whisper
+
+    _add_train_whisper(train_commands)
+    from s2i.training.diffusion import add_train_parser as _add_train_diffusion
+
+    _add_train_diffusion(train_commands)
+
     speak = commands.add_parser("speak", help="make Hindi speech with espeak-ng")
     speak.add_argument("text")
     speak.add_argument("-o", "--output", type=Path, required=True)
@@ -199,11 +355,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_parser(commands)
 
-    demo = commands.add_parser("demo", help="the main job, end to end on the tiny models")
+    demo = commands.add_parser("demo", help="the main job: Hindi speech -> server -> image, on the tiny models")
     demo.add_argument("--build-dir", type=Path, default=DEFAULT_BUILD_DIR)
     demo.add_argument("--text", help="Hindi sentence to speak (default: a built-in one)")
-    demo.add_argument("--max-new-tokens", type=int, default=32)
+    demo.add_argument("-o", "--output", type=Path, help="PNG to write (default: <build-dir>/demo/image.png)")
+    demo.add_argument("--steps", type=int, default=8, help="denoising steps")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--max-new-tokens", type=int, default=16, help="Whisper token budget (random models never stop)")
     demo.set_defaults(handler=cmd_demo)
+
+    generate = commands.add_parser("generate", help="speech file -> emotion-aware image, through the server")
+    generate.add_argument("audio", type=Path, help="WAV/FLAC/OGG file")
+    generate.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write")
+    generate.add_argument("--url", default=DEFAULT_URL, help="gRPC host:port")
+    generate.add_argument("--seed", type=int)
+    generate.add_argument("--steps", type=int, help="denoising steps")
+    generate.add_argument("--guidance-scale", type=float)
+    generate.add_argument("--height", type=int)
+    generate.add_argument("--width", type=int)
+    generate.add_argument("--scheduler", help="ddim, euler, euler_ancestral, dpmsolver++ or pndm")
+    generate.add_argument("--emotion", help="use this emotion instead of the detected one")
+    generate.add_argument("--style", help="style template (see styles.toml)")
+    generate.add_argument("--transcript", action="store_true", help="also print the Hindi transcript")
+    generate.add_argument("--max-new-tokens", type=int)
+    generate.add_argument("--timeout-s", type=float, default=600.0)
+    generate.set_defaults(handler=cmd_generate)
     return parser
 
 

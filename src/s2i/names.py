@@ -25,3 +25,54 @@ LAST_HIDDEN_STATE = "last_hidden_state"
 INPUT_IDS = "input_ids"
 ENCODER_HIDDEN_STATES = "encoder_hidden_states"
 LOGITS = "logits"
+
+# The emotion stage: `emotion_classifier` (BLS; inputs as `whisper`'s audio, or
+# `input_features` directly) calls `emotion_classifier_graph` (features -> logits).
+EMOTION_CLASSIFIER = "emotion_classifier"
+EMOTION_CLASSIFIER_GRAPH = "emotion_classifier_graph"
+EMOTION_LABEL = "emotion_label"  # BYTES [1]: the most probable emotion
+EMOTION_PROBABILITIES = "emotion_probabilities"  # FP32 [8]: softmax, in the checkpoint's label order
+# RAVDESS's emotions (codes 01-08), the label order of every emotion checkpoint this project trains.
+EMOTION_LABELS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
+
+# The diffusion stage: `diffusion` (BLS) calls `text_encoder`, `unet` and `vae_decoder`.
+DIFFUSION = "diffusion"
+TEXT_ENCODER = "text_encoder"
+UNET = "unet"
+VAE_DECODER = "vae_decoder"
+# Inputs of the `diffusion` model (all [1] per request; only `prompt` is required).
+PROMPT = "prompt"  # BYTES
+NEGATIVE_PROMPT = "negative_prompt"  # BYTES
+NUM_INFERENCE_STEPS = "num_inference_steps"  # INT32
+GUIDANCE_SCALE = "guidance_scale"  # FP32
+HEIGHT = "height"  # INT32, pixels
+WIDTH = "width"  # INT32, pixels
+SEED = "seed"  # INT64
+SCHEDULER = "scheduler"  # BYTES: "ddim", "euler", "euler_ancestral", "dpmsolver++", "pndm"
+# Output of the `diffusion` model.
+IMAGE = "image"  # UINT8 [height, width, 3], RGB
+# Diffusion stage tensors, as Optimum's exporter names them (`timestep` made [batch, 1]).
+POOLER_OUTPUT = "pooler_output"
+SAMPLE = "sample"
+TIMESTEP = "timestep"
+OUT_SAMPLE = "out_sample"
+LATENT_SAMPLE = "latent_sample"
+
+# The speech-to-image pipeline.
+PREPROCESS = "preprocess"
+PROMPT_COMPOSER = "prompt_composer"
+POSTPROCESS = "postprocess"
+SPEECH_TO_IMAGE = "speech_to_image"
+SPEECH_TO_IMAGE_STREAM = "speech_to_image_stream"
+EMOTION_FEATURES = "emotion_features"  # FP32 [n_mels, frames]: input_features cut to the clip's frames
+RETURN_TRANSCRIPT = "return_transcript"  # BOOL [1]: also decode the source-language transcript
+TRANSCRIPT = "transcript"  # BYTES [1]: source-language transcript ("" unless asked for)
+EMOTION = "emotion"  # BYTES [1]: the emotion the prompt used (classifier's or the override)
+EMOTION_OVERRIDE = "emotion_override"  # BYTES [1]: use this emotion instead of the classifier's
+STYLE_TEMPLATE = "style_template"  # BYTES [1]: name of a template in styles.toml
+PNG = "png"  # BYTES [1]: the image as a PNG file
+COMPUTE_MS = "compute_ms"  # FP32 [1]: time a pipeline step spent on the request, in ms
+PREVIEW_EVERY = "preview_every"  # INT32 [1]: streaming: a low-resolution preview every k denoising steps
+EVENT = "event"  # BYTES [1]: streaming: "text", "preview" or "image"
+IMAGE_SEED = "image_seed"  # INT64 [1]: the seed the pipeline's image was drawn with (`seed` is an input there)
+STEP = "step"  # INT32 [1]: streaming: denoising steps done when the message was sent

@@ -367,8 +367,12 @@ class TritonServer:
         if self._log_thread is not None:
             self._log_thread.join(timeout=5)
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop the server: SIGTERM, then SIGKILL after ``timeout_s``; remove the workspace."""
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Stop the server: SIGTERM, then SIGKILL after ``timeout_s``; remove the workspace.
+
+        By default Triton gets its own ``exit_timeout_s`` to finish in-flight requests, plus 10 s.
+        """
+        timeout_s = self.options.exit_timeout_s + 10 if timeout_s is None else timeout_s
         process = self._process
         if process is not None and process.poll() is None:
             try:

@@ -90,7 +90,8 @@ def test_bench_cli_writes_a_report_against_a_running_server(triton_server, tmp_p
 
     completed = subprocess.run(
         [sys.executable, "-m", "s2i.cli", "bench", "--url", triton_server.grpc_url, "--concurrency", "1,2"]
-        + ["--requests", "2", "--baseline-requests", "0", "--max-new-tokens", "2", "--build-dir", str(tmp_path)]
+        + ["--requests", "2", "--baseline-requests", "0", "--max-new-tokens", "2", "--steps", "2"]
+        + ["--workload", "pipeline", "--build-dir", str(tmp_path)]
         + ["--output", str(tmp_path / "bench")],
         capture_output=True,
         text=True,
@@ -101,3 +102,10 @@ def test_bench_cli_writes_a_report_against_a_running_server(triton_server, tmp_p
     assert [run["concurrency"] for run in report["runs"]] == [1, 2]
     assert all(run["errors"] == 0 for run in report["runs"])
     assert "| closed | 2 |" in completed.stdout
+    # Every step of the pipeline shows up in the server-side breakdown, stage graphs included.
+    expected = {"speech_to_image", "preprocess", "whisper", "emotion_classifier", "prompt_composer", "diffusion"}
+    expected |= {"postprocess", "whisper_encoder", "emotion_classifier_graph", "text_encoder", "unet", "vae_decoder"}
+    for run in report["runs"]:
+        assert expected <= set(run["server"]), expected - set(run["server"])
+        assert run["server"]["speech_to_image"]["requests"] == run["completed"]
+        assert run["server"]["unet"]["requests"] >= 2 * run["completed"]

@@ -53,3 +53,39 @@ def test_resolve_checkpoint_raises_for_hub_ids_when_offline(monkeypatch):
 def test_convert_raises_when_stage_is_unknown(tmp_path):
     with pytest.raises(ValueError, match="`checkpoints` must name stages among"):
         convert({"wisper": tmp_path}, tmp_path / "repo")
+
+
+def test_stage_repository_model_carries_external_weights_under_the_name_the_graph_uses(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from s2i.conversion.components import OnnxComponent
+    from s2i.conversion.repository import PYTHON_ONNXRUNTIME, stage_repository_model, write_model
+    from s2i.model_repository.config import TensorSpec
+    from s2i.model_repository.onnx_stage import OnnxStage
+
+    weight = numpy_helper.from_array(np.arange(4096, dtype=np.float32).reshape(1, 4096), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4096])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4096])],
+        [weight],
+    )
+    export_dir = tmp_path / "export"
+    export_dir.mkdir()
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+        export_dir / "big.onnx",
+        save_as_external_data=True,
+        location="big.onnx_data",
+        size_threshold=0,
+    )
+    component = OnnxComponent(
+        "big", "big.onnx", (TensorSpec("x", "FP32", (4096,)),), (TensorSpec("y", "FP32", (4096,)),), 4, None, 1e-6
+    )
+    model_dir = write_model(tmp_path / "repo", stage_repository_model(component, export_dir, PYTHON_ONNXRUNTIME))
+    assert sorted(p.name for p in (model_dir / "1").iterdir()) == ["big.onnx_data", "model.onnx", "model.py"]
+    outputs = OnnxStage(model_dir / "1" / "model.onnx").run({"x": np.ones((1, 4096), np.float32)})
+    assert outputs["y"][0, 10] == 11.0

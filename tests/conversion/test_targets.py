@@ -76,3 +76,17 @@ def test_component_profile_raises_when_a_dynamic_axis_has_no_range(components):
     undeclared = dataclasses.replace(components[1], axis_ranges={})
     with pytest.raises(ValueError, match="`whisper_decoder` input `input_ids` axis 0 is dynamic but has no"):
         undeclared.profile(8, 4)
+
+
+def test_every_model_in_the_repository_takes_its_batching_from_the_deployment_table(model_repository):
+    for path in sorted(model_repository.repository.glob("*/config.pbtxt")):
+        config = parse_config(path.read_text())
+        if config.platform == "ensemble":
+            continue
+        chosen = policy(config.name, CPU)  # raises for a model the table does not list
+        assert config.max_batch_size == chosen.max_batch_size, config.name
+        assert config.instance_group[0].count == chosen.instances, config.name
+        if chosen.max_queue_delay_us is None:
+            assert not config.HasField("dynamic_batching"), config.name
+        else:
+            assert list(config.dynamic_batching.preferred_batch_size) == list(chosen.preferred_batch_sizes)

@@ -162,12 +162,19 @@ def greedy_decode(
 
 @dataclasses.dataclass(frozen=True)
 class TranscriptionRequest:
-    """One audio clip and what to do with it (already checked, 16 kHz mono)."""
+    """One clip and what to do with it.
 
-    samples: np.ndarray
+    Attributes:
+        samples: Checked 16 kHz mono samples, or ``None`` when ``features`` are given.
+        features: Log-mel features ``[n_mels, 3000]`` computed elsewhere (the pipeline's
+            ``preprocess``), or ``None`` to compute them from ``samples``.
+    """
+
+    samples: np.ndarray | None
     task: str = DEFAULT_TASK
     language: str = DEFAULT_LANGUAGE
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    features: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,7 +200,17 @@ class WhisperRunner:
         self.run_stage = run_stage
 
     def check(self, request: TranscriptionRequest) -> list[int]:
-        """Validate a request's options; return its decoder prompt."""
+        """Validate a request's options (and features, when given); return its decoder prompt."""
+        if request.features is not None:
+            expected = (self.feature_extractor.feature_size, self.feature_extractor.nb_max_frames)
+            if request.features.shape != expected or request.features.dtype != np.float32:
+                raise InvalidInputError(
+                    names.INPUT_FEATURES,
+                    f"must be float32 of shape {list(expected)} (log-mel, padded to 30 s), "
+                    f"got {request.features.dtype} {list(request.features.shape)}.",
+                )
+            if not np.all(np.isfinite(request.features)):
+                raise InvalidInputError(names.INPUT_FEATURES, "contains NaN or infinite values.")
         limit = self.rules.max_new_tokens_limit()
         if not 1 <= request.max_new_tokens <= limit:
             raise InvalidInputError(
@@ -215,7 +232,12 @@ class WhisperRunner:
     def transcribe(self, requests: Sequence[TranscriptionRequest]) -> list[Transcription]:
         """Transcribe or translate a batch of checked requests."""
         prompts = np.asarray([self.check(request) for request in requests], dtype=np.int64)
-        hidden = self.encode(self.features([request.samples for request in requests]))
+        to_compute = [request.samples for request in requests if request.features is None]
+        computed = iter(self.features(to_compute) if to_compute else [])
+        features = np.stack(
+            [request.features if request.features is not None else next(computed) for request in requests]
+        )
+        hidden = self.encode(features)
         token_ids = greedy_decode(
             hidden,
             prompts,

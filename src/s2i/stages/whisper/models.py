@@ -75,8 +75,8 @@ def whisper_components(config: Mapping) -> list[OnnxComponent]:
     ]
 
 
-def whisper_model_spec(device: str = CPU) -> ModelSpec:
-    """The ``whisper`` BLS model: audio in, text and token ids out."""
+def whisper_model_spec(num_mel_bins: int = 80, device: str = CPU) -> ModelSpec:
+    """The ``whisper`` BLS model: audio (or log-mel features) in, text and token ids out."""
     chosen = policy(names.WHISPER, device)
     return ModelSpec(
         name=names.WHISPER,
@@ -87,8 +87,16 @@ def whisper_model_spec(device: str = CPU) -> ModelSpec:
             TensorSpec(names.TASK, "BYTES", (1,), optional=True),
             TensorSpec(names.LANGUAGE, "BYTES", (1,), optional=True),
             TensorSpec(names.MAX_NEW_TOKENS, "INT32", (1,), optional=True),
+            # The pipeline computes features once (``preprocess``) and sends them instead of audio.
+            TensorSpec(names.INPUT_FEATURES, "FP32", (num_mel_bins, MEL_FRAMES), optional=True),
+            TensorSpec(names.RETURN_TRANSCRIPT, "BOOL", (1,), optional=True),
         ),
-        outputs=(TensorSpec(names.TEXT, "BYTES", (1,)), TensorSpec(names.TOKEN_IDS, "INT64", (-1,))),
+        outputs=(
+            TensorSpec(names.TEXT, "BYTES", (1,)),
+            TensorSpec(names.TOKEN_IDS, "INT64", (-1,)),
+            TensorSpec(names.TRANSCRIPT, "BYTES", (1,)),
+            TensorSpec(names.COMPUTE_MS, "FP32", (1,)),
+        ),
         max_batch_size=chosen.max_batch_size,
         dynamic_batching=chosen.dynamic_batching,
         # The loop itself runs on the CPU on every device; its graphs run where the target says.
@@ -107,5 +115,7 @@ def whisper_repository_models(checkpoint, onnx_dir, components, target: str):
     assets = {f"assets/{name}": checkpoint / name for name in ASSET_FILES if (checkpoint / name).is_file()}
     return [
         *(stage_repository_model(component, onnx_dir, target) for component in components),
-        RepositoryModel(whisper_model_spec(device_of(target)), python_model="whisper", files=assets),
+        RepositoryModel(
+            whisper_model_spec(components[0].inputs[0].dims[0], device_of(target)), python_model="whisper", files=assets
+        ),
     ]

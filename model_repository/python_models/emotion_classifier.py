@@ -1,0 +1,69 @@
+"""Triton Python-backend (BLS) model ``emotion_classifier``: speech (or its log-mel features) in, emotion out.
+
+Inputs are those of ``whisper`` (``audio_samples`` + ``sample_rate_hz``, or
+``audio_bytes``), or ``input_features`` already computed (the pipeline's Whisper
+features cut to the clip). Features, batching and softmax are in
+:mod:`s2i.stages.emotion.runtime`; the graph is the ``emotion_classifier_graph``
+stage model, reached through BLS. ``assets/`` holds the checkpoint's
+``config.json`` (labels) and ``preprocessor_config.json`` (feature extractor).
+"""
+
+import time
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from s2i import names
+from s2i.model_repository.triton_io import error_response, make_stage_runner, optional_input
+from s2i.stages.emotion.runtime import EmotionRunner, parse_request_inputs
+
+
+class TritonPythonModel:
+    """Validates each request on its own, then classifies all valid ones together."""
+
+    def initialize(self, args):
+        """Load labels and the feature extractor."""
+        assets = Path(args["model_repository"]) / args["model_version"] / "assets"
+        self.runner = EmotionRunner(assets, make_stage_runner(pb_utils))
+
+    def _parse(self, request):
+        return parse_request_inputs(
+            samples=optional_input(pb_utils, request, names.AUDIO_SAMPLES),
+            sample_rate_hz=optional_input(pb_utils, request, names.SAMPLE_RATE_HZ),
+            audio_bytes=optional_input(pb_utils, request, names.AUDIO_BYTES),
+            features=optional_input(pb_utils, request, names.INPUT_FEATURES),
+            runner=self.runner,
+        )
+
+    def execute(self, requests):
+        """Answer every request; a bad one gets its own error and never fails its neighbours."""
+        started = time.perf_counter()
+        responses = [None] * len(requests)
+        valid = {}
+        for index, request in enumerate(requests):
+            try:
+                valid[index] = self._parse(request)
+            except Exception as error:  # noqa: BLE001 - becomes this request's error response
+                responses[index] = error_response(pb_utils, error)
+        if valid:
+            try:
+                results = self.runner.classify_features(list(valid.values()))
+            except Exception as error:  # noqa: BLE001
+                results = [error] * len(valid)
+            for index, result in zip(valid, results, strict=False):
+                if isinstance(result, Exception):
+                    responses[index] = error_response(pb_utils, result)
+                    continue
+                responses[index] = pb_utils.InferenceResponse(
+                    output_tensors=[
+                        pb_utils.Tensor(
+                            names.EMOTION_LABEL, np.array([[result.label.encode("utf-8")]], dtype=np.object_)
+                        ),
+                        pb_utils.Tensor(names.EMOTION_PROBABILITIES, result.probabilities[None, :].astype(np.float32)),
+                        pb_utils.Tensor(
+                            names.COMPUTE_MS, np.array([[1000 * (time.perf_counter() - started)]], dtype=np.float32)
+                        ),
+                    ]
+                )
+        return responses

@@ -1,0 +1,56 @@
+"""Triton Python-backend model ``prompt_composer``: English text + emotion -> prompt and negative prompt.
+
+Templates come from ``styles.toml`` beside this file (a copy of
+``s2i/pipeline/styles.toml`` a deployment can edit).
+"""
+
+import time
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from s2i import names
+from s2i.model_repository.triton_io import error_response, optional_input, scalar
+from s2i.pipeline.prompt import StyleTemplates, compose_prompt
+
+
+def _text(value: str) -> np.ndarray:
+    return np.array([[value.encode("utf-8")]], dtype=np.object_)
+
+
+class TritonPythonModel:
+    """Pure string work: no model, no BLS."""
+
+    def initialize(self, args):
+        """Load (and check) the style templates."""
+        self.templates = StyleTemplates.load(Path(args["model_repository"]) / args["model_version"] / "styles.toml")
+
+    def _respond(self, request):
+        started = time.perf_counter()
+        composed = compose_prompt(
+            scalar(optional_input(pb_utils, request, names.TEXT), names.TEXT, ""),
+            scalar(optional_input(pb_utils, request, names.EMOTION_LABEL), names.EMOTION_LABEL, "neutral"),
+            self.templates,
+            emotion_override=scalar(optional_input(pb_utils, request, names.EMOTION_OVERRIDE), names.EMOTION_OVERRIDE),
+            template_name=scalar(optional_input(pb_utils, request, names.STYLE_TEMPLATE), names.STYLE_TEMPLATE),
+        )
+        elapsed_ms = np.array([[1000 * (time.perf_counter() - started)]], dtype=np.float32)
+        return pb_utils.InferenceResponse(
+            output_tensors=[
+                pb_utils.Tensor(names.PROMPT, _text(composed.prompt)),
+                pb_utils.Tensor(names.NEGATIVE_PROMPT, _text(composed.negative_prompt)),
+                pb_utils.Tensor(names.EMOTION, _text(composed.emotion)),
+                pb_utils.Tensor(names.COMPUTE_MS, elapsed_ms),
+            ]
+        )
+
+    def execute(self, requests):
+        """One response per request; a bad request gets its own error."""
+        responses = []
+        for request in requests:
+            try:
+                responses.append(self._respond(request))
+            except Exception as error:  # noqa: BLE001 - becomes this request's error response
+                responses.append(error_response(pb_utils, error))
+        return responses

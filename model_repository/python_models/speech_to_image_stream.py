@@ -1,0 +1,80 @@
+"""Triton Python-backend model ``speech_to_image_stream`` (decoupled): the pipeline, streamed.
+
+Messages, in order: ``text`` (translation, emotion and prompt, as soon as they are
+known), ``preview`` every ``preview_every`` denoising steps (a quarter-size image),
+then ``image``; then the empty final response. The steps are the same models the
+``speech_to_image`` ensemble composes, called through BLS; the denoising loop is
+:class:`s2i.stages.diffusion.sampling.DiffusionRunner` with a step callback.
+"""
+
+import time
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+from s2i import names
+from s2i.model_repository.triton_io import error_response, make_stage_runner, optional_input, scalar
+from s2i.pipeline.streaming import StreamRequest, run_stream
+
+
+class TritonPythonModel:
+    """One request at a time per instance; several instances serve concurrent streams."""
+
+    def initialize(self, args):
+        """Load the diffusion runner from the ``diffusion`` model's assets copy."""
+        from s2i.stages.diffusion.sampling import DiffusionRunner
+
+        self.run_stage = make_stage_runner(pb_utils)
+        assets = Path(args["model_repository"]) / args["model_version"] / "assets"
+        self.diffusion = DiffusionRunner(assets, self.run_stage)
+
+    def _parse(self, request) -> StreamRequest:
+        def value(name, default=None, **kwargs):
+            return scalar(optional_input(pb_utils, request, name), name, default, **kwargs)
+
+        audio = {
+            name: tensor
+            for name in (names.AUDIO_SAMPLES, names.SAMPLE_RATE_HZ, names.AUDIO_BYTES)
+            if (tensor := optional_input(pb_utils, request, name)) is not None
+        }
+        options = {
+            name: tensor
+            for name in (
+                names.NUM_INFERENCE_STEPS,
+                names.GUIDANCE_SCALE,
+                names.HEIGHT,
+                names.WIDTH,
+                names.SEED,
+                names.SCHEDULER,
+                names.RETURN_TRANSCRIPT,
+                names.MAX_NEW_TOKENS,
+            )
+            if (tensor := optional_input(pb_utils, request, name)) is not None
+        }
+        return StreamRequest(
+            audio=audio,
+            options=options,
+            emotion_override=value(names.EMOTION_OVERRIDE),
+            style_template=value(names.STYLE_TEMPLATE),
+            preview_every=int(value(names.PREVIEW_EVERY, 0)),
+        )
+
+    def execute(self, requests):
+        """Stream each request's messages; errors end that request's stream with an error response."""
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                parsed = self._parse(request)
+
+                def send(outputs: dict, sender=sender) -> None:
+                    sender.send(
+                        pb_utils.InferenceResponse(
+                            output_tensors=[pb_utils.Tensor(name, value) for name, value in outputs.items()]
+                        )
+                    )
+
+                run_stream(parsed, self.run_stage, self.diffusion, send, clock=time.perf_counter)
+            except Exception as error:  # noqa: BLE001 - this request's stream ends with the error
+                sender.send(error_response(pb_utils, error))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None

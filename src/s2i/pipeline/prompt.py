@@ -1,0 +1,110 @@
+"""Prompt composition: English text + emotion -> prompt and negative prompt, from editable style templates."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+from collections.abc import Mapping
+from pathlib import Path
+
+import tomllib
+
+from s2i import names
+from s2i.audio import InvalidInputError
+
+STYLES_FILE = "styles.toml"
+# CLIP reads 77 tokens; a longer translation is cut by the tokenizer, but keep
+# the text itself bounded so a runaway decode cannot bloat every response.
+MAX_TEXT_CHARS = 2000
+# Used when the translation is empty (silence, or a model that emitted nothing).
+EMPTY_TEXT = "an abstract scene"
+
+
+@dataclasses.dataclass(frozen=True)
+class StyleTemplate:
+    """One style: a prompt per emotion (with ``{text}``) and a negative prompt."""
+
+    name: str
+    description: str
+    negative: str
+    emotions: Mapping[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class StyleTemplates:
+    """All templates of a styles file and the default one."""
+
+    templates: Mapping[str, StyleTemplate]
+    default_template: str
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> StyleTemplates:
+        """Read a styles file (the packaged ``styles.toml`` by default) and check it is complete."""
+        if path is None:
+            text = importlib.resources.files("s2i.pipeline").joinpath(STYLES_FILE).read_text(encoding="utf-8")
+            source = f"s2i/pipeline/{STYLES_FILE}"
+        else:
+            text, source = Path(path).read_text(encoding="utf-8"), str(path)
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{source} is not valid TOML: {e}") from e
+        templates = {}
+        for name, entry in data.get("templates", {}).items():
+            emotions = dict(entry.get("emotions", {}))
+            missing = sorted(set(names.EMOTION_LABELS) - set(emotions))
+            if missing:
+                raise ValueError(f"{source}: template `{name}` has no prompt for emotions {missing}.")
+            for emotion, prompt in emotions.items():
+                if "{text}" not in prompt:
+                    raise ValueError(f"{source}: template `{name}`, emotion `{emotion}`: the prompt lacks `{{text}}`.")
+            templates[name] = StyleTemplate(name, entry.get("description", ""), entry.get("negative", ""), emotions)
+        default = data.get("default_template", "")
+        if default not in templates:
+            raise ValueError(f"{source}: `default_template` {default!r} is not one of {sorted(templates)}.")
+        return cls(templates, default)
+
+
+@dataclasses.dataclass(frozen=True)
+class ComposedPrompt:
+    """The prompt pair and the emotion that chose it."""
+
+    prompt: str
+    negative_prompt: str
+    emotion: str
+    template: str
+
+
+def compose_prompt(
+    text: str,
+    emotion: str,
+    templates: StyleTemplates,
+    *,
+    emotion_override: str | None = None,
+    template_name: str | None = None,
+) -> ComposedPrompt:
+    """Fuse the English text and the emotion into a prompt and a negative prompt.
+
+    Args:
+        text: English translation of the speech.
+        emotion: Emotion the classifier found.
+        templates: The style templates.
+        emotion_override: Use this emotion instead of the classifier's (``""`` or ``None``: no override).
+        template_name: Style template (``""`` or ``None``: the file's default).
+    """
+    if emotion_override:
+        if emotion_override not in names.EMOTION_LABELS:
+            raise InvalidInputError(
+                names.EMOTION_OVERRIDE, f"must be one of {list(names.EMOTION_LABELS)}, got {emotion_override!r}."
+            )
+        emotion = emotion_override
+    name = template_name or templates.default_template
+    if name not in templates.templates:
+        raise InvalidInputError(
+            names.STYLE_TEMPLATE, f"{name!r} is not a style template; use one of {sorted(templates.templates)}."
+        )
+    if emotion not in names.EMOTION_LABELS:
+        raise ValueError(f"Unknown emotion {emotion!r} from the classifier.")
+    cleaned = " ".join(text.split())[:MAX_TEXT_CHARS] or EMPTY_TEXT
+    template = templates.templates[name]
+    return ComposedPrompt(template.emotions[emotion].format(text=cleaned), template.negative, emotion, name)

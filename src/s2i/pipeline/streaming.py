@@ -1,0 +1,154 @@
+"""The streamed pipeline: the same steps as the ensemble, with messages as soon as each part is known."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from s2i import names
+from s2i.audio import InvalidInputError
+from s2i.pipeline.steps import encode_png
+
+# Previews are a quarter of the image's side: enough to watch, cheap to send.
+PREVIEW_DOWNSCALE = 4
+# Outputs of the text message that the image messages repeat, so every message stands alone.
+_TEXT_OUTPUTS = (
+    names.TEXT,
+    names.TRANSCRIPT,
+    names.EMOTION_LABEL,
+    names.EMOTION_PROBABILITIES,
+    names.EMOTION,
+    names.PROMPT,
+    names.NEGATIVE_PROMPT,
+)
+
+Send = Callable[[dict[str, np.ndarray]], None]
+StageRunner = Callable[[str, Mapping[str, np.ndarray], list], Mapping[str, np.ndarray]]
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamRequest:
+    """A streaming request as received: audio tensors, option tensors and the pipeline's own options."""
+
+    audio: Mapping[str, np.ndarray]
+    options: Mapping[str, np.ndarray]
+    emotion_override: str | None = None
+    style_template: str | None = None
+    preview_every: int = 0
+
+
+def _text(value: str) -> np.ndarray:
+    return np.array([[value.encode("utf-8")]], dtype=np.object_)
+
+
+def _scalar(options: Mapping[str, np.ndarray], name: str):
+    value = options.get(name)
+    return None if value is None else value.reshape(-1)[0].item()
+
+
+def image_request(prompt: np.ndarray, negative_prompt: np.ndarray, options: Mapping[str, np.ndarray]):
+    """The diffusion request for the composed prompts and the stream's options."""
+    from s2i.stages.diffusion.sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_INFERENCE_STEPS, ImageRequest
+
+    scheduler = _scalar(options, names.SCHEDULER)
+    steps, guidance = _scalar(options, names.NUM_INFERENCE_STEPS), _scalar(options, names.GUIDANCE_SCALE)
+    height, width, seed = (_scalar(options, name) for name in (names.HEIGHT, names.WIDTH, names.SEED))
+    return ImageRequest(
+        prompt=prompt.reshape(-1)[0].decode("utf-8"),
+        negative_prompt=negative_prompt.reshape(-1)[0].decode("utf-8"),
+        num_inference_steps=DEFAULT_NUM_INFERENCE_STEPS if steps is None else int(steps),
+        guidance_scale=DEFAULT_GUIDANCE_SCALE if guidance is None else float(guidance),
+        height=None if height is None else int(height),
+        width=None if width is None else int(width),
+        seed=None if seed is None else int(seed),
+        scheduler=None if scheduler is None else scheduler.decode("utf-8"),
+    )
+
+
+def preview_png(image: np.ndarray) -> bytes:
+    """A quarter-size PNG of an RGB image."""
+    from PIL import Image
+
+    picture = Image.fromarray(image)
+    size = (max(1, image.shape[1] // PREVIEW_DOWNSCALE), max(1, image.shape[0] // PREVIEW_DOWNSCALE))
+    buffer = io.BytesIO()
+    picture.resize(size, Image.Resampling.BILINEAR).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def run_stream(request: StreamRequest, run_stage: StageRunner, diffusion, send: Send, clock: Callable[[], float]):
+    """Run the pipeline for one request, calling ``send`` with each message's output tensors."""
+    if request.preview_every < 0:
+        raise InvalidInputError(
+            names.PREVIEW_EVERY, f"must be 0 (no previews) or positive, got {request.preview_every}."
+        )
+    started = clock()
+    features = run_stage(
+        names.PREPROCESS, request.audio, [names.INPUT_FEATURES, names.EMOTION_FEATURES, names.COMPUTE_MS]
+    )
+    whisper_options = {
+        name: request.options[name]
+        for name in (names.RETURN_TRANSCRIPT, names.MAX_NEW_TOKENS)
+        if name in request.options
+    }
+    whisper = run_stage(
+        names.WHISPER,
+        {names.INPUT_FEATURES: features[names.INPUT_FEATURES], **whisper_options},
+        [names.TEXT, names.TRANSCRIPT, names.COMPUTE_MS],
+    )
+    emotion = run_stage(
+        names.EMOTION_CLASSIFIER,
+        {names.INPUT_FEATURES: features[names.EMOTION_FEATURES]},
+        [names.EMOTION_LABEL, names.EMOTION_PROBABILITIES, names.COMPUTE_MS],
+    )
+    composer_inputs = {names.TEXT: whisper[names.TEXT], names.EMOTION_LABEL: emotion[names.EMOTION_LABEL]}
+    if request.emotion_override:
+        composer_inputs[names.EMOTION_OVERRIDE] = _text(request.emotion_override)
+    if request.style_template:
+        composer_inputs[names.STYLE_TEMPLATE] = _text(request.style_template)
+    composed = run_stage(
+        names.PROMPT_COMPOSER,
+        composer_inputs,
+        [names.PROMPT, names.NEGATIVE_PROMPT, names.EMOTION, names.COMPUTE_MS],
+    )
+    known = {**whisper, **emotion, **composed}
+    common = {name: known[name] for name in _TEXT_OUTPUTS}
+    common["preprocess_ms"] = features[names.COMPUTE_MS]
+    common["whisper_ms"] = whisper[names.COMPUTE_MS]
+    common["emotion_ms"] = emotion[names.COMPUTE_MS]
+    common["prompt_ms"] = composed[names.COMPUTE_MS]
+    send({**common, names.EVENT: _text("text"), names.STEP: np.array([[0]], dtype=np.int32)})
+
+    image_options = image_request(composed[names.PROMPT], composed[names.NEGATIVE_PROMPT], request.options)
+
+    def on_step(_index: int, step: int, total: int, latents: np.ndarray) -> None:
+        if request.preview_every and step % request.preview_every == 0 and step < total:
+            preview = diffusion.decode(latents)[0]
+            send(
+                {
+                    **common,
+                    names.PNG: np.array([[preview_png(preview)]], dtype=np.object_),
+                    names.EVENT: _text("preview"),
+                    names.STEP: np.array([[step]], dtype=np.int32),
+                }
+            )
+
+    diffusion_started = clock()
+    (generated,) = diffusion.generate([image_options], on_step=on_step)
+    common["diffusion_ms"] = np.array([[1000 * (clock() - diffusion_started)]], dtype=np.float32)
+    encode_started = clock()
+    png = encode_png(generated.image)
+    send(
+        {
+            **common,
+            names.PNG: np.array([[png]], dtype=np.object_),
+            names.IMAGE_SEED: np.array([[generated.seed]], dtype=np.int64),
+            "postprocess_ms": np.array([[1000 * (clock() - encode_started)]], dtype=np.float32),
+            names.EVENT: _text("image"),
+            names.STEP: np.array([[diffusion.check(image_options).num_inference_steps]], dtype=np.int32),
+        }
+    )
+    return clock() - started

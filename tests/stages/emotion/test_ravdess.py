@@ -1,0 +1,94 @@
+import shutil
+
+import pytest
+import soundfile
+
+from s2i.stages.emotion.ravdess import (
+    EMOTION_PROSODY,
+    ActorSplit,
+    RavdessName,
+    actor_variant,
+    scan_ravdess,
+    split_by_actor,
+    synthesize_corpus,
+)
+
+
+def test_parse_reads_the_seven_fields_when_given_a_ravdess_name():
+    name = RavdessName.parse("Actor_12/03-01-05-02-01-01-12.wav")
+    assert name == RavdessName(3, 1, 5, 2, 1, 1, 12)
+    assert name.label == "angry"
+    assert name.is_female
+    assert name.filename == "03-01-05-02-01-01-12.wav"
+
+
+@pytest.mark.parametrize(
+    ("filename", "match"),
+    [
+        ("03-01-05-02-01-01.wav", r"is not a RAVDESS file name"),
+        ("03-01-09-01-01-01-01.wav", r"`emotion` must be between 01 and 08, got 09"),
+        ("03-01-01-02-01-01-01.wav", r"`intensity` 02 \(strong\) does not exist for `emotion` 01"),
+        ("04-01-01-01-01-01-01.wav", r"`modality` must be between 01 and 03"),
+    ],
+)
+def test_parse_raises_naming_the_field_when_the_name_is_invalid(filename, match):
+    with pytest.raises(ValueError, match=match):
+        RavdessName.parse(filename)
+
+
+def _touch(root, actor, *names):
+    folder = root / f"Actor_{actor:02d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"")
+
+
+def test_scan_keeps_speech_of_every_actor_and_skips_songs_and_stray_files(tmp_path):
+    _touch(tmp_path, 1, "03-01-01-01-01-01-01.wav", "03-02-03-01-01-01-01.wav", "notes.wav")
+    _touch(tmp_path, 2, "03-01-08-02-02-02-02.wav")
+    clips = scan_ravdess(tmp_path)
+    assert [(c.name.actor, c.name.label) for c in clips] == [(1, "neutral"), (2, "surprised")]
+
+
+def test_scan_raises_when_a_file_sits_in_another_actors_folder(tmp_path):
+    _touch(tmp_path, 1, "03-01-01-01-01-01-02.wav")
+    with pytest.raises(ValueError, match=r"names actor 02 but sits in Actor_01"):
+        scan_ravdess(tmp_path)
+
+
+def test_scan_raises_when_the_folder_has_no_ravdess_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"holds no RAVDESS files"):
+        scan_ravdess(tmp_path)
+
+
+def test_split_by_actor_puts_every_actor_in_exactly_one_split_with_both_genders_held_out():
+    split = split_by_actor(range(1, 25), seed=0)
+    everyone = split.train + split.val + split.test
+    assert sorted(everyone) == list(range(1, 25))
+    assert len(split.test) == 5 and len(split.val) == 4
+    assert {a % 2 for a in split.test} == {0, 1}
+    assert split_by_actor(range(1, 25), seed=0) == split
+    assert split_by_actor(range(1, 25), seed=1) != split
+
+
+def test_actor_split_raises_when_an_actor_is_in_two_splits():
+    with pytest.raises(ValueError, match=r"Actors \[3\] are in two splits"):
+        ActorSplit(train=(1, 3), val=(2,), test=(3,))
+
+
+def test_prosody_ssml_scales_the_distance_from_neutral_when_intensity_is_strong():
+    strong = EMOTION_PROSODY["sad"].scaled(2.0)
+    assert strong.rate == 2 * EMOTION_PROSODY["sad"].rate
+    assert 'rate="36%"' in strong.ssml("x")
+    assert actor_variant(1) == "m1" and actor_variant(2) == "f1"
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_synthesize_corpus_writes_sixty_ravdess_files_per_actor(tmp_path):
+    paths = synthesize_corpus(tmp_path, actors=(3,))
+    assert len(paths) == 60
+    clips = scan_ravdess(tmp_path)
+    assert len(clips) == 60
+    assert {c.name.statement for c in clips} == {1, 2}
+    samples, rate = soundfile.read(clips[0].path)
+    assert rate == 22_050 and samples.ndim == 1 and len(samples) > rate // 2
