@@ -14,7 +14,6 @@ import numpy as np
 
 from s2i.audio import InvalidInputError
 
-
 # How an InvalidInputError reads: "`field`: what is wrong".
 INVALID_INPUT_MESSAGE = re.compile(r"^`[a-z_]+`: ")
 
