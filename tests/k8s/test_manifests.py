@@ -648,7 +648,10 @@ def test_init_container_runs_conversion_into_repository_when_converting(overlay:
     repository = flag(server(overlay)["args"], "--model-repository")
 
     command = convert["command"] + convert["args"]
-    assert command == ["s2i", "convert", "--whisper", "$(S2I_WHISPER_CHECKPOINT)", "--output", repository]
+    assert command == ["s2i", "convert"] + [
+        *("--whisper", "$(S2I_WHISPER_CHECKPOINT)", "--emotion", "$(S2I_EMOTION_CHECKPOINT)"),
+        *("--diffusion", "$(S2I_DIFFUSION_CHECKPOINT)", "--output", repository),
+    ]
 
 
 @pytest.mark.parametrize("overlay", CONVERTING_OVERLAYS)
@@ -664,11 +667,11 @@ def test_init_container_writes_server_volume_when_converting(overlay: str) -> No
 @pytest.mark.parametrize("overlay", CONVERTING_OVERLAYS)
 def test_conversion_checkpoint_comes_from_config_map_when_converting(overlay: str) -> None:
     convert = init_container(overlay, "convert-model-repository")
-    (env,) = [e for e in convert["env"] if e["name"] == "S2I_WHISPER_CHECKPOINT"]
-    ref = env["valueFrom"]["configMapKeyRef"]
-
-    (config_map,) = [c for c in objects(overlay, "ConfigMap") if c["metadata"]["name"] == ref["name"]]
-    assert config_map["data"][ref["key"]]
+    for stage in ("WHISPER", "EMOTION", "DIFFUSION"):
+        (env,) = [e for e in convert["env"] if e["name"] == f"S2I_{stage}_CHECKPOINT"]
+        ref = env["valueFrom"]["configMapKeyRef"]
+        (config_map,) = [c for c in objects(overlay, "ConfigMap") if c["metadata"]["name"] == ref["name"]]
+        assert config_map["data"][ref["key"]]
 
 
 @pytest.mark.parametrize("overlay", sorted(set(OVERLAYS) - set(CONVERTING_OVERLAYS)))
