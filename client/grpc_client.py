@@ -6,6 +6,7 @@ import contextlib
 import time
 import uuid
 
+import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor, serialized_byte_size
 
@@ -99,30 +100,56 @@ class Client:
                 raise ServerUnavailableError(f"Server at {self.url} not ready after {timeout_s:.0f} s.", "UNAVAILABLE")
             time.sleep(0.2)
 
-    @contextlib.contextmanager
-    def _inputs(self, operation: Operation):
-        """``InferInput``s for an operation; large ones in registered shared memory while the call runs."""
+    def _register(self, size: int, regions: list) -> tuple[str, object]:
+        """Create and register a system shared-memory region of ``size`` bytes; return (name, handle)."""
         import tritonclient.utils.shared_memory as shm
 
-        inputs, regions = [], []
+        region = f"s2i-{uuid.uuid4().hex[:12]}"
+        handle = shm.create_shared_memory_region(region, f"/{region}", size)
+        regions.append((region, handle))
+        self._client.register_system_shared_memory(region, f"/{region}", size, headers=self.connection.headers or None)
+        return region, handle
+
+    @contextlib.contextmanager
+    def _tensors(self, operation: Operation):
+        """Inputs and requested outputs of an operation; large ones in registered shared memory.
+
+        Yields:
+            The ``InferInput``s, the ``InferRequestedOutput``s, and a function that reads the
+            shared-memory outputs back after the call (name -> array).
+        """
+        import tritonclient.utils.shared_memory as shm
+
+        inputs, outputs, regions, readers = [], [], [], {}
         try:
             for name, datatype, value in operation.inputs:
                 tensor = grpcclient.InferInput(name, list(value.shape), datatype)
                 payload = serialize_byte_tensor(value) if datatype == "BYTES" else value
                 size = serialized_byte_size(payload) if datatype == "BYTES" else value.nbytes
                 if self.use_shared_memory and size >= SHARED_MEMORY_MIN_BYTES:
-                    region = f"s2i-{uuid.uuid4().hex[:12]}"
-                    handle = shm.create_shared_memory_region(region, f"/{region}", size)
-                    regions.append((region, handle))
+                    region, handle = self._register(size, regions)
                     shm.set_shared_memory_region(handle, [payload])
-                    self._client.register_system_shared_memory(
-                        region, f"/{region}", size, headers=self.connection.headers or None
-                    )
                     tensor.set_shared_memory(region, size)
                 else:
                     tensor.set_data_from_numpy(value)
                 inputs.append(tensor)
-            yield inputs
+            for name in operation.outputs:
+                output = grpcclient.InferRequestedOutput(name)
+                if self.use_shared_memory and name in operation.shared_memory_outputs:
+                    shape, dtype = operation.shared_memory_outputs[name]
+                    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+                    region, handle = self._register(size, regions)
+                    output.set_shared_memory(region, size)
+                    readers[name] = (handle, shape, dtype)
+                outputs.append(output)
+
+            def read_shared_outputs() -> dict:
+                return {
+                    name: np.array(shm.get_contents_as_numpy(handle, dtype, shape))
+                    for name, (handle, shape, dtype) in readers.items()
+                }
+
+            yield inputs, outputs, read_shared_outputs
         finally:
             for region, handle in regions:
                 with contextlib.suppress(InferenceServerException):
@@ -131,11 +158,10 @@ class Client:
 
     def execute(self, operation: Operation, timeout_s: float | None = None):
         """Run an :class:`~s2i.client.operations.Operation`, retrying on ``UNAVAILABLE``; return its result."""
-        outputs = [grpcclient.InferRequestedOutput(name) for name in operation.outputs]
         policy = self.connection.retry
         for attempt in range(1, policy.max_attempts + 1):
             try:
-                with self._inputs(operation) as inputs:
+                with self._tensors(operation) as (inputs, outputs, read_shared_outputs):
                     result = self._client.infer(
                         operation.model,
                         inputs,
@@ -143,13 +169,16 @@ class Client:
                         client_timeout=timeout_s or self.timeout_s,
                         headers=self.connection.headers or None,
                     )
+                    shared = read_shared_outputs()
+                    values = {name: result.as_numpy(name) for name in operation.outputs if name not in shared}
+                    values.update(shared)
                 break
             except InferenceServerException as e:
                 error = wrap_error(e)
                 if not isinstance(error, ServerUnavailableError) or attempt == policy.max_attempts:
                     raise error from e
                 time.sleep(policy.backoff_s(attempt))
-        return operation.parse({name: result.as_numpy(name) for name in operation.outputs})
+        return operation.parse(values)
 
     def translate(
         self,
@@ -207,6 +236,9 @@ class Client:
                 ``max_new_tokens``.
         """
         started = time.perf_counter()
-        result = self.execute(operations.speech_to_image(audio, sample_rate_hz, **options), timeout_s)
+        operation = operations.speech_to_image(
+            audio, sample_rate_hz, pixels_via_shared_memory=self.use_shared_memory, **options
+        )
+        result = self.execute(operation, timeout_s)
         result.timings_ms["total"] = 1000 * (time.perf_counter() - started)
         return result

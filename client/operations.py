@@ -36,12 +36,18 @@ PIPELINE_TIMINGS = {
 
 @dataclasses.dataclass
 class Operation:
-    """One inference call: model, named input arrays (with KServe datatypes), outputs, and a parser."""
+    """One inference call: model, named input arrays (with KServe datatypes), outputs, and a parser.
+
+    Attributes:
+        shared_memory_outputs: Outputs whose shape is known before the call (name -> (shape,
+            numpy dtype)); a client with shared memory enabled receives them there.
+    """
 
     model: str
     inputs: list[tuple[str, str, np.ndarray]]
     outputs: list[str]
     parse: Callable[[Mapping[str, np.ndarray]], object]
+    shared_memory_outputs: dict[str, tuple[tuple[int, ...], type]] = dataclasses.field(default_factory=dict)
 
 
 def _text(name: str, value: str) -> tuple[str, str, np.ndarray]:
@@ -208,6 +214,7 @@ def parse_speech_to_image(outputs: Mapping[str, np.ndarray], model: str = names.
         negative_prompt=_first_text(outputs, names.NEGATIVE_PROMPT, model),
         seed=int(seed.reshape(-1)[0]) if seed is not None and seed.size else -1,
         timings_ms=timings,
+        image_pixels=outputs[names.IMAGE][0] if outputs.get(names.IMAGE) is not None else None,
     )
 
 
@@ -226,8 +233,13 @@ def speech_to_image(
     return_transcript: bool = False,
     max_new_tokens: int | None = None,
     model: str = names.SPEECH_TO_IMAGE,
+    pixels_via_shared_memory: bool = False,
 ) -> Operation:
-    """``speech_to_image``: Hindi speech to an emotion-aware image, with the texts and timings."""
+    """``speech_to_image``: Hindi speech to an emotion-aware image, with the texts and timings.
+
+    With ``pixels_via_shared_memory`` and both ``height`` and ``width`` given, the raw ``image``
+    is also requested, sized in advance so it can come back through shared memory.
+    """
     inputs = audio_inputs(audio, sample_rate_hz)
     _diffusion_options(
         inputs,
@@ -243,6 +255,10 @@ def speech_to_image(
     _optional(inputs, names.MAX_NEW_TOKENS, max_new_tokens, _int32)
     if return_transcript:
         inputs.append((names.RETURN_TRANSCRIPT, "BOOL", np.array([[True]])))
-    return Operation(
+    operation = Operation(
         model, inputs, list(SPEECH_TO_IMAGE_OUTPUTS), lambda outputs: parse_speech_to_image(outputs, model)
     )
+    if pixels_via_shared_memory and height is not None and width is not None:
+        operation.outputs.append(names.IMAGE)
+        operation.shared_memory_outputs[names.IMAGE] = ((1, height, width, 3), np.uint8)
+    return operation

@@ -82,6 +82,8 @@ class SpeechToImageResult:
     negative_prompt: str
     seed: int
     timings_ms: dict[str, float]
+    # Raw pixels when they came through shared memory (``Client(use_shared_memory=True)``).
+    image_pixels: np.ndarray | None = None
 
     @property
     def image(self):
@@ -93,6 +95,8 @@ class SpeechToImageResult:
     @property
     def pixels(self) -> np.ndarray:
         """The image as ``uint8 [height, width, 3]``."""
+        if self.image_pixels is not None:
+            return self.image_pixels
         return np.asarray(self.image.convert("RGB"))
 
 

@@ -19,12 +19,11 @@ Tensors = Mapping[str, np.ndarray]
 class OnnxStage:
     """An ONNX Runtime session with batching over requests."""
 
-    def __init__(self, onnx_path: Path, intra_op_threads: int = 1, providers: Sequence[str] | None = None) -> None:
+    def __init__(self, onnx_path: Path, intra_op_threads: int = 0, providers: Sequence[str] | None = None) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        # One thread per instance: Triton scales with instances, and several
-        # stage processes share few cores.
+        # 0 lets ONNX Runtime use one thread per physical core.
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(

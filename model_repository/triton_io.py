@@ -90,3 +90,14 @@ def error_response(pb_utils, error: Exception):
     else:
         code = pb_utils.TritonError.INTERNAL
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), code))
+
+
+def respond_each(pb_utils, requests, respond) -> list:
+    """``respond(request)`` for each request; an exception becomes that request's error response only."""
+    responses = []
+    for request in requests:
+        try:
+            responses.append(respond(request))
+        except Exception as error:  # noqa: BLE001 - reported to the caller, never raised into Triton
+            responses.append(error_response(pb_utils, error))
+    return responses

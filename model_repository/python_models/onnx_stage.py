@@ -24,7 +24,7 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.input_names = [tensor["name"] for tensor in config["input"]]
         self.output_names = [tensor["name"] for tensor in config["output"]]
-        self.stage = OnnxStage(version_dir / parameters["onnx_file"], int(parameters.get("intra_op_threads", "1")))
+        self.stage = OnnxStage(version_dir / parameters["onnx_file"], int(parameters.get("intra_op_threads", "0")))
 
     def execute(self, requests):
         """Run all requests of the batch; a failure fails the whole batch's call, each with its own response."""

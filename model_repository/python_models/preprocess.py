@@ -12,7 +12,7 @@ import triton_python_backend_utils as pb_utils
 
 from s2i import names
 from s2i.audio import InvalidInputError, load_request_audio
-from s2i.model_repository.triton_io import error_response, optional_input, scalar
+from s2i.model_repository.triton_io import optional_input, respond_each, scalar
 from s2i.pipeline.steps import preprocess
 
 
@@ -50,10 +50,4 @@ class TritonPythonModel:
 
     def execute(self, requests):
         """One response per request; a bad request gets its own error."""
-        responses = []
-        for request in requests:
-            try:
-                responses.append(self._respond(request))
-            except Exception as error:  # noqa: BLE001 - becomes this request's error response
-                responses.append(error_response(pb_utils, error))
-        return responses
+        return respond_each(pb_utils, requests, self._respond)

@@ -11,7 +11,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from s2i import names
-from s2i.model_repository.triton_io import error_response, optional_input, scalar
+from s2i.model_repository.triton_io import optional_input, respond_each, scalar
 from s2i.pipeline.prompt import StyleTemplates, compose_prompt
 
 
@@ -47,10 +47,4 @@ class TritonPythonModel:
 
     def execute(self, requests):
         """One response per request; a bad request gets its own error."""
-        responses = []
-        for request in requests:
-            try:
-                responses.append(self._respond(request))
-            except Exception as error:  # noqa: BLE001 - becomes this request's error response
-                responses.append(error_response(pb_utils, error))
-        return responses
+        return respond_each(pb_utils, requests, self._respond)

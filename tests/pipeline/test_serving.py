@@ -89,11 +89,15 @@ def test_pipeline_returns_each_requests_own_result_when_16_requests_are_concurre
     assert len({result.png for result in concurrent}) == 16
 
 
-def test_pipeline_uses_shared_memory_for_audio_with_the_same_result(triton_server, client, hindi_clips):
+def test_pipeline_uses_shared_memory_for_audio_and_pixels_with_the_same_result(triton_server, client, hindi_clips):
     clip = hindi_clips[0]
-    expected = client.speech_to_image(clip.samples, clip.sample_rate_hz, seed=2, **OPTIONS)
+    expected = client.speech_to_image(clip.samples, clip.sample_rate_hz, seed=2, height=64, width=48, **OPTIONS)
+    assert expected.image_pixels is None
     with Client(triton_server.grpc_url, use_shared_memory=True) as shm_client:
-        assert shm_client.speech_to_image(clip.samples, clip.sample_rate_hz, seed=2, **OPTIONS).png == expected.png
+        served = shm_client.speech_to_image(clip.samples, clip.sample_rate_hz, seed=2, height=64, width=48, **OPTIONS)
+    assert served.png == expected.png
+    assert served.image_pixels.shape == (64, 48, 3)
+    np.testing.assert_array_equal(served.pixels, decode_png(expected.png))
 
 
 def test_stream_delivers_text_before_previews_before_the_image(triton_server, client, hindi_clips):

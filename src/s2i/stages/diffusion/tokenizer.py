@@ -14,6 +14,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+from s2i.stages.bpe import bytes_to_unicode
+
 BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
 # CLIP keeps the first 49152 - 256 - 2 merges: with 256 byte tokens, their 256
 # end-of-word variants and 2 specials, the vocabulary has 49408 entries.
@@ -42,26 +44,12 @@ def clip_bpe_path() -> Path:
     return path
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    # CLIP's (and GPT-2's) reversible byte -> printable character table.
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    codepoints = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codepoints.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in codepoints), strict=True))
-
-
 def clip_vocab_and_merges(bpe_path: Path | None = None) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """CLIP's vocabulary and merges, in the order ``clip.simple_tokenizer.SimpleTokenizer`` builds them."""
     with gzip.open(bpe_path or clip_bpe_path(), "rt", encoding="utf-8") as file:
         lines = file.read().split("\n")
     merges = [tuple(line.split()) for line in lines[1 : NUM_MERGES + 1]]
-    byte_tokens = list(_bytes_to_unicode().values())
+    byte_tokens = list(bytes_to_unicode().values())
     tokens = byte_tokens + [token + "</w>" for token in byte_tokens]
     tokens += ["".join(merge) for merge in merges]
     tokens += [BOS_TOKEN, EOS_TOKEN]

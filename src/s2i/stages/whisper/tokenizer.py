@@ -18,6 +18,8 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from s2i.stages.bpe import bytes_to_unicode
+
 # Whisper v1/v2 checkpoints know 99 languages; v3 adds Cantonese (51866 tokens).
 NUM_LANGUAGES = 99
 NUM_TIMESTAMPS = 1501
@@ -70,21 +72,6 @@ def timestamp_tokens() -> list[str]:
     return [f"<|{i * 0.02:.2f}|>" for i in range(NUM_TIMESTAMPS)]
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    # GPT-2's reversible byte -> printable character table, which HF's
-    # byte-level BPE files are written in.
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    codepoints = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codepoints.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in codepoints), strict=True))
-
-
 def load_bpe_ranks(path: Path) -> dict[bytes, int]:
     """Read a ``.tiktoken`` file: one ``base64(token) rank`` per line."""
     ranks = {}
@@ -102,7 +89,7 @@ def bpe_vocab_and_merges(ranks: dict[bytes, int]) -> tuple[dict[str, int], list[
     listing every split of each token ordered by the merged rank gives HF's BPE
     the same behaviour.
     """
-    byte_encoder = _bytes_to_unicode()
+    byte_encoder = bytes_to_unicode()
 
     def to_str(token: bytes) -> str:
         return "".join(byte_encoder[b] for b in token)
