@@ -74,6 +74,19 @@ DIFFUSION_SIZES = {
         vae_norm_groups=32,
         image_size=256,
     ),
+    # Stable Diffusion 1.5's architecture (860M-parameter UNet, CLIP ViT-L/14 text encoder,
+    # 512x512): for GPU benchmarks; random weights, real compute.
+    "sd15": DiffusionSize(
+        text_hidden=768,
+        text_layers=12,
+        text_heads=12,
+        unet_channels=(320, 640, 1280, 1280),
+        unet_layers_per_block=2,
+        attention_head_dim=8,
+        vae_channels=(128, 256, 512, 512),
+        vae_norm_groups=32,
+        image_size=512,
+    ),
 }
 
 

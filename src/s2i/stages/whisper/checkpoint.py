@@ -36,6 +36,7 @@ class WhisperSize:
 WHISPER_SIZES = {
     "tiny": WhisperSize(d_model=64, encoder_layers=2, decoder_layers=2, attention_heads=4, ffn_dim=128),
     "base": WhisperSize(d_model=512, encoder_layers=6, decoder_layers=6, attention_heads=8, ffn_dim=2048),
+    "small": WhisperSize(d_model=768, encoder_layers=12, decoder_layers=12, attention_heads=12, ffn_dim=3072),
 }
 
 
