@@ -108,4 +108,5 @@ def test_bench_cli_writes_a_report_against_a_running_server(triton_server, tmp_p
     for run in report["runs"]:
         assert expected <= set(run["server"]), expected - set(run["server"])
         assert run["server"]["speech_to_image"]["requests"] == run["completed"]
-        assert run["server"]["unet"]["requests"] >= 2 * run["completed"]
+        # At least one UNet call per denoising step (2); concurrent loops may share calls.
+        assert 2 <= run["server"]["unet"]["requests"] <= 8 * run["completed"]
