@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient_aio
@@ -146,30 +146,3 @@ async def open_loop(
     return RunResult(
         "open", None, rate_per_s, latencies, errors, time.perf_counter() - started, time.process_time() - cpu_started
     )
-
-
-def sweep_closed_loop(
-    url: str,
-    factory: RequestFactory,
-    concurrencies: Sequence[int],
-    *,
-    requests_per_level: int,
-    max_duration_s: float,
-    check: ResponseCheck | None = None,
-    on_done: Callable[[], None] | None = None,
-) -> list[RunResult]:
-    """One closed-loop run per concurrency level."""
-    return [
-        asyncio.run(
-            closed_loop(
-                url,
-                factory,
-                concurrency=level,
-                max_requests=max(requests_per_level, level),
-                max_duration_s=max_duration_s,
-                check=check,
-                on_done=on_done,
-            )
-        )
-        for level in concurrencies
-    ]

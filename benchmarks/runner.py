@@ -14,7 +14,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from s2i.benchmarks import server_stats
-from s2i.benchmarks.loadgen import RunResult, closed_loop, open_loop
+from s2i.benchmarks.loadgen import closed_loop, open_loop
 from s2i.benchmarks.workloads import Workload
 
 
@@ -64,12 +64,6 @@ def _progress(total: int, description: str):
     return tqdm(total=total, desc=description, unit="req", leave=False, disable=None)
 
 
-def _measured(url: str, run) -> tuple[RunResult, dict]:
-    before = server_stats.snapshot(url)
-    result = run()
-    return result, server_stats.breakdown(before, server_stats.snapshot(url))
-
-
 def run_baseline(workload: Workload, requests: int) -> dict | None:
     """The reference, as the research ran it: in-process, one request at a time."""
     if workload.baseline is None or requests <= 0:
@@ -111,42 +105,20 @@ def run_benchmark(url: str, workload: Workload, config: BenchConfig) -> dict:
             check=workload.check,
         )
     )
+    common = dict(factory=workload.factory, max_duration_s=config.max_duration_s, check=workload.check)
+    plan = [
+        (f"concurrency {level}", max(config.requests_per_level, level), closed_loop, {"concurrency": level})
+        for level in config.concurrencies
+    ]
+    plan += [
+        (f"poisson {rate}/s", config.requests_per_level, open_loop, {"rate_per_s": rate}) for rate in config.rates_per_s
+    ]
     runs = []
-    for level in config.concurrencies:
-        requests = max(config.requests_per_level, level)
-        with _progress(requests, f"concurrency {level}") as bar:
-            result, stages = _measured(
-                url,
-                lambda level=level, requests=requests, bar=bar: asyncio.run(
-                    closed_loop(
-                        url,
-                        workload.factory,
-                        concurrency=level,
-                        max_requests=requests,
-                        max_duration_s=config.max_duration_s,
-                        check=workload.check,
-                        on_done=bar.update,
-                    )
-                ),
-            )
-        runs.append({**result.summary(), "server": stages})
-    for rate in config.rates_per_s:
-        requests = config.requests_per_level
-        with _progress(requests, f"poisson {rate}/s") as bar:
-            result, stages = _measured(
-                url,
-                lambda rate=rate, requests=requests, bar=bar: asyncio.run(
-                    open_loop(
-                        url,
-                        workload.factory,
-                        rate_per_s=rate,
-                        max_requests=requests,
-                        max_duration_s=config.max_duration_s,
-                        check=workload.check,
-                        on_done=bar.update,
-                    )
-                ),
-            )
+    for description, requests, loop, options in plan:
+        with _progress(requests, description) as bar:
+            before = server_stats.settled_snapshot(url)
+            result = asyncio.run(loop(url, max_requests=requests, on_done=bar.update, **common, **options))
+            stages = server_stats.breakdown(before, server_stats.settled_snapshot(url))
         runs.append({**result.summary(), "server": stages})
     baseline = run_baseline(workload, config.baseline_requests)
     for run in runs:

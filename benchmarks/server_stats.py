@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import tritonclient.grpc as grpcclient
 
 PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
@@ -22,6 +24,23 @@ def snapshot(url: str) -> dict[str, dict]:
             **{f"{phase}_ns": int(inference.get(phase, {}).get("ns", 0)) for phase in PHASES},
         }
     return models
+
+
+def settled_snapshot(url: str, timeout_s: float = 2.0, poll_s: float = 0.05) -> dict[str, dict]:
+    """A snapshot taken once the counters stop moving.
+
+    Triton updates a model's statistics just after it sends the response, so a
+    snapshot taken right after the client's last reply can miss that request.
+    """
+    deadline = time.monotonic() + timeout_s
+    previous = snapshot(url)
+    while time.monotonic() < deadline:
+        time.sleep(poll_s)
+        current = snapshot(url)
+        if current == previous:
+            return current
+        previous = current
+    return previous
 
 
 def breakdown(before: dict[str, dict], after: dict[str, dict]) -> dict[str, dict]:

@@ -15,37 +15,18 @@ from s2i.client import operations
 from s2i.client.errors import ClientError, ServerUnavailableError
 from s2i.client.operations import AudioInput, Operation, parse_speech_to_image
 from s2i.client.results import EmotionResult, GeneratedImage, SpeechToImageResult, StreamEvent, Translation
-from s2i.client.transport import Connection, RetryPolicy, wrap_error
+from s2i.client.transport import Connection, wrap_error
 
 
 class AsyncClient:
     """Non-blocking client; ``async with AsyncClient(url) as client: ...``.
 
-    Takes the same connection options as :class:`~s2i.client.Client` (no shared memory).
+    Keyword options are those of :class:`~s2i.client.transport.Connection` (``timeout_s``,
+    ``headers``, ``ssl`` and its PEM files, ``retry``), as for :class:`~s2i.client.Client`.
     """
 
-    def __init__(
-        self,
-        url: str = "localhost:8001",
-        *,
-        timeout_s: float = 300.0,
-        headers: dict[str, str] | None = None,
-        ssl: bool = False,
-        root_certificates: str | None = None,
-        private_key: str | None = None,
-        certificate_chain: str | None = None,
-        retry: RetryPolicy | None = None,
-    ) -> None:
-        self.connection = Connection(
-            url=url,
-            timeout_s=timeout_s,
-            headers=dict(headers or {}),
-            ssl=ssl,
-            root_certificates=root_certificates,
-            private_key=private_key,
-            certificate_chain=certificate_chain,
-            retry=retry or RetryPolicy(),
-        )
+    def __init__(self, url: str = "localhost:8001", **options) -> None:
+        self.connection = Connection(url=url, **options)
         self._client = aio.InferenceServerClient(**self.connection.client_kwargs())
 
     async def close(self) -> None:

@@ -14,7 +14,7 @@ from s2i.client import operations
 from s2i.client.errors import ServerUnavailableError
 from s2i.client.operations import AudioInput, Operation
 from s2i.client.results import EmotionResult, GeneratedImage, SpeechToImageResult, Translation
-from s2i.client.transport import Connection, RetryPolicy, wrap_error
+from s2i.client.transport import Connection, wrap_error
 
 # Inputs at least this large go through system shared memory when it is enabled.
 SHARED_MEMORY_MIN_BYTES = 64 * 1024
@@ -30,37 +30,15 @@ class Client:
 
     Args:
         url: ``host:port`` of the gRPC endpoint.
-        timeout_s: Default per-call deadline.
-        headers: Sent with every request (auth for a gateway, …).
-        ssl: Use TLS (with ``root_certificates``, ``private_key``, ``certificate_chain`` PEM files).
-        retry: Retries on ``UNAVAILABLE``; pass ``RetryPolicy(max_attempts=1)`` to disable.
-        use_shared_memory: Send large inputs (audio) through system shared memory; only
-            for a server on the same host.
+        use_shared_memory: Send large inputs (audio) and receive the pixels through system
+            shared memory; only for a server on the same host.
+        **options: :class:`~s2i.client.transport.Connection` fields: ``timeout_s``, ``headers``
+            (auth for a gateway, …), ``ssl`` with ``root_certificates``/``private_key``/
+            ``certificate_chain`` PEM files, ``retry`` (``RetryPolicy(max_attempts=1)`` disables).
     """
 
-    def __init__(
-        self,
-        url: str = "localhost:8001",
-        *,
-        timeout_s: float = 300.0,
-        headers: dict[str, str] | None = None,
-        ssl: bool = False,
-        root_certificates: str | None = None,
-        private_key: str | None = None,
-        certificate_chain: str | None = None,
-        retry: RetryPolicy | None = None,
-        use_shared_memory: bool = False,
-    ) -> None:
-        self.connection = Connection(
-            url=url,
-            timeout_s=timeout_s,
-            headers=dict(headers or {}),
-            ssl=ssl,
-            root_certificates=root_certificates,
-            private_key=private_key,
-            certificate_chain=certificate_chain,
-            retry=retry or RetryPolicy(),
-        )
+    def __init__(self, url: str = "localhost:8001", *, use_shared_memory: bool = False, **options) -> None:
+        self.connection = Connection(url=url, **options)
         self.use_shared_memory = use_shared_memory
         self._client = grpcclient.InferenceServerClient(**self.connection.client_kwargs())
 

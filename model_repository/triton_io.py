@@ -8,6 +8,7 @@ the package stays importable (and testable) anywhere.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -100,4 +101,38 @@ def respond_each(pb_utils, requests, respond) -> list:
             responses.append(respond(request))
         except Exception as error:  # noqa: BLE001 - reported to the caller, never raised into Triton
             responses.append(error_response(pb_utils, error))
+    return responses
+
+
+def answer_batch(pb_utils, requests, parse, run_batch, outputs_of) -> list:
+    """Check each request alone, run the valid ones as one batch, answer each with its own response.
+
+    Args:
+        pb_utils: ``triton_python_backend_utils``.
+        requests: The batch Triton handed to ``execute``.
+        parse: ``parse(request) -> item``; raising refuses that request only.
+        run_batch: ``run_batch(items) -> results`` in the same order; a result may be an exception.
+        outputs_of: ``outputs_of(result, compute_ms) -> [pb_utils.Tensor, ...]``, with
+            ``compute_ms`` the batch's time so far as a ``[1, 1]`` float32 array.
+    """
+    started = time.perf_counter()
+    responses = [None] * len(requests)
+    valid = {}
+    for index, request in enumerate(requests):
+        try:
+            valid[index] = parse(request)
+        except Exception as error:  # noqa: BLE001 - becomes this request's error response
+            responses[index] = error_response(pb_utils, error)
+    if not valid:
+        return responses
+    try:
+        results = run_batch(list(valid.values()))
+    except Exception as error:  # noqa: BLE001 - every request of the batch gets it
+        results = [error] * len(valid)
+    compute_ms = np.array([[1000 * (time.perf_counter() - started)]], dtype=np.float32)
+    for index, result in zip(valid, results, strict=True):
+        if isinstance(result, Exception):
+            responses[index] = error_response(pb_utils, result)
+        else:
+            responses[index] = pb_utils.InferenceResponse(output_tensors=outputs_of(result, compute_ms))
     return responses

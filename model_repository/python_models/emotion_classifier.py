@@ -8,14 +8,13 @@ stage model, reached through BLS. ``assets/`` holds the checkpoint's
 ``config.json`` (labels) and ``preprocessor_config.json`` (feature extractor).
 """
 
-import time
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from s2i import names
-from s2i.model_repository.triton_io import error_response, make_stage_runner, optional_input
+from s2i.model_repository.triton_io import answer_batch, make_stage_runner, optional_input
 from s2i.stages.emotion.runtime import EmotionRunner, parse_request_inputs
 
 
@@ -38,32 +37,14 @@ class TritonPythonModel:
 
     def execute(self, requests):
         """Answer every request; a bad one gets its own error and never fails its neighbours."""
-        started = time.perf_counter()
-        responses = [None] * len(requests)
-        valid = {}
-        for index, request in enumerate(requests):
-            try:
-                valid[index] = self._parse(request)
-            except Exception as error:  # noqa: BLE001 - becomes this request's error response
-                responses[index] = error_response(pb_utils, error)
-        if valid:
-            try:
-                results = self.runner.classify_features(list(valid.values()))
-            except Exception as error:  # noqa: BLE001
-                results = [error] * len(valid)
-            for index, result in zip(valid, results, strict=False):
-                if isinstance(result, Exception):
-                    responses[index] = error_response(pb_utils, result)
-                    continue
-                responses[index] = pb_utils.InferenceResponse(
-                    output_tensors=[
-                        pb_utils.Tensor(
-                            names.EMOTION_LABEL, np.array([[result.label.encode("utf-8")]], dtype=np.object_)
-                        ),
-                        pb_utils.Tensor(names.EMOTION_PROBABILITIES, result.probabilities[None, :].astype(np.float32)),
-                        pb_utils.Tensor(
-                            names.COMPUTE_MS, np.array([[1000 * (time.perf_counter() - started)]], dtype=np.float32)
-                        ),
-                    ]
-                )
-        return responses
+        return answer_batch(
+            pb_utils,
+            requests,
+            self._parse,
+            self.runner.classify_features,
+            lambda result, compute_ms: [
+                pb_utils.Tensor(names.EMOTION_LABEL, np.array([[result.label.encode("utf-8")]], dtype=np.object_)),
+                pb_utils.Tensor(names.EMOTION_PROBABILITIES, result.probabilities[None, :].astype(np.float32)),
+                pb_utils.Tensor(names.COMPUTE_MS, compute_ms),
+            ],
+        )

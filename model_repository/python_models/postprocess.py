@@ -6,29 +6,24 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from s2i import names
-from s2i.model_repository.triton_io import error_response
+from s2i.model_repository.triton_io import respond_each
 from s2i.pipeline.steps import encode_png
 
 
 class TritonPythonModel:
     """Encode each request's image."""
 
+    def _respond(self, request):
+        started = time.perf_counter()
+        png = encode_png(pb_utils.get_input_tensor_by_name(request, names.IMAGE).as_numpy()[0])
+        elapsed_ms = np.array([[1000 * (time.perf_counter() - started)]], dtype=np.float32)
+        return pb_utils.InferenceResponse(
+            output_tensors=[
+                pb_utils.Tensor(names.PNG, np.array([[png]], dtype=np.object_)),
+                pb_utils.Tensor(names.COMPUTE_MS, elapsed_ms),
+            ]
+        )
+
     def execute(self, requests):
-        """One response per request."""
-        responses = []
-        for request in requests:
-            try:
-                started = time.perf_counter()
-                png = encode_png(pb_utils.get_input_tensor_by_name(request, names.IMAGE).as_numpy()[0])
-                elapsed_ms = np.array([[1000 * (time.perf_counter() - started)]], dtype=np.float32)
-                responses.append(
-                    pb_utils.InferenceResponse(
-                        output_tensors=[
-                            pb_utils.Tensor(names.PNG, np.array([[png]], dtype=np.object_)),
-                            pb_utils.Tensor(names.COMPUTE_MS, elapsed_ms),
-                        ]
-                    )
-                )
-            except Exception as error:  # noqa: BLE001
-                responses.append(error_response(pb_utils, error))
-        return responses
+        """One response per request; a bad request gets its own error."""
+        return respond_each(pb_utils, requests, self._respond)

@@ -44,28 +44,13 @@ def _text(value: str) -> np.ndarray:
     return np.array([[value.encode("utf-8")]], dtype=np.object_)
 
 
-def _scalar(options: Mapping[str, np.ndarray], name: str):
-    value = options.get(name)
-    return None if value is None else value.reshape(-1)[0].item()
-
-
 def image_request(prompt: np.ndarray, negative_prompt: np.ndarray, options: Mapping[str, np.ndarray]):
     """The diffusion request for the composed prompts and the stream's options."""
-    from s2i.stages.diffusion.sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_INFERENCE_STEPS, ImageRequest
+    from s2i.model_repository.triton_io import scalar
+    from s2i.stages.diffusion.sampling import image_request_from
 
-    scheduler = _scalar(options, names.SCHEDULER)
-    steps, guidance = _scalar(options, names.NUM_INFERENCE_STEPS), _scalar(options, names.GUIDANCE_SCALE)
-    height, width, seed = (_scalar(options, name) for name in (names.HEIGHT, names.WIDTH, names.SEED))
-    return ImageRequest(
-        prompt=prompt.reshape(-1)[0].decode("utf-8"),
-        negative_prompt=negative_prompt.reshape(-1)[0].decode("utf-8"),
-        num_inference_steps=DEFAULT_NUM_INFERENCE_STEPS if steps is None else int(steps),
-        guidance_scale=DEFAULT_GUIDANCE_SCALE if guidance is None else float(guidance),
-        height=None if height is None else int(height),
-        width=None if width is None else int(width),
-        seed=None if seed is None else int(seed),
-        scheduler=None if scheduler is None else scheduler.decode("utf-8"),
-    )
+    values = {**options, names.PROMPT: prompt, names.NEGATIVE_PROMPT: negative_prompt}
+    return image_request_from(lambda name: scalar(values.get(name), name))
 
 
 def preview_png(image: np.ndarray) -> bytes:

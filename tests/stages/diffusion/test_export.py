@@ -5,8 +5,9 @@ import onnx
 import pytest
 
 from s2i.conversion.components import GraphMismatchError
+from s2i.conversion.validation import ValidationError
 from s2i.model_repository.config import TensorSpec, parse_config
-from s2i.stages.diffusion.export import ValidationError, validate_diffusion_export
+from s2i.stages.diffusion.export import validate_diffusion_export
 from s2i.stages.diffusion.models import diffusion_components, read_configs
 
 STAGE_MODELS = ("text_encoder", "unet", "vae_decoder")

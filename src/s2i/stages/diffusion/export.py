@@ -9,16 +9,14 @@ dimension after the batch axis.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from s2i import names
 from s2i.conversion.components import OnnxComponent
+from s2i.conversion.validation import check_tolerances, export_once, max_abs_diff
 from s2i.model_repository.onnx_stage import OnnxStage
+from s2i.stages.base import StageExport
 from s2i.stages.diffusion.models import diffusion_components, read_configs
 
 LOGGER = logging.getLogger(__name__)
@@ -26,19 +24,6 @@ LOGGER = logging.getLogger(__name__)
 OPTIMUM_TASK = "text-to-image"
 # Prompts of the validation: a short one, and one long enough to be truncated.
 VALIDATION_PROMPTS = ("a photo of an astronaut riding a horse", "a very long prompt " * 30)
-
-
-class ValidationError(RuntimeError):
-    """An exported graph differs from PyTorch by more than its tolerance."""
-
-
-@dataclasses.dataclass
-class DiffusionExport:
-    """The result of :func:`export_diffusion`."""
-
-    onnx_dir: Path
-    components: list[OnnxComponent]
-    max_abs_diff: dict[str, float]
 
 
 def batched_timestep_unet_config(unet_config):
@@ -109,7 +94,7 @@ def _unet_config(checkpoint: Path):
     return FrozenDict({**defaults, **UNet2DConditionModel.load_config(checkpoint / "unet")})
 
 
-def export_diffusion(checkpoint: Path, onnx_dir: Path, *, validate: bool = True) -> DiffusionExport:
+def export_diffusion(checkpoint: Path, onnx_dir: Path, *, validate: bool = True) -> StageExport:
     """Export text encoder, UNet and VAE decoder of ``checkpoint`` into ``onnx_dir``.
 
     Graphs are written once: an ``onnx_dir`` that already holds them for the
@@ -120,11 +105,8 @@ def export_diffusion(checkpoint: Path, onnx_dir: Path, *, validate: bool = True)
     checkpoint, onnx_dir = Path(checkpoint), Path(onnx_dir)
     configs = read_configs(checkpoint)
     components = diffusion_components(configs)
-    stamp = onnx_dir / "source_configs.json"
-    cached = stamp.is_file() and json.loads(stamp.read_text()) == configs
-    if cached and all((onnx_dir / c.onnx_file).is_file() for c in components):
-        LOGGER.info("Reusing the ONNX export in %s", onnx_dir)
-    else:
+
+    def export() -> None:
         LOGGER.info("Exporting %s to ONNX (%s)", checkpoint, OPTIMUM_TASK)
         main_export(
             str(checkpoint),
@@ -136,15 +118,10 @@ def export_diffusion(checkpoint: Path, onnx_dir: Path, *, validate: bool = True)
             custom_onnx_configs={"unet": batched_timestep_unet_config(_unet_config(checkpoint))},
         )
         add_timestep_axis(onnx_dir / "unet" / "model.onnx")
-        stamp.write_text(json.dumps(configs))
-    for component in components:
-        component.check_graph(onnx_dir / component.onnx_file)
+
+    export_once(onnx_dir, configs, components, export)
     diffs = validate_diffusion_export(checkpoint, onnx_dir, components) if validate else {}
-    return DiffusionExport(onnx_dir=onnx_dir, components=components, max_abs_diff=diffs)
-
-
-def _max_abs_diff(reference, actual: np.ndarray) -> float:
-    return float(np.max(np.abs(reference.detach().numpy() - actual)))
+    return StageExport(onnx_dir=onnx_dir, components=components, max_abs_diff=diffs)
 
 
 def validate_diffusion_export(checkpoint: Path, onnx_dir: Path, components: list[OnnxComponent]) -> dict[str, float]:
@@ -183,10 +160,10 @@ def validate_diffusion_export(checkpoint: Path, onnx_dir: Path, components: list
         image = vae.decode(latents).sample
     LOGGER.debug("validation image %s from latents of %s (VAE scale %d)", list(image.shape), [height, width], vae_scale)
     diffs = {
-        names.TEXT_ENCODER: _max_abs_diff(
+        names.TEXT_ENCODER: max_abs_diff(
             hidden, stages[names.TEXT_ENCODER].run({names.INPUT_IDS: ids.numpy()})[names.LAST_HIDDEN_STATE]
         ),
-        names.UNET: _max_abs_diff(
+        names.UNET: max_abs_diff(
             noise,
             stages[names.UNET].run(
                 {
@@ -196,15 +173,8 @@ def validate_diffusion_export(checkpoint: Path, onnx_dir: Path, components: list
                 }
             )[names.OUT_SAMPLE],
         ),
-        names.VAE_DECODER: _max_abs_diff(
+        names.VAE_DECODER: max_abs_diff(
             image, stages[names.VAE_DECODER].run({names.LATENT_SAMPLE: latents.numpy()})[names.SAMPLE]
         ),
     }
-    for name, diff in diffs.items():
-        LOGGER.info("%s: max abs diff to PyTorch %.2e (tolerance %.0e)", name, diff, by_name[name].atol)
-        if not diff <= by_name[name].atol:
-            raise ValidationError(
-                f"`{name}` differs from PyTorch by {diff:.3e}, more than the tolerance {by_name[name].atol:.0e}; "
-                "the export is not trustworthy (try another opset or exporter version)."
-            )
-    return diffs
+    return check_tolerances(diffs, components)

@@ -75,6 +75,26 @@ class ImageRequest:
     scheduler: str | None = None
 
 
+def image_request_from(value: Callable[[str], object]) -> ImageRequest:
+    """An :class:`ImageRequest` from a getter of the request's values (``None`` where left out)."""
+
+    def integer(name: str) -> int | None:
+        number = value(name)
+        return None if number is None else int(number)
+
+    steps, guidance = value(names.NUM_INFERENCE_STEPS), value(names.GUIDANCE_SCALE)
+    return ImageRequest(
+        prompt=value(names.PROMPT) or "",
+        negative_prompt=value(names.NEGATIVE_PROMPT) or "",
+        num_inference_steps=DEFAULT_NUM_INFERENCE_STEPS if steps is None else int(steps),
+        guidance_scale=DEFAULT_GUIDANCE_SCALE if guidance is None else float(guidance),
+        height=integer(names.HEIGHT),
+        width=integer(names.WIDTH),
+        seed=integer(names.SEED),
+        scheduler=value(names.SCHEDULER),
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class GeneratedImage:
     """What one request produced: ``uint8 [height, width, 3]`` RGB and the seed used."""

@@ -24,8 +24,7 @@ class DiffusionStage:
         """Text encoder, UNet (per-row timesteps) and VAE decoder graphs, validated."""
         from s2i.stages.diffusion.export import export_diffusion
 
-        exported = export_diffusion(checkpoint, onnx_dir)
-        return StageExport(exported.onnx_dir, exported.components, exported.max_abs_diff)
+        return export_diffusion(checkpoint, onnx_dir)
 
     def repository_models(self, checkpoint: Path, exported: StageExport, target: str):
         """The three stage graphs and the ``diffusion`` BLS model."""

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from s2i import names
 from s2i.conversion.components import OnnxComponent
+from s2i.conversion.validation import ValidationError, check_tolerances, export_once, max_abs_diff
 from s2i.model_repository.onnx_stage import OnnxStage
+from s2i.stages.base import StageExport
 from s2i.stages.emotion.modeling import EmotionClassifier, load_config
 from s2i.stages.emotion.models import emotion_component
 
@@ -26,20 +24,7 @@ TRACE_SHAPE = (2, 120)
 VALIDATION_SHAPES = ((1, 10), (3, 77), (2, 301), (1, 3000))
 
 
-class ValidationError(RuntimeError):
-    """The exported graph differs from PyTorch by more than its tolerance."""
-
-
-@dataclasses.dataclass
-class EmotionExport:
-    """The result of :func:`export_emotion`."""
-
-    onnx_dir: Path
-    components: list[OnnxComponent]
-    max_abs_diff: dict[str, float]
-
-
-def export_emotion(checkpoint: Path, onnx_dir: Path, *, validate: bool = True) -> EmotionExport:
+def export_emotion(checkpoint: Path, onnx_dir: Path, *, validate: bool = True) -> StageExport:
     """Export ``checkpoint`` into ``onnx_dir`` and validate it; a cached export of the same config is reused.
 
     The cache is keyed by ``config.json`` only; :func:`s2i.conversion.convert.convert`
@@ -51,10 +36,8 @@ def export_emotion(checkpoint: Path, onnx_dir: Path, *, validate: bool = True) -
     config = load_config(checkpoint)
     component = emotion_component(config)
     onnx_path = onnx_dir / component.onnx_file
-    stamp = onnx_dir / "source_config.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) == config.to_dict() and onnx_path.is_file():
-        LOGGER.info("Reusing the ONNX export in %s", onnx_dir)
-    else:
+
+    def export() -> None:
         LOGGER.info("Exporting %s to ONNX (%s)", checkpoint, config.architecture)
         onnx_dir.mkdir(parents=True, exist_ok=True)
         model = EmotionClassifier.from_pretrained(checkpoint)
@@ -71,10 +54,10 @@ def export_emotion(checkpoint: Path, onnx_dir: Path, *, validate: bool = True) -
             # The TorchScript exporter: the dynamo one needs onnxscript, which is not a dependency.
             dynamo=False,
         )
-        stamp.write_text(json.dumps(config.to_dict()))
-    component.check_graph(onnx_path)
+
+    export_once(onnx_dir, config.to_dict(), [component], export)
     diffs = validate_emotion_export(checkpoint, onnx_dir, component) if validate else {}
-    return EmotionExport(onnx_dir=onnx_dir, components=[component], max_abs_diff=diffs)
+    return StageExport(onnx_dir=onnx_dir, components=[component], max_abs_diff=diffs)
 
 
 def validate_emotion_export(checkpoint: Path, onnx_dir: Path, component: OnnxComponent) -> dict[str, float]:
@@ -100,11 +83,5 @@ def validate_emotion_export(checkpoint: Path, onnx_dir: Path, component: OnnxCom
                 f"`{component.model_name}` returned logits of shape {list(actual.shape)} for input "
                 f"{[batch, model.config.num_mel_bins, frames]}; PyTorch returns {list(expected.shape)}."
             )
-        diff = max(diff, float(np.max(np.abs(expected - actual))))
-    LOGGER.info("%s: max abs diff to PyTorch %.2e (tolerance %.0e)", component.model_name, diff, component.atol)
-    if not diff <= component.atol:
-        raise ValidationError(
-            f"`{component.model_name}` differs from PyTorch by {diff:.3e}, more than the tolerance "
-            f"{component.atol:.0e}; the export is not trustworthy (try another opset or exporter version)."
-        )
-    return {component.model_name: diff}
+        diff = max(diff, max_abs_diff(expected, actual))
+    return check_tolerances({component.model_name: diff}, [component])

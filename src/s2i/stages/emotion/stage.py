@@ -26,8 +26,7 @@ class EmotionStage:
         """The classifier graph, validated against PyTorch."""
         from s2i.stages.emotion.export import export_emotion
 
-        exported = export_emotion(checkpoint, onnx_dir)
-        return StageExport(exported.onnx_dir, exported.components, exported.max_abs_diff)
+        return export_emotion(checkpoint, onnx_dir)
 
     def repository_models(self, checkpoint: Path, exported: StageExport, target: str):
         """The ``emotion_classifier_graph`` stage and the ``emotion_classifier`` BLS model."""

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from s2i import names
 from s2i.conversion.components import OnnxComponent
+from s2i.conversion.validation import check_tolerances, export_once, max_abs_diff
 from s2i.model_repository.onnx_stage import OnnxStage
+from s2i.stages.base import StageExport
 from s2i.stages.whisper.decoding import DecodingRules, past_names
 from s2i.stages.whisper.models import whisper_components
 
@@ -33,20 +32,7 @@ ASSET_FILES = (
 )
 
 
-class ValidationError(RuntimeError):
-    """An exported graph differs from PyTorch by more than its tolerance."""
-
-
-@dataclasses.dataclass
-class WhisperExport:
-    """The result of :func:`export_whisper`."""
-
-    onnx_dir: Path
-    components: list[OnnxComponent]
-    max_abs_diff: dict[str, float]
-
-
-def export_whisper(checkpoint: Path, onnx_dir: Path, *, validate: bool = True) -> WhisperExport:
+def export_whisper(checkpoint: Path, onnx_dir: Path, *, validate: bool = True) -> StageExport:
     """Export encoder, decoder and decoder-with-past graphs of ``checkpoint`` into ``onnx_dir``.
 
     Graphs are written once: an ``onnx_dir`` that already holds them for the
@@ -57,24 +43,16 @@ def export_whisper(checkpoint: Path, onnx_dir: Path, *, validate: bool = True) -
     checkpoint, onnx_dir = Path(checkpoint), Path(onnx_dir)
     config = json.loads((checkpoint / "config.json").read_text())
     components = whisper_components(config)
-    stamp = onnx_dir / "source_config.json"
-    cached = stamp.is_file() and json.loads(stamp.read_text()) == config
-    if cached and all((onnx_dir / c.onnx_file).is_file() for c in components):
-        LOGGER.info("Reusing the ONNX export in %s", onnx_dir)
-    else:
+
+    def export() -> None:
         LOGGER.info("Exporting %s to ONNX (%s)", checkpoint, OPTIMUM_TASK)
         main_export(
             str(checkpoint), output=onnx_dir, task=OPTIMUM_TASK, no_post_process=True, do_validation=False, device="cpu"
         )
-        stamp.write_text(json.dumps(config))
-    for component in components:
-        component.check_graph(onnx_dir / component.onnx_file)
+
+    export_once(onnx_dir, config, components, export)
     diffs = validate_whisper_export(checkpoint, onnx_dir, components) if validate else {}
-    return WhisperExport(onnx_dir=onnx_dir, components=components, max_abs_diff=diffs)
-
-
-def _max_abs_diff(reference, actual: np.ndarray) -> float:
-    return float(np.max(np.abs(reference.detach().numpy() - actual)))
+    return StageExport(onnx_dir=onnx_dir, components=components, max_abs_diff=diffs)
 
 
 def validate_whisper_export(checkpoint: Path, onnx_dir: Path, components: list[OnnxComponent]) -> dict[str, float]:
@@ -114,31 +92,24 @@ def validate_whisper_export(checkpoint: Path, onnx_dir: Path, components: list[O
 
     diffs: dict[str, float] = {}
     encoder = stages[names.WHISPER_ENCODER].run({names.INPUT_FEATURES: features.numpy()})
-    diffs[names.WHISPER_ENCODER] = _max_abs_diff(encoder_out.last_hidden_state, encoder[names.LAST_HIDDEN_STATE])
+    diffs[names.WHISPER_ENCODER] = max_abs_diff(encoder_out.last_hidden_state, encoder[names.LAST_HIDDEN_STATE])
 
     decoder = stages[names.WHISPER_DECODER].run(
         {names.INPUT_IDS: prompt.numpy(), names.ENCODER_HIDDEN_STATES: encoder_out.last_hidden_state.numpy()}
     )
     present_all = past_names(layers, prefix="present", include_encoder=True)
     diffs[names.WHISPER_DECODER] = max(
-        [_max_abs_diff(first.logits, decoder[names.LOGITS])]
-        + [_max_abs_diff(cache_tensor(first_cache, name), decoder[name]) for name in present_all]
+        [max_abs_diff(first.logits, decoder[names.LOGITS])]
+        + [max_abs_diff(cache_tensor(first_cache, name), decoder[name]) for name in present_all]
     )
 
     past = {name.replace("present", "past_key_values"): cache_tensor(first_cache, name).numpy() for name in present_all}
     with_past = stages[names.WHISPER_DECODER_WITH_PAST].run({names.INPUT_IDS: next_token.numpy(), **past})
     diffs[names.WHISPER_DECODER_WITH_PAST] = max(
-        [_max_abs_diff(second.logits, with_past[names.LOGITS])]
+        [max_abs_diff(second.logits, with_past[names.LOGITS])]
         + [
-            _max_abs_diff(cache_tensor(second_cache, name), with_past[name])
+            max_abs_diff(cache_tensor(second_cache, name), with_past[name])
             for name in past_names(layers, prefix="present", include_encoder=False)
         ]
     )
-    for name, diff in diffs.items():
-        LOGGER.info("%s: max abs diff to PyTorch %.2e (tolerance %.0e)", name, diff, by_name[name].atol)
-        if not diff <= by_name[name].atol:
-            raise ValidationError(
-                f"`{name}` differs from PyTorch by {diff:.3e}, more than the tolerance {by_name[name].atol:.0e}; "
-                "the export is not trustworthy (try another opset or exporter version)."
-            )
-    return diffs
+    return check_tolerances(diffs, components)

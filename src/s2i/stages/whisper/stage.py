@@ -30,8 +30,7 @@ class WhisperStage:
         """Encoder, decoder and decoder-with-past graphs, validated."""
         from s2i.stages.whisper.export import export_whisper
 
-        exported = export_whisper(checkpoint, onnx_dir)
-        return StageExport(exported.onnx_dir, exported.components, exported.max_abs_diff)
+        return export_whisper(checkpoint, onnx_dir)
 
     def repository_models(self, checkpoint: Path, exported: StageExport, target: str):
         """The three stage graphs and the ``whisper`` BLS model."""
