@@ -68,8 +68,9 @@ def stage_model_spec(component: OnnxComponent, target: str) -> ModelSpec:
         instance_groups=chosen.instance_groups(device_of(target)),
     )
     if target == PYTHON_ONNXRUNTIME:
-        # 0 = ONNX Runtime's default, one thread per physical core: a lone request's graph call
-        # then uses the whole CPU, as PyTorch does in-process (measured in benchmarks/README.md).
+        # 0 = the cores the server process may use, shared among the model's instances (decided at
+        # load time, so one repository fits any cpuset): a lone request's graph call then uses the
+        # whole CPU, as PyTorch does in-process (measured in benchmarks/README.md).
         parameters = {"onnx_file": ONNX_MODEL_FILE, "intra_op_threads": str(chosen.intra_op_threads)}
         return ModelSpec(backend="python", parameters=parameters, **common)
     if target in (ONNXRUNTIME, ONNXRUNTIME_GPU):

@@ -9,9 +9,12 @@ Why these numbers:
 * **BLS models get instances, not big batches.** A loop (Whisper decoding, the
   denoising loop) holds its instance for the whole request; concurrency comes from
   several instances whose steps meet in the stage models' batcher.
-* **CPU is the test and demo target**: one instance per stage model, and ONNX
-  Runtime's default thread pool (one thread per core): with one thread per call,
-  a single request ran 29% slower than PyTorch in-process on 2 cores.
+* **CPU is the test and demo target**: one instance per stage model, whose ONNX
+  Runtime pool gets the cores the server may use (divided among the model's
+  instances, decided at load time): with one thread per call, a single request
+  ran 29% slower than PyTorch in-process on 2 cores. The count is explicit and
+  unpinned, never ONNX Runtime's 0, which pins every stage process's worker to
+  the same core.
 * **GPU**: UNet batches of 8 images are 16 UNet rows with classifier-free guidance;
   preferred sizes are the profile's ``opt`` points, so TensorRT engines are built
   for the shapes the batcher forms.
@@ -38,7 +41,7 @@ class ModelPolicy:
         max_queue_delay_us: How long a request may wait for partners; ``None`` disables batching.
         instances: Model instances.
         intra_op_threads: ONNX Runtime threads per instance for graphs run in Python
-            (``python-onnxruntime``); 0 = one per physical core.
+            (``python-onnxruntime``); 0 = the cores the server may use, shared among instances.
     """
 
     max_batch_size: int

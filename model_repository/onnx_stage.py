@@ -8,6 +8,7 @@ axis and run as one call, which is what Triton's dynamic batcher is for.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,18 +17,57 @@ import numpy as np
 Tensors = Mapping[str, np.ndarray]
 
 
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which a container's cpuset narrows)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def intra_op_threads_for(requested: int, instances: int, cores: int | None = None) -> int:
+    """ONNX Runtime intra-op threads for one instance of a stage graph.
+
+    ``requested`` > 0 is used as is. Otherwise the cores this process may use are
+    shared among the model's instances. The count is always explicit because ONNX
+    Runtime's own default (0) pins its worker threads to cores 1..n-1 — in every
+    stage process alike, so seven processes on two cores all competed for core 1.
+    """
+    if requested > 0:
+        return requested
+    return max(1, (available_cores() if cores is None else cores) // max(1, instances))
+
+
+def session_options(intra_op_threads: int):
+    """Session options for a stage graph that shares the host's cores with other stage processes."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    # Idle workers spinning for work would steal the cores other stage processes are computing on.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
+
+
 class OnnxStage:
     """An ONNX Runtime session with batching over requests."""
 
-    def __init__(self, onnx_path: Path, intra_op_threads: int = 0, providers: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        onnx_path: Path,
+        intra_op_threads: int = 0,
+        providers: Sequence[str] | None = None,
+        instances: int = 1,
+    ) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        # 0 lets ONNX Runtime use one thread per physical core.
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
+        self.intra_op_threads = intra_op_threads_for(intra_op_threads, instances)
         self.session = ort.InferenceSession(
-            str(onnx_path), sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
+            str(onnx_path),
+            sess_options=session_options(self.intra_op_threads),
+            providers=list(providers or ["CPUExecutionProvider"]),
         )
         self.input_names = [node.name for node in self.session.get_inputs()]
         self.output_names = [node.name for node in self.session.get_outputs()]

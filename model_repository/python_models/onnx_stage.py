@@ -1,6 +1,7 @@
 """Triton Python-backend model: one exported ONNX graph on ONNX Runtime.
 
-Parameters (config.pbtxt): ``onnx_file`` (beside this file) and ``intra_op_threads``.
+Parameters (config.pbtxt): ``onnx_file`` (beside this file) and ``intra_op_threads``
+(0: the cores this process may use, shared among the model's CPU instances).
 Input and output names come from the model config, which is generated from the
 same description the graph was checked against.
 """
@@ -24,7 +25,12 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.input_names = [tensor["name"] for tensor in config["input"]]
         self.output_names = [tensor["name"] for tensor in config["output"]]
-        self.stage = OnnxStage(version_dir / parameters["onnx_file"], int(parameters.get("intra_op_threads", "0")))
+        instances = sum(int(group.get("count", 1)) for group in config.get("instance_group", [])) or 1
+        self.stage = OnnxStage(
+            version_dir / parameters["onnx_file"],
+            int(parameters.get("intra_op_threads", "0")),
+            instances=instances,
+        )
 
     def execute(self, requests):
         """Run all requests of the batch; a failure fails the whole batch's call, each with its own response."""

@@ -244,6 +244,13 @@ class TritonServer:
         return f"127.0.0.1:{self.options.http_port}"
 
     @property
+    def pid(self) -> int:
+        """Process id of the running ``tritonserver``."""
+        if self._process is None:
+            raise RuntimeError("tritonserver has not been started.")
+        return self._process.pid
+
+    @property
     def log_text(self) -> str:
         """Everything the server has printed so far."""
         return "".join(self._log_lines)

@@ -1,7 +1,56 @@
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from s2i.model_repository.onnx_stage import OnnxStage
+from s2i.model_repository.onnx_stage import OnnxStage, intra_op_threads_for
+
+STAGE_GRAPHS = {
+    "whisper_encoder",
+    "whisper_decoder",
+    "whisper_decoder_with_past",
+    "emotion_classifier_graph",
+    "text_encoder",
+    "unet",
+    "vae_decoder",
+}
+
+
+def cpu_list(text: str) -> set[int]:
+    cpus = set()
+    for part in text.strip().split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def thread_affinities(pid: int) -> dict[int, set[int]]:
+    """Thread id -> CPUs it may run on, from /proc (Linux)."""
+    affinities = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                affinities[int(task.name)] = cpu_list(line.split(":", 1)[1])
+    return affinities
+
+
+def stub_processes(server_pid: int) -> dict[str, int]:
+    """Model name -> pid of the Python-backend stub the server started for it."""
+    stubs = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == server_pid and cmdline and cmdline[0].endswith(b"triton_python_backend_stub"):
+            # argv[1] is the model's `model.py` path: <repository>/<model>/<version>/model.py.
+            stubs[Path(cmdline[1].decode()).parents[1].name] = int(entry.name)
+    return stubs
 
 
 @pytest.fixture(scope="module")
@@ -31,3 +80,33 @@ def test_run_requests_keeps_order_when_shapes_differ(model_repository):
     results = decoder.run_requests(requests, ["logits"])
     assert [r["logits"].shape[1] for r in results] == [4, 1, 4]
     np.testing.assert_allclose(results[1]["logits"], decoder.run(requests[1], ["logits"])["logits"], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("requested", "instances", "cores", "expected"),
+    [(0, 1, 2, 2), (0, 2, 2, 1), (0, 3, 2, 1), (0, 1, 16, 16), (0, 4, 16, 4), (3, 1, 2, 3)],
+)
+def test_intra_op_threads_for_shares_cores_among_instances_when_not_requested(requested, instances, cores, expected):
+    assert intra_op_threads_for(requested, instances, cores) == expected
+
+
+def test_onnx_stage_threads_are_not_pinned_when_the_session_runs(encoder):
+    encoder.run({"input_features": np.zeros((1, 80, 3000), np.float32)})
+    allowed = os.sched_getaffinity(0)
+    assert encoder.intra_op_threads == len(allowed)
+    for thread_id, cpus in thread_affinities(os.getpid()).items():
+        assert cpus == allowed, f"thread {thread_id} is pinned to {sorted(cpus)} of {sorted(allowed)}"
+
+
+def test_served_stage_graph_threads_use_every_core_when_the_server_runs(triton_server, client, hindi_clips):
+    # One pipeline call so every stage graph has run (ONNX Runtime starts its pool at session creation).
+    client.translate(hindi_clips[0].wav_bytes, max_new_tokens=2)
+    stubs = stub_processes(triton_server.pid)
+    graph_stubs = {name: pid for name, pid in stubs.items() if name in STAGE_GRAPHS}
+    assert set(graph_stubs) == STAGE_GRAPHS, sorted(stubs)
+    server_cpus = thread_affinities(triton_server.pid)[triton_server.pid]
+    for name, pid in graph_stubs.items():
+        affinities = thread_affinities(pid)
+        assert len(affinities) > 1, f"`{name}` stub has a single thread"
+        for thread_id, cpus in affinities.items():
+            assert cpus == server_cpus, f"`{name}` thread {thread_id} is pinned to {sorted(cpus)}"
