@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from s2i.conversion.repository import PYTHON_ONNXRUNTIME, TARGETS, device_of, write_model
+from s2i.pipeline.models import has_pipeline_models, pipeline_repository_models
+from s2i.stages.registry import STAGES
 
 LOGGER = logging.getLogger(__name__)
 
@@ -72,8 +74,6 @@ def convert(
         target: How stage graphs are served; one of :data:`~s2i.conversion.repository.TARGETS`.
         work_dir: Where ONNX exports are cached (``<output>/../onnx`` by default).
     """
-    from s2i.stages.registry import STAGES
-
     if target not in TARGETS:
         raise ValueError(f"`target` must be one of {list(TARGETS)}, got {target!r}.")
     unknown = sorted(set(checkpoints) - set(STAGES))
@@ -85,15 +85,13 @@ def convert(
     for name, stage in STAGES.items():
         if name not in checkpoints:
             continue
-        checkpoint = resolve_checkpoint(checkpoints[name], getattr(stage, "checkpoint_marker", "config.json"))
+        checkpoint = resolve_checkpoint(checkpoints[name], stage.checkpoint_marker)
         exported = stage.export(checkpoint, work_dir / f"{name}-{_cache_key(checkpoint)}")
         output.mkdir(parents=True, exist_ok=True)
         for model in stage.repository_models(checkpoint, exported, target):
             write_model(output, model)
             report.models.append(model.spec.name)
         report.max_abs_diff.update(exported.max_abs_diff)
-    from s2i.pipeline.models import has_pipeline_models, pipeline_repository_models
-
     if has_pipeline_models(output):
         for model in pipeline_repository_models(output, device_of(target)):
             write_model(output, model)

@@ -22,8 +22,8 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from s2i.conversion.components import OnnxComponent
 from s2i.conversion.tensorrt import ENGINE_FILE, MANIFEST_FILE, build_engine
+from s2i.model_repository.components import OnnxComponent
 from s2i.model_repository.config import ModelSpec, render_config
 from s2i.model_repository.deployment import CPU, GPU, ModelPolicy, policy
 

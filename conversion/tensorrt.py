@@ -18,7 +18,7 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from s2i.conversion.components import OnnxComponent
+from s2i.model_repository.components import OnnxComponent
 
 LOGGER = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from s2i.conversion.components import OnnxComponent
+from s2i.model_repository.components import OnnxComponent
 
 LOGGER = logging.getLogger(__name__)
 

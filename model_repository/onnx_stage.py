@@ -98,7 +98,7 @@ class OnnxStage:
 
 
 def onnx_stage_runner(stages: Mapping[str, OnnxStage]):
-    """A :data:`~s2i.stages.whisper.decoding.StageRunner` that calls local sessions instead of Triton."""
+    """A :data:`~s2i.stages.runner.StageRunner` that calls local sessions instead of Triton."""
 
     def run_stage(model_name: str, inputs: Tensors, output_names: Sequence[str]) -> dict[str, np.ndarray]:
         return stages[model_name].run(inputs, output_names)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +65,39 @@ def triton_server(model_repository):
     yield server
     server.stop()
     assert not server.is_alive(), "tritonserver still running after stop()"
+
+
+def sub_repository(source: Path, destination: Path, models: list[str], edit=None) -> Path:
+    """A repository holding only ``models`` of ``source`` (version folders linked, configs copied).
+
+    ``edit(name, config)`` may change a model's ``ModelConfig`` protobuf before it is written,
+    e.g. a long queue delay that makes the dynamic batcher's merging deterministic.
+    """
+    from google.protobuf import text_format
+
+    from s2i.model_repository.config import parse_config
+
+    if destination.exists():
+        shutil.rmtree(destination)
+    for name in models:
+        (destination / name).mkdir(parents=True)
+        (destination / name / "1").symlink_to((source / name / "1").resolve(), target_is_directory=True)
+        config = parse_config((source / name / "config.pbtxt").read_text())
+        if edit is not None:
+            edit(name, config)
+        (destination / name / "config.pbtxt").write_text(text_format.MessageToString(config))
+    return destination
+
+
+@contextlib.contextmanager
+def started_server(repository: Path, log_name: str):
+    """A real tritonserver on ``repository`` (free ports), stopped on exit."""
+    server = TritonServer(ServerOptions(str(repository)).with_free_ports(), log_file=BUILD_DIR / f"{log_name}.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture()

@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from s2i.audio import MODEL_SAMPLE_RATE_HZ, resample
+from s2i.stages.emotion.config import EMOTIONS, EmotionConfig
 from s2i.stages.emotion.features import log_mel_features
-from s2i.stages.emotion.modeling import EMOTIONS, EmotionClassifier, EmotionConfig
+from s2i.stages.emotion.modeling import EmotionClassifier
 from s2i.stages.emotion.ravdess import ActorSplit, RavdessClip, scan_ravdess, split_by_actor
 
 LOGGER = logging.getLogger(__name__)

@@ -6,8 +6,10 @@ features cut to the clip). Features, batching and softmax are in
 :mod:`s2i.stages.emotion.runtime`; the graph is the ``emotion_classifier_graph``
 stage model, reached through BLS. ``assets/`` holds the checkpoint's
 ``config.json`` (labels) and ``preprocessor_config.json`` (feature extractor).
+Parameter ``graph_max_batch_size``: the graph model's ``max_batch_size``.
 """
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ import triton_python_backend_utils as pb_utils
 
 from s2i import names
 from s2i.model_repository.triton_io import answer_batch, make_stage_runner, optional_input
-from s2i.stages.emotion.runtime import EmotionRunner, parse_request_inputs
+from s2i.stages.emotion.runtime import GRAPH_MAX_BATCH_SIZE, EmotionRunner, parse_request_inputs
 
 
 class TritonPythonModel:
@@ -24,7 +26,9 @@ class TritonPythonModel:
     def initialize(self, args):
         """Load labels and the feature extractor."""
         assets = Path(args["model_repository"]) / args["model_version"] / "assets"
-        self.runner = EmotionRunner(assets, make_stage_runner(pb_utils))
+        parameters = json.loads(args["model_config"]).get("parameters", {})
+        graph_max_batch_size = int(parameters[GRAPH_MAX_BATCH_SIZE]["string_value"])
+        self.runner = EmotionRunner(assets, make_stage_runner(pb_utils), graph_max_batch_size)
 
     def _parse(self, request):
         return parse_request_inputs(

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from s2i import __version__
+
 LOGGER = logging.getLogger("s2i")
 
 DEFAULT_BUILD_DIR = Path("build")
@@ -147,7 +149,7 @@ def cmd_emotion(args: argparse.Namespace) -> int:
 
 def cmd_train_emotion(args: argparse.Namespace) -> int:
     """Train the emotion classifier on a RAVDESS-layout folder."""
-    from s2i.stages.emotion.modeling import EmotionConfig
+    from s2i.stages.emotion.config import EmotionConfig
     from s2i.training.emotion import TrainingConfig, train_emotion
 
     if args.synthesize:
@@ -181,7 +183,7 @@ def cmd_train_emotion(args: argparse.Namespace) -> int:
 
 
 def _add_train_emotion(train_commands) -> None:
-    from s2i.stages.emotion.modeling import ARCHITECTURES
+    from s2i.stages.emotion.config import ARCHITECTURES
 
     emotion = train_commands.add_parser("emotion", help="speech emotion classifier on a RAVDESS-layout folder")
     emotion.add_argument("--data", type=Path, required=True, help="folder with Actor_XX/MM-VV-EE-II-SS-RR-AA.wav")
@@ -280,7 +282,8 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``s2i``."""
     parser = argparse.ArgumentParser(prog="s2i", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress and library warnings")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     build = commands.add_parser("build-tiny", help="write tiny random checkpoints (no downloads)")
@@ -383,12 +386,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _route_library_warnings(verbose: bool) -> None:
+    """Send library warnings (exporter TracerWarnings, deprecations) to the log, shown with ``-v`` only.
+
+    Without this, an export prints dozens of warnings between the command's own progress lines.
+    """
+    logging.captureWarnings(True)
+    if not verbose:
+        warnings_logger = logging.getLogger("py.warnings")
+        warnings_logger.addHandler(logging.NullHandler())
+        warnings_logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``s2i``."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s"
     )
+    _route_library_warnings(args.verbose)
     try:
         return args.handler(args)
     except (ValueError, RuntimeError, FileNotFoundError) as e:

@@ -60,8 +60,8 @@ def test_stage_repository_model_carries_external_weights_under_the_name_the_grap
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from s2i.conversion.components import OnnxComponent
     from s2i.conversion.repository import PYTHON_ONNXRUNTIME, stage_repository_model, write_model
+    from s2i.model_repository.components import OnnxComponent
     from s2i.model_repository.config import TensorSpec
     from s2i.model_repository.onnx_stage import OnnxStage
 

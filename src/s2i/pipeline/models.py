@@ -1,4 +1,4 @@
-"""Triton descriptions of the pipeline's own models, its ensemble and its stream.
+"""Triton descriptions of the pipeline's own models, its ensemble and its stream, and their repository entries.
 
 ``preprocess``, ``prompt_composer``, ``postprocess``, the ``speech_to_image``
 ensemble and the streaming ``speech_to_image_stream`` model.
@@ -10,9 +10,11 @@ the repository they were written to, so its tensors agree with theirs by constru
 from __future__ import annotations
 
 import importlib.resources
+import json
 from pathlib import Path
 
 from s2i import names
+from s2i.conversion.repository import RepositoryModel
 from s2i.model_repository.config import (
     EnsembleStep,
     InstanceGroup,
@@ -252,10 +254,6 @@ def has_pipeline_models(repository: Path) -> bool:
 
 def pipeline_repository_models(repository: Path, device: str = CPU, styles: Path | None = None):
     """The pipeline's own models and the ensemble, for a repository holding whisper, emotion and diffusion."""
-    import json
-
-    from s2i.conversion.repository import RepositoryModel
-
     if not has_pipeline_models(repository):
         raise ValueError(f"The pipeline needs models {list(COMPOSED)} in {repository}; convert all three stages.")
     # Whisper's own copy of its feature-extractor config, so both compute the same features.

@@ -10,7 +10,10 @@ import numpy as np
 
 from s2i import names
 from s2i.audio import InvalidInputError
+from s2i.model_repository.triton_io import scalar
 from s2i.pipeline.steps import encode_png
+from s2i.stages.diffusion.sampling import image_request_from
+from s2i.stages.runner import StageRunner
 
 # Previews are a quarter of the image's side: enough to watch, cheap to send.
 PREVIEW_DOWNSCALE = 4
@@ -26,7 +29,6 @@ _TEXT_OUTPUTS = (
 )
 
 Send = Callable[[dict[str, np.ndarray]], None]
-StageRunner = Callable[[str, Mapping[str, np.ndarray], list], Mapping[str, np.ndarray]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,9 +48,6 @@ def _text(value: str) -> np.ndarray:
 
 def image_request(prompt: np.ndarray, negative_prompt: np.ndarray, options: Mapping[str, np.ndarray]):
     """The diffusion request for the composed prompts and the stream's options."""
-    from s2i.model_repository.triton_io import scalar
-    from s2i.stages.diffusion.sampling import image_request_from
-
     values = {**options, names.PROMPT: prompt, names.NEGATIVE_PROMPT: negative_prompt}
     return image_request_from(lambda name: scalar(values.get(name), name))
 

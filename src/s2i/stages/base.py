@@ -1,14 +1,25 @@
-"""What every pipeline stage provides, so conversion and the tiny builder compose stages without reaching into them."""
+"""The stage plugin: what a model family provides so conversion and the tiny builder compose it.
+
+A stage (``whisper``, ``emotion``, ``diffusion``) is a package under
+:mod:`s2i.stages` whose ``stage.py`` defines one :class:`Stage` subclass. The
+registry (:mod:`s2i.stages.registry`) discovers it; conversion, the tiny
+builder and the CLI iterate over the registry and never name a stage.
+
+A stage exports its graphs and describes its BLS model; the rest is shared:
+every graph becomes a stage model for the chosen target, and the BLS model gets
+the checkpoint files it reads at ``initialize`` (``assets/``).
+"""
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import ClassVar
 
-if TYPE_CHECKING:
-    from s2i.conversion.components import OnnxComponent
-    from s2i.conversion.repository import RepositoryModel
+from s2i.conversion.repository import TARGETS, RepositoryModel, device_of, stage_repository_model
+from s2i.model_repository.components import OnnxComponent
+from s2i.model_repository.config import ModelSpec
 
 
 @dataclasses.dataclass
@@ -26,18 +37,56 @@ class StageExport:
     max_abs_diff: dict[str, float]
 
 
-class Stage(Protocol):
-    """A model family of the pipeline (``whisper``, ``emotion``, ``diffusion``)."""
+class Stage(abc.ABC):
+    """A model family of the pipeline.
 
-    name: str
-    # A file every checkpoint of this stage has at its root (`model_index.json` for diffusers).
-    checkpoint_marker: str = "config.json"
+    Attributes:
+        name: Key of the stage (``s2i convert --<name>``, checkpoint folders).
+        order: Position in conversion order (lower first).
+        checkpoint_marker: A file every checkpoint of this stage has at its root.
+        bls_model: The ``python_models`` source of the stage's BLS model.
+        required_assets: Checkpoint files (relative paths) the BLS model cannot work without.
+        optional_assets: Checkpoint files it reads when present (tokenizer variants, …).
+        targets: Serving targets the stage supports.
+    """
 
+    name: ClassVar[str]
+    order: ClassVar[int] = 100
+    checkpoint_marker: ClassVar[str] = "config.json"
+    bls_model: ClassVar[str]
+    required_assets: ClassVar[tuple[str, ...]] = ()
+    optional_assets: ClassVar[tuple[str, ...]] = ()
+    targets: ClassVar[tuple[str, ...]] = TARGETS
+
+    @abc.abstractmethod
     def build_tiny(self, output_dir: Path, size: str) -> Path:
         """Write a deterministic random checkpoint of preset ``size`` into ``output_dir``."""
 
+    @abc.abstractmethod
     def export(self, checkpoint: Path, onnx_dir: Path) -> StageExport:
         """Export the checkpoint's graphs into ``onnx_dir`` and validate them against PyTorch."""
 
+    @abc.abstractmethod
+    def bls_spec(self, checkpoint: Path, exported: StageExport, device: str) -> ModelSpec:
+        """The description of the stage's BLS model on ``device``."""
+
+    def assets(self, checkpoint: Path) -> dict[str, Path]:
+        """``assets/<file>`` -> checkpoint file, for every asset the checkpoint has."""
+        checkpoint = Path(checkpoint)
+        missing = [name for name in self.required_assets if not (checkpoint / name).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"The {self.name} checkpoint `{checkpoint}` lacks {missing}, which the `{self.bls_model}` model reads."
+            )
+        present = [name for name in self.optional_assets if (checkpoint / name).is_file()]
+        return {f"assets/{name}": checkpoint / name for name in (*self.required_assets, *present)}
+
     def repository_models(self, checkpoint: Path, exported: StageExport, target: str) -> list[RepositoryModel]:
-        """The models this stage adds to a repository for ``target``."""
+        """The stage models of every exported graph for ``target``, then the BLS model."""
+        if target not in self.targets:
+            raise ValueError(f"The {self.name} stage supports targets {list(self.targets)}, not {target!r}.")
+        assets = self.assets(checkpoint)
+        return [
+            *(stage_repository_model(component, exported.onnx_dir, target) for component in exported.components),
+            RepositoryModel(self.bls_spec(checkpoint, exported, device_of(target)), self.bls_model, assets),
+        ]

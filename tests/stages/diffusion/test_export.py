@@ -4,8 +4,8 @@ import json
 import onnx
 import pytest
 
-from s2i.conversion.components import GraphMismatchError
 from s2i.conversion.validation import ValidationError
+from s2i.model_repository.components import GraphMismatchError
 from s2i.model_repository.config import TensorSpec, parse_config
 from s2i.stages.diffusion.export import validate_diffusion_export
 from s2i.stages.diffusion.models import diffusion_components, read_configs

@@ -3,13 +3,14 @@ import dataclasses
 import numpy as np
 import pytest
 
-from s2i.conversion.components import GraphMismatchError
 from s2i.conversion.validation import ValidationError
+from s2i.model_repository.components import GraphMismatchError
 from s2i.model_repository.config import TensorSpec, parse_config
 from s2i.model_repository.onnx_stage import OnnxStage
 from s2i.stages.emotion.checkpoint import build_tiny_emotion
+from s2i.stages.emotion.config import load_config
 from s2i.stages.emotion.export import export_emotion, validate_emotion_export
-from s2i.stages.emotion.modeling import EmotionClassifier, load_config
+from s2i.stages.emotion.modeling import EmotionClassifier
 from s2i.stages.emotion.models import emotion_component
 
 

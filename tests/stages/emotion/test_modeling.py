@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from s2i.stages.emotion.checkpoint import build_tiny_emotion
-from s2i.stages.emotion.modeling import EMOTIONS, EmotionClassifier, EmotionConfig, load_config
+from s2i.stages.emotion.config import EMOTIONS, EmotionConfig, load_config
+from s2i.stages.emotion.modeling import EmotionClassifier
 
 
 @pytest.mark.parametrize("architecture", ["bilstm", "transformer"])

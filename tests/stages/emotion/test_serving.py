@@ -15,6 +15,7 @@ from s2i.audio import prepare_audio
 from s2i.client import InvalidRequestError
 from s2i.stages.emotion.features import slice_whisper_features
 from s2i.stages.emotion.reference import EmotionReference
+from tests.conftest import BUILD_DIR, started_server, sub_repository
 
 PARITY_ATOL = 1e-4
 
@@ -72,34 +73,53 @@ def test_served_probabilities_match_pytorch_when_requests_are_batched_concurrent
         np.testing.assert_allclose(result.probabilities, expected[index], atol=PARITY_ATOL)
 
 
-def test_dynamic_batcher_merges_requests_when_they_queue_behind_a_long_clip(raw, hindi_clips, expected, reference):
-    # A 29 s clip keeps the model's one instance busy for a while; the requests sent
-    # (asynchronously, within a few ms) meanwhile queue and leave the queue as batches.
-    # Triton's batcher merges only requests whose inputs have equal shapes (no input is
-    # declared `allow_ragged_batch`), so the queued requests carry the same clip.
-    long_clip = np.resize(prepare_audio(hindi_clips[0].samples, hindi_clips[0].sample_rate_hz), 29 * 16_000)
+# A queue delay far longer than sending 16 requests takes, on any machine: the batcher holds
+# requests until a full batch of 8 is there, so merging does not depend on timing.
+FORCED_QUEUE_DELAY_US = 120_000_000
+
+
+@pytest.fixture(scope="module")
+def batching_server(model_repository):
+    def wait_for_full_batches(name, config):
+        if name == "emotion_classifier":
+            config.dynamic_batching.max_queue_delay_microseconds = FORCED_QUEUE_DELAY_US
+            del config.dynamic_batching.preferred_batch_size[:]
+            config.dynamic_batching.preferred_batch_size.append(config.max_batch_size)
+
+    repository = sub_repository(
+        model_repository.repository,
+        BUILD_DIR / "emotion-batching-repository",
+        ["emotion_classifier", "emotion_classifier_graph"],
+        wait_for_full_batches,
+    )
+    with started_server(repository, "emotion-batching") as server:
+        yield server
+
+
+def test_dynamic_batcher_merges_requests_when_a_full_batch_queues(batching_server, hindi_clips, expected):
     clip = hindi_clips[1]
-    requests = [(long_clip, 16_000)] + [(clip.samples, clip.sample_rate_hz)] * 15
-    before = raw.get_inference_statistics("emotion_classifier").model_stats[0]
-    done = queue.Queue()
-    for index, (samples, rate) in enumerate(requests):
-        inputs = [
-            _tensor("audio_samples", samples[None, :], "FP32"),
-            _tensor("sample_rate_hz", np.array([[rate]], np.int32), "INT32"),
-        ]
-        raw.async_infer(
-            "emotion_classifier", inputs, partial(lambda i, result, error: done.put((i, result, error)), index)
-        )
-    for _ in requests:
-        index, result, error = done.get(timeout=60)
-        assert error is None, error
-        probabilities = result.as_numpy("emotion_probabilities")[0]
-        wanted = reference.probabilities(long_clip) if index == 0 else expected[1]
-        np.testing.assert_allclose(probabilities, wanted, atol=PARITY_ATOL)
-    after = raw.get_inference_statistics("emotion_classifier").model_stats[0]
-    assert after.inference_count - before.inference_count == len(requests)
-    # 16 requests: the long one alone, the 15 queued ones in batches of up to 8 (3 when all queued in time).
-    assert after.execution_count - before.execution_count <= len(requests) // 2
+    requests = 16
+    raw = grpcclient.InferenceServerClient(batching_server.grpc_url)
+    try:
+        done = queue.Queue()
+        for index in range(requests):
+            inputs = [
+                _tensor("audio_samples", clip.samples[None, :], "FP32"),
+                _tensor("sample_rate_hz", np.array([[clip.sample_rate_hz]], np.int32), "INT32"),
+            ]
+            raw.async_infer(
+                "emotion_classifier", inputs, partial(lambda i, result, error: done.put((i, result, error)), index)
+            )
+        for _ in range(requests):
+            _, result, error = done.get(timeout=600)
+            assert error is None, error
+            np.testing.assert_allclose(result.as_numpy("emotion_probabilities")[0], expected[1], atol=PARITY_ATOL)
+        stats = raw.get_inference_statistics("emotion_classifier").model_stats[0]
+    finally:
+        raw.close()
+    assert stats.inference_count == requests
+    # Two full batches of 8: each request's answer above is its own although it shared a call.
+    assert stats.execution_count == 2
 
 
 def test_served_model_accepts_whisper_features_cut_to_the_clip(raw, reference, hindi_clips, expected):

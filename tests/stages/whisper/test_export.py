@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from s2i.conversion.components import GraphMismatchError
 from s2i.conversion.validation import ValidationError
+from s2i.model_repository.components import GraphMismatchError
 from s2i.model_repository.config import TensorSpec
 from s2i.stages.whisper.export import validate_whisper_export
 from s2i.stages.whisper.models import whisper_components

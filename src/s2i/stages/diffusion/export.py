@@ -13,8 +13,8 @@ import logging
 from pathlib import Path
 
 from s2i import names
-from s2i.conversion.components import OnnxComponent
 from s2i.conversion.validation import check_tolerances, export_once, max_abs_diff
+from s2i.model_repository.components import OnnxComponent
 from s2i.model_repository.onnx_stage import OnnxStage
 from s2i.stages.base import StageExport
 from s2i.stages.diffusion.models import diffusion_components, read_configs

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from s2i import names
-from s2i.conversion.components import OnnxComponent
+from s2i.model_repository.components import OnnxComponent
 from s2i.model_repository.config import DynamicBatching, ModelSpec, TensorSpec
 from s2i.model_repository.deployment import CPU, policy
 from s2i.stages.diffusion.sampling import MAX_IMAGE_SIZE
@@ -34,19 +34,6 @@ STAGE_BATCHING = DynamicBatching(preferred_batch_sizes=(8, 16), max_queue_delay_
 VAE_BATCHING = DynamicBatching(preferred_batch_sizes=(4, 8), max_queue_delay_us=2000)
 # Requests arriving together run their denoising loops in lock-step, one UNet call per step.
 DIFFUSION_BATCHING = DynamicBatching(preferred_batch_sizes=(4, 8), max_queue_delay_us=5000)
-# Checkpoint files the BLS model reads, relative to the checkpoint root.
-ASSET_FILES = (
-    "model_index.json",
-    "scheduler/scheduler_config.json",
-    "text_encoder/config.json",
-    "unet/config.json",
-    "vae/config.json",
-    "tokenizer/tokenizer_config.json",
-    "tokenizer/special_tokens_map.json",
-    "tokenizer/vocab.json",
-    "tokenizer/merges.txt",
-    "tokenizer/added_tokens.json",
-)
 
 
 def read_configs(checkpoint: Path) -> dict[str, dict]:
@@ -150,15 +137,3 @@ def diffusion_model_spec(device: str = CPU) -> ModelSpec:
         # The loop runs on the CPU on every device; its graphs run where the target says.
         instance_groups=chosen.instance_groups(CPU),
     )
-
-
-def diffusion_repository_models(checkpoint: Path, onnx_dir: Path, components: list[OnnxComponent], target: str):
-    """Every model the diffusion stage adds to a repository: three stage graphs and the BLS model."""
-    from s2i.conversion.repository import RepositoryModel, device_of, stage_repository_model
-
-    checkpoint = Path(checkpoint)
-    assets = {f"assets/{name}": checkpoint / name for name in ASSET_FILES if (checkpoint / name).is_file()}
-    return [
-        *(stage_repository_model(component, onnx_dir, target) for component in components),
-        RepositoryModel(diffusion_model_spec(device_of(target)), python_model="diffusion", files=assets),
-    ]

@@ -17,7 +17,7 @@ match it on the same weights:
 A batch of requests runs in lock-step: at every step, the active requests whose
 latents have the same shape share one UNet call, each with its own timestep,
 scheduler state and generator, so requests never mix. Stage graphs are reached
-through a :data:`~s2i.stages.whisper.decoding.StageRunner` (BLS inside Triton, ONNX
+through a :data:`~s2i.stages.runner.StageRunner` (BLS inside Triton, ONNX
 Runtime sessions in tests).
 """
 
@@ -34,7 +34,7 @@ import numpy as np
 
 from s2i import names
 from s2i.audio import InvalidInputError
-from s2i.stages.whisper.decoding import StageRunner
+from s2i.stages.runner import StageRunner
 
 # Request name -> diffusers scheduler class.
 SCHEDULERS = {

@@ -4,15 +4,34 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from s2i.stages.base import StageExport
+from s2i.model_repository.config import ModelSpec
+from s2i.stages.base import Stage, StageExport
+from s2i.stages.diffusion.models import diffusion_model_spec
 
 
-class DiffusionStage:
+class DiffusionStage(Stage):
     """English prompt -> RGB image (Stable Diffusion 1.x/2.x layout)."""
 
     name = "diffusion"
+    order = 30
     # diffusers checkpoints have no root config.json; model_index.json lists their parts.
     checkpoint_marker = "model_index.json"
+    bls_model = "diffusion"
+    # The scheduler, the latent geometry and the tokenizer, relative to the checkpoint root.
+    required_assets = (
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "text_encoder/config.json",
+        "unet/config.json",
+        "vae/config.json",
+        "tokenizer/vocab.json",
+        "tokenizer/merges.txt",
+    )
+    optional_assets = (
+        "tokenizer/tokenizer_config.json",
+        "tokenizer/special_tokens_map.json",
+        "tokenizer/added_tokens.json",
+    )
 
     def build_tiny(self, output_dir: Path, size: str) -> Path:
         """A random ``StableDiffusionPipeline`` checkpoint with the real CLIP tokenizer."""
@@ -26,8 +45,6 @@ class DiffusionStage:
 
         return export_diffusion(checkpoint, onnx_dir)
 
-    def repository_models(self, checkpoint: Path, exported: StageExport, target: str):
-        """The three stage graphs and the ``diffusion`` BLS model."""
-        from s2i.stages.diffusion.models import diffusion_repository_models
-
-        return diffusion_repository_models(checkpoint, exported.onnx_dir, exported.components, target)
+    def bls_spec(self, checkpoint: Path, exported: StageExport, device: str) -> ModelSpec:
+        """The ``diffusion`` loop model."""
+        return diffusion_model_spec(device)

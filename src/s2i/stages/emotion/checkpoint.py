@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from s2i.stages.emotion.modeling import EmotionClassifier, EmotionConfig
+from s2i.stages.emotion.config import EmotionConfig
+from s2i.stages.emotion.modeling import EmotionClassifier
 
 LOGGER = logging.getLogger(__name__)
 

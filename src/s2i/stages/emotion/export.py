@@ -6,11 +6,12 @@ import logging
 from pathlib import Path
 
 from s2i import names
-from s2i.conversion.components import OnnxComponent
 from s2i.conversion.validation import ValidationError, check_tolerances, export_once, max_abs_diff
+from s2i.model_repository.components import OnnxComponent
 from s2i.model_repository.onnx_stage import OnnxStage
 from s2i.stages.base import StageExport
-from s2i.stages.emotion.modeling import EmotionClassifier, load_config
+from s2i.stages.emotion.config import load_config
+from s2i.stages.emotion.modeling import EmotionClassifier
 from s2i.stages.emotion.models import emotion_component
 
 LOGGER = logging.getLogger(__name__)

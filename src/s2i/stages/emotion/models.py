@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from s2i import names
-from s2i.conversion.components import OnnxComponent
+from s2i.model_repository.components import OnnxComponent
 from s2i.model_repository.config import ModelSpec, TensorSpec
 from s2i.model_repository.deployment import CPU, ModelPolicy, policy
+from s2i.stages.emotion.config import EmotionConfig
 from s2i.stages.emotion.features import MAX_FRAMES, MIN_FRAMES
-from s2i.stages.emotion.modeling import EmotionConfig
+from s2i.stages.emotion.runtime import GRAPH_MAX_BATCH_SIZE
 
 ONNX_FILE = "emotion_classifier.onnx"
 # Probabilities must match PyTorch within 1e-4 when served; logits are checked
@@ -25,8 +24,6 @@ GRAPH_POLICY = ModelPolicy(max_batch_size=MAX_BATCH_SIZE, preferred_batch_sizes=
 BLS_POLICY = ModelPolicy(max_batch_size=MAX_BATCH_SIZE, preferred_batch_sizes=(4, 8), max_queue_delay_us=2000)
 # A 3 s utterance: the `opt` point of a TensorRT profile over the time axis.
 TYPICAL_FRAMES = 300
-# Checkpoint files the BLS model reads: labels (config) and the feature extractor.
-ASSET_FILES = ("config.json", "preprocessor_config.json")
 
 
 def emotion_component(config: EmotionConfig) -> OnnxComponent:
@@ -46,6 +43,7 @@ def emotion_component(config: EmotionConfig) -> OnnxComponent:
 def emotion_model_spec(config: EmotionConfig, device: str = CPU) -> ModelSpec:
     """The ``emotion_classifier`` BLS model: audio (or ready features) in, label and probabilities out."""
     chosen = policy(names.EMOTION_CLASSIFIER, device, default=BLS_POLICY)
+    graph = policy(names.EMOTION_CLASSIFIER_GRAPH, device, default=GRAPH_POLICY)
     return ModelSpec(
         name=names.EMOTION_CLASSIFIER,
         inputs=(
@@ -63,24 +61,5 @@ def emotion_model_spec(config: EmotionConfig, device: str = CPU) -> ModelSpec:
         dynamic_batching=chosen.dynamic_batching,
         # Features and softmax run on the CPU on every device; the graph runs where the target says.
         instance_groups=chosen.instance_groups(CPU),
+        parameters={GRAPH_MAX_BATCH_SIZE: str(graph.max_batch_size)},
     )
-
-
-def emotion_repository_models(checkpoint: Path, onnx_dir: Path, components: list[OnnxComponent], target: str):
-    """Every model the emotion stage adds to a repository: the graph and the BLS model."""
-    from s2i.conversion.repository import RepositoryModel, device_of, stage_repository_model
-    from s2i.stages.emotion.modeling import load_config
-
-    checkpoint = Path(checkpoint)
-    assets = {f"assets/{name}": checkpoint / name for name in ASSET_FILES}
-    missing = [str(path) for path in assets.values() if not path.is_file()]
-    if missing:
-        raise FileNotFoundError(f"The emotion checkpoint lacks {missing}.")
-    return [
-        *(stage_repository_model(component, onnx_dir, target) for component in components),
-        RepositoryModel(
-            emotion_model_spec(load_config(checkpoint), device_of(target)),
-            python_model="emotion_classifier",
-            files=assets,
-        ),
-    ]

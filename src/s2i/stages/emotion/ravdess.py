@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from s2i.stages.emotion.modeling import EMOTIONS
+from s2i.stages.emotion.config import EMOTIONS
 
 LOGGER = logging.getLogger(__name__)
 

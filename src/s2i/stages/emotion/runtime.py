@@ -1,6 +1,6 @@
 """Emotion inference on the exported graph: features, batching by length, softmax and label.
 
-The graph is reached through a :data:`~s2i.stages.whisper.decoding.StageRunner`,
+The graph is reached through a :data:`~s2i.stages.runner.StageRunner`,
 so the same code runs inside Triton (BLS calls to ``emotion_classifier_graph``)
 and in tests (an ONNX Runtime session).
 """
@@ -14,11 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from s2i import names
-from s2i.audio import InvalidInputError
+from s2i.audio import InvalidInputError, load_request_audio
+from s2i.model_repository.triton_io import scalar
+from s2i.stages.emotion.config import load_config
 from s2i.stages.emotion.features import check_features, log_mel_features
-from s2i.stages.emotion.modeling import load_config
-from s2i.stages.emotion.models import MAX_BATCH_SIZE
-from s2i.stages.whisper.decoding import StageRunner
+from s2i.stages.runner import StageRunner
+
+# Parameter of the `emotion_classifier` model: the graph model's `max_batch_size`.
+GRAPH_MAX_BATCH_SIZE = "graph_max_batch_size"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +44,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
-def group_by_frames(features: Sequence[np.ndarray], max_batch_size: int = MAX_BATCH_SIZE) -> list[list[int]]:
+def group_by_frames(features: Sequence[np.ndarray], max_batch_size: int) -> list[list[int]]:
     """Indices of clips that can share one graph call: same frame count, at most ``max_batch_size`` each."""
     groups: dict[int, list[list[int]]] = {}
     for index, clip in enumerate(features):
@@ -55,7 +58,7 @@ def group_by_frames(features: Sequence[np.ndarray], max_batch_size: int = MAX_BA
 class EmotionRunner:
     """Features and classification for a batch of clips, on any stage runner."""
 
-    def __init__(self, checkpoint_dir: Path, run_stage: StageRunner) -> None:
+    def __init__(self, checkpoint_dir: Path, run_stage: StageRunner, graph_max_batch_size: int = 8) -> None:
         from transformers import WhisperFeatureExtractor
 
         checkpoint_dir = Path(checkpoint_dir)
@@ -67,6 +70,8 @@ class EmotionRunner:
                 f"but the classifier expects {self.config.num_mel_bins}."
             )
         self.run_stage = run_stage
+        # The graph model's `max_batch_size`: one call must not carry more clips than Triton accepts.
+        self.graph_max_batch_size = graph_max_batch_size
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -84,7 +89,7 @@ class EmotionRunner:
     def classify_features(self, features: Sequence[np.ndarray]) -> list[EmotionPrediction]:
         """Classify clips given as ``[1, n_mels, frames]`` features; equal lengths share one graph call."""
         results: list[EmotionPrediction | None] = [None] * len(features)
-        for indices in group_by_frames(features):
+        for indices in group_by_frames(features, self.graph_max_batch_size):
             batch = np.concatenate([features[index] for index in indices]).astype(np.float32, copy=False)
             logits = self.run_stage(names.EMOTION_CLASSIFIER_GRAPH, {names.INPUT_FEATURES: batch}, [names.LOGITS])
             probabilities = softmax(np.asarray(logits[names.LOGITS]))
@@ -117,9 +122,6 @@ def parse_request_inputs(
     ``input_features`` must be given. The audio tensors are checked in the order a
     client most likely got wrong: the clip's shape first, then its rate.
     """
-    from s2i.audio import load_request_audio
-    from s2i.model_repository.triton_io import scalar
-
     if features is not None:
         if samples is not None or audio_bytes is not None:
             raise InvalidInputError(

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from s2i.stages.base import StageExport
+from s2i.model_repository.config import ModelSpec
+from s2i.stages.base import Stage, StageExport
+from s2i.stages.emotion.config import load_config
+from s2i.stages.emotion.models import emotion_model_spec
 
 # Spreads the random head's logits, so a random classifier gives distinct,
 # non-uniform probabilities per clip and parity tests compare real numbers.
 TINY_INIT_SCALE = 3.0
 
 
-class EmotionStage:
+class EmotionStage(Stage):
     """Speech -> one of RAVDESS's 8 emotions, from Whisper's log-mel features."""
 
     name = "emotion"
+    order = 20
+    bls_model = "emotion_classifier"
+    # Labels and architecture (config), and the feature extractor.
+    required_assets = ("config.json", "preprocessor_config.json")
 
     def build_tiny(self, output_dir: Path, size: str) -> Path:
         """A random classifier (Transformer for `tiny`) with Whisper's feature extractor."""
@@ -28,8 +35,6 @@ class EmotionStage:
 
         return export_emotion(checkpoint, onnx_dir)
 
-    def repository_models(self, checkpoint: Path, exported: StageExport, target: str):
-        """The ``emotion_classifier_graph`` stage and the ``emotion_classifier`` BLS model."""
-        from s2i.stages.emotion.models import emotion_repository_models
-
-        return emotion_repository_models(checkpoint, exported.onnx_dir, exported.components, target)
+    def bls_spec(self, checkpoint: Path, exported: StageExport, device: str) -> ModelSpec:
+        """The ``emotion_classifier`` model, for the checkpoint's mel bins and labels."""
+        return emotion_model_spec(load_config(checkpoint), device)

@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from s2i import names
 from s2i.audio import InvalidInputError
+from s2i.stages.runner import StageRunner
 
 # (model name, inputs, requested output names) -> outputs
-StageRunner = Callable[[str, Mapping[str, np.ndarray], Sequence[str]], Mapping[str, np.ndarray]]
 
 TASKS = ("translate", "transcribe")
 DEFAULT_TASK = "translate"

@@ -7,8 +7,8 @@ import logging
 from pathlib import Path
 
 from s2i import names
-from s2i.conversion.components import OnnxComponent
 from s2i.conversion.validation import check_tolerances, export_once, max_abs_diff
+from s2i.model_repository.components import OnnxComponent
 from s2i.model_repository.onnx_stage import OnnxStage
 from s2i.stages.base import StageExport
 from s2i.stages.whisper.decoding import DecodingRules, past_names
@@ -17,19 +17,6 @@ from s2i.stages.whisper.models import whisper_components
 LOGGER = logging.getLogger(__name__)
 
 OPTIMUM_TASK = "automatic-speech-recognition-with-past"
-# Files the `whisper` BLS model needs beside the graphs: tokenizer, features, decoding rules.
-ASSET_FILES = (
-    "config.json",
-    "generation_config.json",
-    "preprocessor_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "normalizer.json",
-)
 
 
 def export_whisper(checkpoint: Path, onnx_dir: Path, *, validate: bool = True) -> StageExport:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from s2i import names
-from s2i.conversion.components import OnnxComponent
+from s2i.model_repository.components import OnnxComponent
 from s2i.model_repository.config import ModelSpec, TensorSpec
 from s2i.model_repository.deployment import CPU, policy
 from s2i.stages.whisper.decoding import past_names
@@ -102,20 +102,3 @@ def whisper_model_spec(num_mel_bins: int = 80, device: str = CPU) -> ModelSpec:
         # The loop itself runs on the CPU on every device; its graphs run where the target says.
         instance_groups=chosen.instance_groups(CPU),
     )
-
-
-def whisper_repository_models(checkpoint, onnx_dir, components, target: str):
-    """Every model the Whisper stage adds to a repository: three stage graphs and the BLS model."""
-    from pathlib import Path
-
-    from s2i.conversion.repository import RepositoryModel, device_of, stage_repository_model
-    from s2i.stages.whisper.export import ASSET_FILES
-
-    checkpoint = Path(checkpoint)
-    assets = {f"assets/{name}": checkpoint / name for name in ASSET_FILES if (checkpoint / name).is_file()}
-    return [
-        *(stage_repository_model(component, onnx_dir, target) for component in components),
-        RepositoryModel(
-            whisper_model_spec(components[0].inputs[0].dims[0], device_of(target)), python_model="whisper", files=assets
-        ),
-    ]

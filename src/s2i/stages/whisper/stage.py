@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from s2i.stages.base import StageExport
+from s2i.model_repository.config import ModelSpec
+from s2i.stages.base import Stage, StageExport
+from s2i.stages.whisper.models import whisper_model_spec
 
 # A larger init spread than transformers' 0.02 makes a random decoder's argmax
 # vary from step to step, so parity tests compare varied token sequences
@@ -12,10 +14,24 @@ from s2i.stages.base import StageExport
 TINY_INIT_STD = 0.3
 
 
-class WhisperStage:
+class WhisperStage(Stage):
     """Hindi speech -> English text."""
 
     name = "whisper"
+    order = 10
+    bls_model = "whisper"
+    # Model shape, features; the tokenizer comes as tokenizer.json or as vocab/merges files.
+    required_assets = ("config.json", "preprocessor_config.json")
+    optional_assets = (
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "vocab.json",
+        "merges.txt",
+        "normalizer.json",
+    )
 
     def build_tiny(self, output_dir: Path, size: str) -> Path:
         """A random multilingual Whisper checkpoint with the real tokenizer."""
@@ -32,8 +48,6 @@ class WhisperStage:
 
         return export_whisper(checkpoint, onnx_dir)
 
-    def repository_models(self, checkpoint: Path, exported: StageExport, target: str):
-        """The three stage graphs and the ``whisper`` BLS model."""
-        from s2i.stages.whisper.models import whisper_repository_models
-
-        return whisper_repository_models(checkpoint, exported.onnx_dir, exported.components, target)
+    def bls_spec(self, checkpoint: Path, exported: StageExport, device: str) -> ModelSpec:
+        """The ``whisper`` loop model, for the encoder's mel-bin count."""
+        return whisper_model_spec(exported.components[0].inputs[0].dims[0], device)
