@@ -97,12 +97,13 @@ class RepositoryModel:
 
     Attributes:
         spec: The model description; renders ``config.pbtxt``.
-        python_model: Name of the ``python_models`` source copied to ``1/model.py``.
+        python_model: Name of the ``python_models`` source copied to ``1/model.py``, or the path of a
+            source file (a stage defined outside this package brings its own).
         files: Destination (relative to the version folder) -> source file.
     """
 
     spec: ModelSpec
-    python_model: str | None = None
+    python_model: str | Path | None = None
     files: Mapping[str, Path] = dataclasses.field(default_factory=dict)
 
 
@@ -114,7 +115,9 @@ def write_model(repository: Path, model: RepositoryModel) -> Path:
         shutil.rmtree(model_dir)
     version_dir.mkdir(parents=True)
     (model_dir / "config.pbtxt").write_text(render_config(model.spec))
-    if model.python_model:
+    if isinstance(model.python_model, Path):
+        (version_dir / "model.py").write_text(model.python_model.read_text())
+    elif model.python_model:
         (version_dir / "model.py").write_text(python_model_source(model.python_model))
     for relative, source in model.files.items():
         destination = version_dir / relative

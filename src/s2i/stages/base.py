@@ -44,7 +44,7 @@ class Stage(abc.ABC):
         name: Key of the stage (``s2i convert --<name>``, checkpoint folders).
         order: Position in conversion order (lower first).
         checkpoint_marker: A file every checkpoint of this stage has at its root.
-        bls_model: The ``python_models`` source of the stage's BLS model.
+        bls_model: The ``python_models`` source of the stage's BLS model (a name, or a file path).
         required_assets: Checkpoint files (relative paths) the BLS model cannot work without.
         optional_assets: Checkpoint files it reads when present (tokenizer variants, …).
         targets: Serving targets the stage supports.
@@ -53,7 +53,7 @@ class Stage(abc.ABC):
     name: ClassVar[str]
     order: ClassVar[int] = 100
     checkpoint_marker: ClassVar[str] = "config.json"
-    bls_model: ClassVar[str]
+    bls_model: ClassVar[str | Path]
     required_assets: ClassVar[tuple[str, ...]] = ()
     optional_assets: ClassVar[tuple[str, ...]] = ()
     targets: ClassVar[tuple[str, ...]] = TARGETS
