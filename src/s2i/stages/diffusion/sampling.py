@@ -96,7 +96,7 @@ def image_request_from(value: Callable[[str], object]) -> ImageRequest:
 
 
 @dataclasses.dataclass(frozen=True)
-class GeneratedImage:
+class DecodedImage:
     """What one request produced: ``uint8 [height, width, 3]`` RGB and the seed used."""
 
     image: np.ndarray
@@ -291,7 +291,7 @@ class DiffusionRunner:
         self,
         requests: Sequence[ImageRequest],
         on_step: Callable[[int, int, int, np.ndarray], None] | None = None,
-    ) -> list[GeneratedImage]:
+    ) -> list[DecodedImage]:
         """Generate one image per request; requests are checked here (defaults filled in).
 
         Args:
@@ -329,4 +329,4 @@ class DiffusionRunner:
             decoded = self.decode(np.concatenate([jobs[i].latents.numpy() for i in indices]))
             for i, image in zip(indices, decoded, strict=True):
                 images[i] = image
-        return [GeneratedImage(image=image, seed=job.seed) for image, job in zip(images, jobs, strict=True)]
+        return [DecodedImage(image=image, seed=job.seed) for image, job in zip(images, jobs, strict=True)]
