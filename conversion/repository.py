@@ -48,12 +48,7 @@ def device_of(target: str) -> str:
 
 def component_policy(component: OnnxComponent, target: str) -> ModelPolicy:
     """The batching policy of ``component``'s model on ``target``'s device."""
-    declared = ModelPolicy(
-        max_batch_size=component.max_batch_size,
-        preferred_batch_sizes=component.dynamic_batching.preferred_batch_sizes if component.dynamic_batching else (),
-        max_queue_delay_us=component.dynamic_batching.max_queue_delay_us if component.dynamic_batching else None,
-    )
-    return policy(component.model_name, device_of(target), default=declared)
+    return policy(component.model_name, device_of(target), default=component.batching)
 
 
 def stage_model_spec(component: OnnxComponent, target: str) -> ModelSpec:

@@ -11,7 +11,8 @@ import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 
-from s2i.model_repository.config import DynamicBatching, TensorSpec
+from s2i.model_repository.config import TensorSpec
+from s2i.model_repository.deployment import ModelPolicy
 
 _ONNX_TO_TRITON = {1: "FP32", 6: "INT32", 7: "INT64", 9: "BOOL", 10: "FP16", 11: "FP64"}
 
@@ -29,8 +30,9 @@ class OnnxComponent:
         onnx_file: File name of the graph in the export folder.
         inputs: Inputs, dims without the batch axis (``-1`` for dynamic axes).
         outputs: Outputs, likewise.
-        max_batch_size: Largest batch Triton may form.
-        dynamic_batching: The batcher, so concurrent requests share one graph call.
+        batching: Batching and instances for a graph the deployment table
+            (:mod:`s2i.model_repository.deployment`) does not list, such as a plugin stage's;
+            the table decides for every graph it lists.
         atol: Largest absolute difference to PyTorch accepted at export.
         axis_ranges: ``(min, opt, max)`` of each dynamic (``-1``) axis other than the batch:
             input name -> {axis index in ``dims`` -> range}. TensorRT profiles are built from
@@ -41,10 +43,9 @@ class OnnxComponent:
     onnx_file: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    max_batch_size: int
-    dynamic_batching: DynamicBatching | None
     atol: float
     axis_ranges: Mapping[str, Mapping[int, tuple[int, int, int]]] = dataclasses.field(default_factory=dict)
+    batching: ModelPolicy | None = None
 
     def profile(self, max_batch_size: int, opt_batch_size: int) -> dict[str, tuple[tuple[int, ...], ...]]:
         """TensorRT optimisation profile: input name -> (min, opt, max) shapes, batch axis included."""

@@ -63,6 +63,7 @@ def test_stage_repository_model_carries_external_weights_under_the_name_the_grap
     from s2i.conversion.repository import PYTHON_ONNXRUNTIME, stage_repository_model, write_model
     from s2i.model_repository.components import OnnxComponent
     from s2i.model_repository.config import TensorSpec
+    from s2i.model_repository.deployment import ModelPolicy
     from s2i.model_repository.onnx_stage import OnnxStage
 
     weight = numpy_helper.from_array(np.arange(4096, dtype=np.float32).reshape(1, 4096), "w")
@@ -83,7 +84,12 @@ def test_stage_repository_model_carries_external_weights_under_the_name_the_grap
         size_threshold=0,
     )
     component = OnnxComponent(
-        "big", "big.onnx", (TensorSpec("x", "FP32", (4096,)),), (TensorSpec("y", "FP32", (4096,)),), 4, None, 1e-6
+        "big",
+        "big.onnx",
+        (TensorSpec("x", "FP32", (4096,)),),
+        (TensorSpec("y", "FP32", (4096,)),),
+        1e-6,
+        batching=ModelPolicy(max_batch_size=4),
     )
     model_dir = write_model(tmp_path / "repo", stage_repository_model(component, export_dir, PYTHON_ONNXRUNTIME))
     assert sorted(p.name for p in (model_dir / "1").iterdir()) == ["big.onnx_data", "model.onnx", "model.py"]

@@ -17,6 +17,7 @@ import torch
 from s2i.conversion.validation import check_tolerances, export_once, max_abs_diff
 from s2i.model_repository.components import OnnxComponent
 from s2i.model_repository.config import ModelSpec, TensorSpec
+from s2i.model_repository.deployment import ModelPolicy
 from s2i.model_repository.onnx_stage import OnnxStage
 from s2i.stages.base import Stage, StageExport
 
@@ -50,10 +51,10 @@ def loudness_component() -> OnnxComponent:
         onnx_file="loudness.onnx",
         inputs=(TensorSpec(SAMPLES, "FP32", (-1,)),),
         outputs=(TensorSpec(LOUDNESS, "FP32", (1,)),),
-        max_batch_size=8,
-        dynamic_batching=None,
         atol=1e-5,
         axis_ranges={SAMPLES: {0: (1600, 48_000, MAX_SAMPLES)}},
+        # The deployment table does not list a plugin's graph: it brings its own batching.
+        batching=ModelPolicy(max_batch_size=8),
     )
 
 

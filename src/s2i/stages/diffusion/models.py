@@ -16,24 +16,13 @@ from pathlib import Path
 
 from s2i import names
 from s2i.model_repository.components import OnnxComponent
-from s2i.model_repository.config import DynamicBatching, ModelSpec, TensorSpec
+from s2i.model_repository.config import ModelSpec, TensorSpec
 from s2i.model_repository.deployment import CPU, policy
 from s2i.stages.diffusion.sampling import MAX_IMAGE_SIZE
 
 # Largest absolute difference to PyTorch accepted at export. The text encoder and
 # UNet outputs are O(1); the VAE decoder output is in [-1, 1] before clamping.
 ATOL = 1e-3
-# Eight requests with classifier-free guidance (2 rows each) in one UNet call.
-UNET_MAX_BATCH_SIZE = 16
-# Prompt + negative prompt of eight requests.
-TEXT_ENCODER_MAX_BATCH_SIZE = 16
-VAE_MAX_BATCH_SIZE = 8
-DIFFUSION_MAX_BATCH_SIZE = 8
-# Steps of concurrent requests are a few ms apart; 2 ms lets them share a call.
-STAGE_BATCHING = DynamicBatching(preferred_batch_sizes=(8, 16), max_queue_delay_us=2000)
-VAE_BATCHING = DynamicBatching(preferred_batch_sizes=(4, 8), max_queue_delay_us=2000)
-# Requests arriving together run their denoising loops in lock-step, one UNet call per step.
-DIFFUSION_BATCHING = DynamicBatching(preferred_batch_sizes=(4, 8), max_queue_delay_us=5000)
 
 
 def read_configs(checkpoint: Path) -> dict[str, dict]:
@@ -77,8 +66,6 @@ def diffusion_components(configs: dict[str, dict]) -> list[OnnxComponent]:
                 TensorSpec(names.LAST_HIDDEN_STATE, "FP32", (sequence, hidden)),
                 TensorSpec(names.POOLER_OUTPUT, "FP32", (hidden,)),
             ),
-            max_batch_size=TEXT_ENCODER_MAX_BATCH_SIZE,
-            dynamic_batching=STAGE_BATCHING,
             atol=ATOL,
         ),
         OnnxComponent(
@@ -90,8 +77,6 @@ def diffusion_components(configs: dict[str, dict]) -> list[OnnxComponent]:
                 TensorSpec(names.ENCODER_HIDDEN_STATES, "FP32", (sequence, hidden)),
             ),
             outputs=(TensorSpec(names.OUT_SAMPLE, "FP32", (int(unet["out_channels"]), -1, -1)),),
-            max_batch_size=UNET_MAX_BATCH_SIZE,
-            dynamic_batching=STAGE_BATCHING,
             atol=ATOL,
             axis_ranges={names.SAMPLE: spatial},
         ),
@@ -100,8 +85,6 @@ def diffusion_components(configs: dict[str, dict]) -> list[OnnxComponent]:
             onnx_file="vae_decoder/model.onnx",
             inputs=(TensorSpec(names.LATENT_SAMPLE, "FP32", (latent_channels, -1, -1)),),
             outputs=(TensorSpec(names.SAMPLE, "FP32", (int(vae["out_channels"]), -1, -1)),),
-            max_batch_size=VAE_MAX_BATCH_SIZE,
-            dynamic_batching=VAE_BATCHING,
             atol=ATOL,
             axis_ranges={names.LATENT_SAMPLE: spatial},
         ),

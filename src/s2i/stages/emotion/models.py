@@ -5,7 +5,7 @@ from __future__ import annotations
 from s2i import names
 from s2i.model_repository.components import OnnxComponent
 from s2i.model_repository.config import ModelSpec, TensorSpec
-from s2i.model_repository.deployment import CPU, ModelPolicy, policy
+from s2i.model_repository.deployment import CPU, policy
 from s2i.stages.emotion.config import EmotionConfig
 from s2i.stages.emotion.features import MAX_FRAMES, MIN_FRAMES
 from s2i.stages.emotion.runtime import GRAPH_MAX_BATCH_SIZE
@@ -14,14 +14,6 @@ ONNX_FILE = "emotion_classifier.onnx"
 # Probabilities must match PyTorch within 1e-4 when served; logits are checked
 # tighter at export, so softmax cannot widen the gap past that.
 ATOL = 1e-4
-MAX_BATCH_SIZE = 8
-# Defaults where `s2i.model_repository.deployment.POLICIES` lists no emotion models.
-# The graph batches requests of equal length only (no padding mask), so a short
-# wait is enough: a longer one rarely finds a partner with the same frame count.
-GRAPH_POLICY = ModelPolicy(max_batch_size=MAX_BATCH_SIZE, preferred_batch_sizes=(4, 8), max_queue_delay_us=1000)
-# The BLS model computes features and makes one graph call per length: no loop holds
-# an instance for long, so one instance that batches concurrent requests is enough.
-BLS_POLICY = ModelPolicy(max_batch_size=MAX_BATCH_SIZE, preferred_batch_sizes=(4, 8), max_queue_delay_us=2000)
 # A 3 s utterance: the `opt` point of a TensorRT profile over the time axis.
 TYPICAL_FRAMES = 300
 
@@ -33,8 +25,6 @@ def emotion_component(config: EmotionConfig) -> OnnxComponent:
         onnx_file=ONNX_FILE,
         inputs=(TensorSpec(names.INPUT_FEATURES, "FP32", (config.num_mel_bins, -1)),),
         outputs=(TensorSpec(names.LOGITS, "FP32", (config.num_labels,)),),
-        max_batch_size=GRAPH_POLICY.max_batch_size,
-        dynamic_batching=GRAPH_POLICY.dynamic_batching,
         atol=ATOL,
         axis_ranges={names.INPUT_FEATURES: {1: (MIN_FRAMES, TYPICAL_FRAMES, MAX_FRAMES)}},
     )
@@ -42,8 +32,8 @@ def emotion_component(config: EmotionConfig) -> OnnxComponent:
 
 def emotion_model_spec(config: EmotionConfig, device: str = CPU) -> ModelSpec:
     """The ``emotion_classifier`` BLS model: audio (or ready features) in, label and probabilities out."""
-    chosen = policy(names.EMOTION_CLASSIFIER, device, default=BLS_POLICY)
-    graph = policy(names.EMOTION_CLASSIFIER_GRAPH, device, default=GRAPH_POLICY)
+    chosen = policy(names.EMOTION_CLASSIFIER, device)
+    graph = policy(names.EMOTION_CLASSIFIER_GRAPH, device)
     return ModelSpec(
         name=names.EMOTION_CLASSIFIER,
         inputs=(

@@ -18,12 +18,6 @@ ATOL = 1e-3
 TYPICAL_DECODED_TOKENS = 64
 
 
-def _declared_batching(model_name: str) -> dict:
-    """CPU batching from the deployment table (the GPU's is applied per target)."""
-    chosen = policy(model_name, CPU)
-    return dict(max_batch_size=chosen.max_batch_size, dynamic_batching=chosen.dynamic_batching)
-
-
 def whisper_components(config: Mapping) -> list[OnnxComponent]:
     """Descriptions of the encoder, decoder and decoder-with-past graphs for a checkpoint's ``config.json``."""
     d_model = int(config["d_model"])
@@ -51,7 +45,6 @@ def whisper_components(config: Mapping) -> list[OnnxComponent]:
             inputs=(TensorSpec(names.INPUT_FEATURES, "FP32", (int(config["num_mel_bins"]), MEL_FRAMES)),),
             outputs=(TensorSpec(names.LAST_HIDDEN_STATE, "FP32", (frames, d_model)),),
             atol=ATOL,
-            **_declared_batching(names.WHISPER_ENCODER),
         ),
         OnnxComponent(
             model_name=names.WHISPER_DECODER,
@@ -60,7 +53,6 @@ def whisper_components(config: Mapping) -> list[OnnxComponent]:
             outputs=(logits, *[kv(n) for n in past_names(layers, prefix="present", include_encoder=True)]),
             atol=ATOL,
             axis_ranges={names.INPUT_IDS: {0: (1, 4, positions)}},
-            **_declared_batching(names.WHISPER_DECODER),
         ),
         OnnxComponent(
             model_name=names.WHISPER_DECODER_WITH_PAST,
@@ -70,7 +62,6 @@ def whisper_components(config: Mapping) -> list[OnnxComponent]:
             atol=ATOL,
             # One new token per step; the cache grows to the decoder's positions.
             axis_ranges={names.INPUT_IDS: {0: (1, 1, 1)}, **past_ranges},
-            **_declared_batching(names.WHISPER_DECODER_WITH_PAST),
         ),
     ]
 
