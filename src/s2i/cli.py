@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
@@ -396,6 +397,15 @@ def _route_library_warnings(verbose: bool) -> None:
         warnings_logger = logging.getLogger("py.warnings")
         warnings_logger.addHandler(logging.NullHandler())
         warnings_logger.propagate = False
+        # The libraries log through handlers of their own and draw progress bars; they read these
+        # at import, which the commands do lazily, after this.
+        for name, value in (
+            ("TRANSFORMERS_VERBOSITY", "error"),
+            ("DIFFUSERS_VERBOSITY", "error"),
+            ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+            ("TQDM_DISABLE", "1"),
+        ):
+            os.environ.setdefault(name, value)
 
 
 def main(argv: list[str] | None = None) -> int:
