@@ -58,3 +58,31 @@ RUN HF_HUB_OFFLINE=0 HOME=/tmp s2i convert --whisper "${WHISPER_CHECKPOINT}" \
 
 FROM server AS server-with-models
 COPY --from=repository-builder --chown=1000:1000 /models /models
+
+# The web app (`s2i web`): the public front door, scaled apart from the GPU servers.
+# It needs no torch or diffusers: only the client, the ASGI server and ffmpeg.
+#   docker build --target web -t speech2image-web:0.1.0 .
+#   docker run -p 8080:8080 -e S2I_WEB_TRITON_URL=triton:8001 speech2image-web:0.1.0
+FROM python:3.11-slim-bookworm AS web
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    S2I_WEB_HOST=0.0.0.0 \
+    S2I_WEB_PORT=8080 \
+    S2I_WEB_CACHE_DIR=/tmp/s2i-web
+# ffmpeg converts what browsers record; espeak-ng speaks the bundled Hindi sample.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ffmpeg espeak-ng libsndfile1 \
+    && rm -rf /var/lib/apt/lists/*
+# hadolint ignore=DL3013
+RUN python3 -m pip install --no-cache-dir \
+        "numpy==1.26.4" \
+        "soundfile==0.13.1" \
+        "tritonclient[grpc]==2.73.0" \
+        "starlette==1.10.0" \
+        "uvicorn==0.54.0"
+COPY --chown=65532:65532 . /opt/speech2image-triton
+RUN python3 -m pip install --no-cache-dir --no-deps /opt/speech2image-triton
+USER 65532
+EXPOSE 8080
+ENTRYPOINT ["python3", "-m", "s2i.web"]

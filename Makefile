@@ -12,7 +12,7 @@ OPENAI_WHISPER := openai-whisper==20250625
 OPEN_CLIP := open-clip-torch==3.3.0
 PYTEST_ARGS ?=
 
-.PHONY: setup system demo test lint clean
+.PHONY: setup system demo web test lint clean
 
 setup: system $(VENV)/.installed
 
@@ -30,6 +30,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/s2i demo
+
+# The web app on the tiny models: embedded tritonserver + `s2i web` on http://127.0.0.1:8080/.
+web: setup
+	HF_HUB_OFFLINE=1 $(BIN)/s2i web --serve-tiny build
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)

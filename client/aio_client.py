@@ -7,7 +7,9 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
+import grpc
 import tritonclient.grpc.aio as aio
+from tritonclient.grpc._utils import get_error_grpc
 from tritonclient.utils import InferenceServerException
 
 from s2i import names
@@ -139,17 +141,24 @@ class AsyncClient:
         stream = self._client.stream_infer(
             requests(), stream_timeout=timeout_s or self.connection.timeout_s, headers=self.connection.headers or None
         )
-        async for result, error in stream:
-            if error is not None:
-                raise wrap_error(error) if isinstance(error, InferenceServerException) else ClientError(str(error))
-            response = result.get_response()
-            final = response.parameters.get("triton_final_response")
-            if final is not None and final.bool_param and not response.outputs:
-                return
-            values = {name: result.as_numpy(name) for name in [*operation.outputs, names.EVENT, names.STEP]}
-            kind = values[names.EVENT].reshape(-1)[0].decode("utf-8")
-            step = int(values[names.STEP].reshape(-1)[0])
-            values = {name: value for name, value in values.items() if value is not None}
-            yield StreamEvent(kind, step, parse_speech_to_image(values, operation.model))
-            if kind == "image":
-                return
+        try:
+            async for result, error in stream:
+                if error is not None:
+                    raise wrap_error(error) if isinstance(error, InferenceServerException) else ClientError(str(error))
+                response = result.get_response()
+                final = response.parameters.get("triton_final_response")
+                if final is not None and final.bool_param and not response.outputs:
+                    return
+                values = {name: result.as_numpy(name) for name in [*operation.outputs, names.EVENT, names.STEP]}
+                kind = values[names.EVENT].reshape(-1)[0].decode("utf-8")
+                step = int(values[names.STEP].reshape(-1)[0])
+                values = {name: value for name, value in values.items() if value is not None}
+                yield StreamEvent(kind, step, parse_speech_to_image(values, operation.model))
+                if kind == "image":
+                    return
+        except grpc.RpcError as e:
+            # Failures of the call itself (server unreachable, deadline) come raw out of the iterator.
+            raise wrap_error(get_error_grpc(e)) from e
+        finally:
+            # A consumer that stops early or is cancelled ends the call, so the server stops working on it.
+            stream.cancel()

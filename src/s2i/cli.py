@@ -269,6 +269,64 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_web(args: argparse.Namespace) -> int:
+    """Serve the web app (``s2i.web``) in front of the Triton server."""
+    from s2i.web import WebConfig, run
+    from s2i.web.config import parse_headers
+
+    overrides = {name: getattr(args, name) for name in _WEB_FLAGS}
+    overrides["headers"] = parse_headers(args.header) if args.header else None
+    overrides["ssl"] = True if args.ssl else None
+    config = WebConfig.load(overrides)
+    if args.serve_tiny:
+        from s2i.web.local import serve_tiny
+
+        return serve_tiny(config, args.serve_tiny, forwarded_allow_ips=args.forwarded_allow_ips)
+    print(f"s2i web: http://{config.host}:{config.port}/ -> Triton {config.triton_url}", flush=True)
+    run(config, forwarded_allow_ips=args.forwarded_allow_ips)
+    return 0
+
+
+# `s2i web` flags that map one to one onto s2i.web.WebConfig fields (each also S2I_WEB_<FIELD>).
+_WEB_FLAGS = {
+    "triton_url": "gRPC host:port of Triton (S2I_WEB_TRITON_URL; default localhost:8001)",
+    "root_certificates": "PEM file of Triton's CA (TLS)",
+    "private_key": "PEM client key (mutual TLS)",
+    "certificate_chain": "PEM client certificate (mutual TLS)",
+    "host": "listen address (default 127.0.0.1: loopback only)",
+    "port": "listen port (default 8080)",
+    "max_jobs": "jobs at once, all clients (default 4)",
+    "max_jobs_per_client": "jobs at once per client address (default 1)",
+    "max_upload_bytes": "largest upload (default 8 MiB)",
+    "max_duration_s": "longest clip in seconds (default and at most 30)",
+    "max_steps": "most denoising steps a user may ask for (default 50)",
+    "job_timeout_s": "deadline of one image (default 300)",
+    "sizes": "image sizes offered, e.g. default,512x512 (HEIGHTxWIDTH)",
+    "cache_dir": "where the bundled Hindi sample is written (default ~/.cache/s2i-web)",
+    "max_new_tokens": "Whisper token budget per clip (default: the server's)",
+}
+
+
+def _add_web(commands) -> None:
+    web = commands.add_parser(
+        "web",
+        help="the web app: record Hindi in a browser, watch the image form",
+        description="Every flag also reads S2I_WEB_<NAME> from the environment (flags win).",
+    )
+    for name, help_text in _WEB_FLAGS.items():
+        web.add_argument("--" + name.replace("_", "-"), dest=name, help=help_text)
+    web.add_argument("--ssl", action="store_true", help="talk TLS to Triton")
+    web.add_argument("--header", action="append", help="name=value sent with every gRPC call (repeatable)")
+    web.add_argument("--forwarded-allow-ips", help="proxies whose X-Forwarded-For is trusted (uvicorn)")
+    web.add_argument(
+        "--serve-tiny",
+        type=Path,
+        metavar="BUILD_DIR",
+        help="development: build the tiny models into BUILD_DIR and run an embedded tritonserver for the app",
+    )
+    web.set_defaults(handler=cmd_web)
+
+
 def _add_server_flags(parser: argparse.ArgumentParser) -> None:
     from s2i.server import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT
 
@@ -384,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--max-new-tokens", type=int)
     generate.add_argument("--timeout-s", type=float, default=600.0)
     generate.set_defaults(handler=cmd_generate)
+
+    _add_web(commands)
     return parser
 
 

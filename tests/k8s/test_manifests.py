@@ -103,8 +103,16 @@ def render_overlay(overlay: str) -> tuple[dict[str, Any], ...]:
     return render(f"overlays/{overlay}")
 
 
+# The web app's objects (components/web) are checked in test_web_component.py; these tests are Triton's.
+WEB_APP_NAME = "speech2image-web"
+
+
 def objects(overlay: str, kind: str) -> list[dict[str, Any]]:
-    return [obj for obj in render_overlay(overlay) if obj["kind"] == kind]
+    return [
+        obj
+        for obj in render_overlay(overlay)
+        if obj["kind"] == kind and obj["metadata"].get("labels", {}).get("app.kubernetes.io/name") != WEB_APP_NAME
+    ]
 
 
 def single(overlay: str, kind: str) -> dict[str, Any]:

@@ -31,6 +31,10 @@ _TEXT_OUTPUTS = (
 Send = Callable[[dict[str, np.ndarray]], None]
 
 
+class StreamCancelledError(Exception):
+    """The client cancelled the stream (it went away); the rest of the work is skipped."""
+
+
 @dataclasses.dataclass(frozen=True)
 class StreamRequest:
     """A streaming request as received: audio tensors, option tensors and the pipeline's own options."""
@@ -63,8 +67,20 @@ def preview_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def run_stream(request: StreamRequest, run_stage: StageRunner, diffusion, send: Send, clock: Callable[[], float]):
-    """Run the pipeline for one request, calling ``send`` with each message's output tensors."""
+def run_stream(
+    request: StreamRequest,
+    run_stage: StageRunner,
+    diffusion,
+    send: Send,
+    clock: Callable[[], float],
+    cancelled: Callable[[], bool] = lambda: False,
+):
+    """Run the pipeline for one request, calling ``send`` with each message's output tensors.
+
+    ``cancelled`` is asked before the image and after every denoising step; when it
+    says yes, :class:`StreamCancelledError` stops the work (an abandoned request must not
+    hold a loop instance for the rest of its steps).
+    """
     if request.preview_every < 0:
         raise InvalidInputError(
             names.PREVIEW_EVERY, f"must be 0 (no previews) or positive, got {request.preview_every}."
@@ -107,8 +123,12 @@ def run_stream(request: StreamRequest, run_stage: StageRunner, diffusion, send: 
     send({**common, names.EVENT: _text("text"), names.STEP: np.array([[0]], dtype=np.int32)})
 
     image_options = image_request(composed[names.PROMPT], composed[names.NEGATIVE_PROMPT], request.options)
+    if cancelled():
+        raise StreamCancelledError()
 
     def on_step(_index: int, step: int, total: int, latents: np.ndarray) -> None:
+        if cancelled():
+            raise StreamCancelledError()
         if request.preview_every and step % request.preview_every == 0 and step < total:
             preview = diffusion.decode(latents)[0]
             send(

@@ -1,0 +1,407 @@
+"""The web app's checks and job handling: options, limits, refusals before Triton, disconnect -> cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile
+from starlette.testclient import TestClient
+
+from s2i import names
+from s2i.audio import sine
+from s2i.client.results import SpeechToImageResult, StreamEvent
+from s2i.web import WebConfig, create_app
+from s2i.web.config import SCHEDULERS, parse_sizes
+from s2i.web.limits import BusyError, JobLimiter
+from s2i.web.options import OptionError, parse_options
+from tests.web.conftest import serve_app, web_config
+
+SCORES = dict(zip(names.EMOTION_LABELS, [0.05, 0.05, 0.5, 0.1, 0.1, 0.1, 0.05, 0.05], strict=True))
+
+
+def result(png: bytes = b"", seed: int = -1) -> SpeechToImageResult:
+    return SpeechToImageResult(
+        png=png,
+        text="a child plays",
+        transcript="",
+        emotion="happy",
+        detected_emotion="happy",
+        emotion_scores=SCORES,
+        prompt="a child plays, bright",
+        negative_prompt="blurry",
+        seed=seed,
+        timings_ms={},
+    )
+
+
+class FakeStream:
+    """Stands in for Triton where the test controls timing: records calls; may hang after the text."""
+
+    def __init__(self, hang_after_text: bool = False) -> None:
+        self.calls: list[tuple[bytes, object]] = []
+        self.hang_after_text = hang_after_text
+        self.cancelled = asyncio.Event()
+        self.closed = asyncio.Event()
+
+    async def __call__(self, wav: bytes, options):
+        self.calls.append((wav, options))
+        try:
+            yield StreamEvent("text", 0, result())
+            if self.hang_after_text:
+                await asyncio.Event().wait()  # a long denoising loop
+            yield StreamEvent("preview", 1, result(png=b"\x89PNG-preview"))
+            yield StreamEvent("image", 2, result(png=b"\x89PNG-final", seed=7))
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        finally:
+            self.closed.set()
+
+
+def wav(seconds: float = 1.0, rate: int = 16_000) -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, sine(220, seconds, rate), rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def parse_events(body: str) -> list[tuple[str, dict]]:
+    events = []
+    for block in body.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.split("\n"))
+        events.append((lines["event"], json.loads(lines["data"])))
+    return events
+
+
+@pytest.fixture()
+def config(tmp_path) -> WebConfig:
+    return web_config("127.0.0.1:1", tmp_path, max_duration_s=5.0)
+
+
+# Configuration and options.
+
+
+def test_config_load_takes_flags_over_environment_over_defaults(tmp_path):
+    environ = {"S2I_WEB_MAX_JOBS": "6", "S2I_WEB_PORT": "9000", "S2I_WEB_HEADERS": "Authorization=Bearer x"}
+    config = WebConfig.load({"port": "9100", "sizes": None}, environ=environ)
+    assert (config.max_jobs, config.port, config.host) == (6, 9100, "127.0.0.1")
+    assert config.headers == {"authorization": "Bearer x"}
+    assert config.client_options()["headers"] == {"authorization": "Bearer x"}
+
+
+@pytest.mark.parametrize(
+    ("environ", "match"),
+    [
+        ({"S2I_WEB_MAX_DURATION_S": "45"}, "`max_duration_s`"),
+        ({"S2I_WEB_MAX_JOBS": "many"}, "`max_jobs`: cannot read 'many'"),
+        ({"S2I_WEB_SSL": "perhaps"}, "`ssl`"),
+        ({"S2I_WEB_MAX_JOBS_PER_CLIENT": "9"}, "`max_jobs_per_client`"),
+    ],
+)
+def test_config_load_names_the_setting_when_a_value_is_invalid(environ, match):
+    with pytest.raises(ValueError, match=match):
+        WebConfig.load(environ=environ)
+
+
+def test_config_schedulers_equal_the_servers_when_compared():
+    from s2i.stages.diffusion.sampling import SCHEDULERS as SERVER_SCHEDULERS
+
+    assert set(SCHEDULERS) == set(SERVER_SCHEDULERS)
+
+
+def test_parse_sizes_reads_height_by_width_and_default():
+    assert parse_sizes("default, 512x768") == ((0, 0), (512, 768))
+
+
+def test_parse_options_converts_every_field_when_values_are_valid(config):
+    query = {"seed": "7", "steps": "4", "guidance": "2.5", "scheduler": "euler", "size": "256x256"}
+    options = parse_options({**query, "style": "photo", "emotion": "sad"}, config, {"photo": ""})
+    assert options.client_kwargs() == {
+        "seed": 7,
+        "num_inference_steps": 4,
+        "guidance_scale": 2.5,
+        "scheduler": "euler",
+        "height": 256,
+        "width": 256,
+        "style_template": "photo",
+        "emotion_override": "sad",
+    }
+    assert parse_options({"size": "default", "seed": ""}, config, {}).client_kwargs() == {}
+
+
+@pytest.mark.parametrize(
+    ("query", "match"),
+    [
+        ({"steps": "500"}, "`steps` must be between 1 and 50"),
+        ({"steps": "four"}, "`steps` must be a number"),
+        ({"seed": "-1"}, "`seed`"),
+        ({"scheduler": "magic"}, "`scheduler` must be one of"),
+        ({"size": "4096x4096"}, "`size`"),
+        ({"emotion": "bored"}, "`emotion`"),
+        ({"style": "cubist"}, "`style`"),
+        ({"colour": "red"}, "`colour` is not an option"),
+    ],
+)
+def test_parse_options_names_the_field_when_a_value_is_refused(config, query, match):
+    with pytest.raises(OptionError, match=match):
+        parse_options(query, config, {"photo": ""})
+
+
+# Job limits.
+
+
+def test_job_limiter_refuses_a_second_job_of_one_client_then_frees_it_on_release():
+    limiter = JobLimiter(max_jobs=3, max_per_client=1)
+    slot = limiter.acquire("a")
+    with pytest.raises(BusyError, match="already have 1") as refused:
+        limiter.acquire("a")
+    assert refused.value.status == 429
+    slot.release()
+    slot.release()  # idempotent
+    assert limiter.counts.active == 0
+    limiter.acquire("a").release()
+
+
+def test_job_limiter_refuses_with_503_when_all_slots_are_taken():
+    limiter = JobLimiter(max_jobs=2, max_per_client=1)
+    limiter.acquire("a"), limiter.acquire("b")
+    with pytest.raises(BusyError, match="busy") as refused:
+        limiter.acquire("c")
+    assert refused.value.status == 503 and limiter.counts.refused_busy == 1
+
+
+# The app, in-process.
+
+
+def test_page_is_served_with_a_strict_content_security_policy_and_no_external_assets(config):
+    with TestClient(create_app(config)) as http:
+        page = http.get("/")
+        assert page.status_code == 200 and 'id="record"' in page.text
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        for asset in ("/static/app.js", "/static/style.css"):
+            response = http.get(asset)
+            assert response.status_code == 200 and len(response.content) > 1000
+        for text in (page.text, http.get("/static/app.js").text, http.get("/static/style.css").text):
+            text = text.replace("http://www.w3.org/2000/svg", "")  # an XML namespace name, not a fetch
+            assert "http://" not in text and "https://" not in text and "//cdn" not in text
+
+
+def test_options_endpoint_lists_bounds_schedulers_styles_emotions_and_sizes(config):
+    with TestClient(create_app(config)) as http:
+        options = http.get("/api/options").json()
+    assert options["max_duration_s"] == 5.0 and options["max_steps"] == 50
+    assert options["schedulers"] == list(SCHEDULERS) and options["emotions"] == list(names.EMOTION_LABELS)
+    assert options["default_style"] in [style["name"] for style in options["styles"]]
+    assert options["sizes"] == ["default", "256x256", "512x512"]
+
+
+def test_generate_streams_audio_text_preview_and_image_events_when_audio_is_good(config):
+    stream = FakeStream()
+    with TestClient(create_app(config, stream)) as http:
+        response = http.post("/api/generate?seed=7&steps=2&emotion=sad", content=wav(1.0))
+        health = http.get("/healthz").json()
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    events = parse_events(response.text)
+    assert [kind for kind, _ in events] == ["audio", "text", "preview", "image"]
+    audio = events[0][1]
+    assert audio["container"] == "wav" and abs(audio["duration_s"] - 1.0) < 0.01
+    sent_wav, options = stream.calls[0]
+    assert base64.b64decode(audio["wav"].split(",", 1)[1]) == sent_wav
+    assert options.client_kwargs() == {"seed": 7, "num_inference_steps": 2, "emotion_override": "sad"}
+    assert events[1][1]["text"] == "a child plays" and events[1][1]["scores"] == SCORES
+    assert events[2][1]["png"] == "data:image/png;base64," + base64.b64encode(b"\x89PNG-preview").decode()
+    assert events[3][1]["seed"] == 7 and events[3][1]["step"] == 2
+    assert health["jobs"]["active"] == 0 and health["jobs"]["cancelled"] == 0 and health["jobs"]["finished"] == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "match"),
+    [
+        ("/api/generate?steps=0", wav(1.0), 400, "`steps` must be between"),
+        ("/api/generate", wav(6.0), 413, "6.0 s long; the limit is 5 s"),
+        ("/api/generate", b"definitely not audio" * 10, 415, "not audio the app can read"),
+        ("/api/generate", b"", 400, "empty"),
+    ],
+    ids=["option", "too-long", "not-audio", "empty"],
+)
+def test_generate_refuses_before_triton_and_serves_the_next_request(config, path, body, status, match):
+    stream = FakeStream()
+    with TestClient(create_app(config, stream)) as http:
+        refused = http.post(path, content=body)
+        assert refused.status_code == status and match in refused.json()["error"]
+        assert stream.calls == []
+        assert http.post("/api/generate", content=wav(1.0)).status_code == 200
+        assert http.get("/healthz").json()["jobs"]["active"] == 0
+    assert len(stream.calls) == 1
+
+
+def test_generate_refuses_by_content_length_when_the_upload_is_over_the_limit(tmp_path):
+    config = web_config("127.0.0.1:1", tmp_path, max_upload_bytes=10_000)
+    with TestClient(create_app(config, FakeStream())) as http:
+        refused = http.post("/api/generate", content=wav(1.0))
+    assert refused.status_code == 413 and "the limit is 0.0 MB" in refused.json()["error"]
+
+
+def test_generate_answers_429_and_503_at_once_when_job_slots_are_taken(config):
+    stream = FakeStream()
+    app = create_app(config, stream)
+    limiter = app.state.web.limiter
+    with TestClient(app) as http:
+        mine = limiter.acquire("testclient")  # TestClient's client address
+        refused = http.post("/api/generate", content=wav(1.0))
+        assert refused.status_code == 429 and "already have 1" in refused.json()["error"]
+        mine.release()
+        others = [limiter.acquire(f"10.0.0.{i}") for i in range(config.max_jobs)]
+        refused = http.post("/api/generate", content=wav(1.0))
+        assert refused.status_code == 503 and "busy" in refused.json()["error"]
+        assert refused.headers["retry-after"] == "10"
+        for slot in others:
+            slot.release()
+        assert http.post("/api/generate", content=wav(1.0)).status_code == 200
+    assert len(stream.calls) == 1 and limiter.counts.active == 0
+
+
+def _generate_scope(body: bytes, query: str = "") -> dict:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/generate",
+        "raw_path": b"/api/generate",
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(b"host", b"test"), (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 8080),
+    }
+
+
+def test_generate_cancels_the_stream_and_frees_the_slot_when_the_browser_disconnects(config):
+    stream = FakeStream(hang_after_text=True)
+    app = create_app(config, stream)
+    body = wav(1.0)
+
+    async def run() -> list[bytes]:
+        disconnected = asyncio.Event()
+        chunks: list[bytes] = []
+        delivered = False
+
+        async def receive():
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await disconnected.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            if message["type"] == "http.response.body":
+                chunks.append(message["body"])
+                if b"event: text" in message["body"]:
+                    disconnected.set()  # the person closed the tab once the text arrived
+
+        await asyncio.wait_for(app(_generate_scope(body), receive, send), timeout=60)
+        return chunks
+
+    chunks = asyncio.run(run())
+    assert any(b"event: text" in chunk for chunk in chunks)
+    assert not any(b"event: image" in chunk for chunk in chunks)
+    assert stream.cancelled.is_set() and stream.closed.is_set()
+    counts = app.state.web.limiter.counts
+    assert (counts.active, counts.cancelled, counts.finished) == (0, 1, 1)
+
+
+def test_generate_sends_a_server_down_message_when_triton_is_unreachable(tmp_path):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = web_config(f"127.0.0.1:{port}", tmp_path)
+    with TestClient(create_app(config)) as http:
+        events = parse_events(http.post("/api/generate", content=wav(1.0)).text)
+        ready = http.get("/readyz")
+        health = http.get("/healthz")
+    assert [kind for kind, _ in events] == ["audio", "error"]
+    assert events[1][1] == {
+        "message": "The image server is not reachable right now; try again in a minute.",
+        "reason": "server_down",
+    }
+    assert ready.status_code == 503 and health.status_code == 200
+
+
+def test_sample_is_spoken_once_into_the_cache_and_then_served_from_it(config):
+    with TestClient(create_app(config)) as http:
+        first = http.get("/api/sample.wav")
+        path = config.cache_dir / "sample-hi.wav"
+        made = path.stat().st_mtime_ns
+        second = http.get("/api/sample.wav")
+    samples, rate = soundfile.read(io.BytesIO(first.content), dtype="float32")
+    assert first.status_code == 200 and rate == 22_050 and samples.shape[0] / rate > 1.0
+    assert np.max(np.abs(samples)) > 0.1
+    assert second.content == first.content and path.stat().st_mtime_ns == made
+
+
+def test_web_app_and_its_entry_point_import_neither_torch_nor_diffusers_when_loaded():
+    # The web image installs neither: the app and `python -m s2i.web` must not need them.
+    code = (
+        "import argparse, sys, s2i.web.app, s2i.web.__main__; from s2i import cli; "
+        "cli._add_web(argparse.ArgumentParser().add_subparsers()); "
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'scipy') if m in sys.modules))"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert completed.stdout.strip() == "[]"
+    usage = subprocess.run([sys.executable, "-m", "s2i.web", "--help"], capture_output=True, text=True, check=True)
+    assert "--triton-url" in usage.stdout and "--max-jobs-per-client" in usage.stdout
+
+
+# The app in front of the real server.
+
+
+def _unet_rows(triton_server) -> int:
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(triton_server.grpc_url) as client:
+        stats = client.get_inference_statistics(names.UNET, as_json=True)
+    return int(stats["model_stats"][0].get("inference_count", 0))
+
+
+def test_browser_disconnect_cancels_the_triton_stream_and_frees_the_server(triton_server, hindi_clips, tmp_path):
+    import urllib.request
+
+    steps, marker = 150, "request cancelled by the client"
+    config = web_config(triton_server.grpc_url, tmp_path, max_steps=steps)
+    rows_before, cancels_before = _unet_rows(triton_server), triton_server.log_text.count(marker)
+    with serve_app(config) as base:
+        url = urllib.parse.urlsplit(base)
+        body = hindi_clips[0].wav_bytes
+        with socket.create_connection((url.hostname, url.port), timeout=120) as connection:
+            request = (
+                f"POST /api/generate?seed=1&steps={steps}&guidance=7.5 HTTP/1.1\r\nHost: test\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            ).encode()
+            connection.sendall(request + body)
+            received = b""
+            while b"event: preview" not in received:
+                chunk = connection.recv(65536)
+                assert chunk, f"the stream ended early: {received[-300:]!r}"
+                received += chunk
+        # The browser is gone: the app cancels the gRPC stream and the server's loop stops early.
+        deadline = time.monotonic() + 120
+        while triton_server.log_text.count(marker) == cancels_before:
+            assert time.monotonic() < deadline, "the server never saw the cancellation"
+            time.sleep(0.1)
+        with urllib.request.urlopen(f"{base}/healthz") as response:
+            jobs = json.load(response)["jobs"]
+    assert jobs["active"] == 0 and jobs["cancelled"] == 1 and jobs["finished"] == 1
+    assert b"event: image" not in received
+    # Classifier-free guidance runs 2 UNet rows per step; the loop stopped long before its 150 steps.
+    assert _unet_rows(triton_server) - rows_before < 2 * steps
