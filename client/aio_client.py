@@ -141,6 +141,7 @@ class AsyncClient:
         stream = self._client.stream_infer(
             requests(), stream_timeout=timeout_s or self.connection.timeout_s, headers=self.connection.headers or None
         )
+        finished = False
         try:
             async for result, error in stream:
                 if error is not None:
@@ -148,17 +149,21 @@ class AsyncClient:
                 response = result.get_response()
                 final = response.parameters.get("triton_final_response")
                 if final is not None and final.bool_param and not response.outputs:
+                    finished = True
                     return
                 values = {name: result.as_numpy(name) for name in [*operation.outputs, names.EVENT, names.STEP]}
                 kind = values[names.EVENT].reshape(-1)[0].decode("utf-8")
                 step = int(values[names.STEP].reshape(-1)[0])
                 values = {name: value for name, value in values.items() if value is not None}
+                finished = kind == "image"
                 yield StreamEvent(kind, step, parse_speech_to_image(values, operation.model))
-                if kind == "image":
+                if finished:
                     return
         except grpc.RpcError as e:
             # Failures of the call itself (server unreachable, deadline) come raw out of the iterator.
             raise wrap_error(get_error_grpc(e)) from e
         finally:
-            # A consumer that stops early or is cancelled ends the call, so the server stops working on it.
-            stream.cancel()
+            if not finished:
+                # The consumer stopped early or was cancelled (or the call failed): end the call,
+                # so the server stops working on it.
+                stream.cancel()
