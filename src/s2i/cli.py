@@ -48,6 +48,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_whisper(args: argparse.Namespace) -> int:
+    """Turn a CTranslate2 / faster-whisper Whisper folder into a Hugging Face checkpoint."""
+    from s2i.stages.whisper.ctranslate2 import import_whisper_ctranslate2
+
+    # A malformed folder raises CTranslate2FormatError (a ValueError): main() prints it, exit code 2.
+    output = import_whisper_ctranslate2(args.ctranslate2, args.output, dtype=args.dtype)
+    print(f"checkpoint: {output} (convert with `s2i convert --whisper {output}`)")
+    return 0
+
+
 def _server_options(args: argparse.Namespace):
     from s2i.server import ServerOptions
 
@@ -362,6 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--target", choices=TARGETS, default=PYTHON_ONNXRUNTIME)
     conv.add_argument("--work-dir", type=Path, help="ONNX export cache (default: next to --output)")
     conv.set_defaults(handler=cmd_convert)
+
+    imp = commands.add_parser("import-whisper", help="CTranslate2 / faster-whisper Whisper -> Hugging Face layout")
+    imp.add_argument("--ctranslate2", type=Path, required=True, help="folder with model.bin, config.json, vocabulary")
+    imp.add_argument("--output", type=Path, required=True, help="checkpoint folder to write")
+    imp.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="weights' dtype on disk")
+    imp.set_defaults(handler=cmd_import_whisper)
 
     serve = commands.add_parser("serve", help="run the embedded tritonserver")
     _add_server_flags(serve)
