@@ -40,6 +40,14 @@ def test_read_model_bin_returns_every_variable_when_written_in_the_format(tmp_pa
     assert model.variables["c/num_heads"].shape == ()
 
 
+def test_read_model_bin_aliases_the_scale_too_when_the_target_is_quantised(tmp_path):
+    quantized = {"e/weight": np.array([[127, -5]], np.int8), "e/weight_scale": np.array([63.5], np.float32)}
+    path = write_model_bin(tmp_path / "model.bin", quantized, {"p/weight": "e/weight"})
+    weights = dequantized(read_model_bin(path).variables)
+    np.testing.assert_array_equal(weights["p/weight"], weights["e/weight"])
+    np.testing.assert_allclose(weights["p/weight"], [[2.0, -5 / 63.5]])
+
+
 def test_read_model_bin_widens_bfloat16_to_float32_when_stored_as_bfloat16(tmp_path):
     # Values exactly representable in bfloat16 (8 mantissa bits) come back unchanged.
     values = np.array([[1.0, -2.5, 0.15625], [196608.0, -7.0, 0.0]], np.float32)
@@ -129,6 +137,29 @@ def test_import_gives_the_same_tokens_as_the_original_when_generating(checkpoint
     samples = prepare_audio(hindi_clips[0].samples, hindi_clips[0].sample_rate_hz)
     expected = WhisperReference(checkpoints["whisper"]).generate(samples, max_new_tokens=12)
     assert WhisperReference(imported).generate(samples, max_new_tokens=12) == expected
+
+
+# Bound of |imported - original| relative to the largest weight of the matrix (None: exact).
+QUANTISATION_BOUND = {"float32": None, "int8": 1 / 127, "int16": 1 / 2**10, "bfloat16": 2**-8}
+
+
+@pytest.mark.parametrize("quantization", sorted(QUANTISATION_BOUND))
+def test_import_inverts_ctranslate2s_own_converter_when_weights_are_quantised(checkpoints, tmp_path, quantization):
+    from safetensors.numpy import load_file
+
+    converters = pytest.importorskip("ctranslate2.converters", reason="ctranslate2 is in the `dev` extra")
+    source = tmp_path / "ct2"
+    converter = converters.TransformersConverter(str(checkpoints["whisper"]), copy_files=["tokenizer.json"])
+    converter.convert(str(source), quantization=quantization)
+    original = load_file(checkpoints["whisper"] / "model.safetensors")
+    restored = load_file(import_whisper_ctranslate2(source, tmp_path / "hf") / "model.safetensors")
+    assert sorted(restored) == sorted(original)
+    bound = QUANTISATION_BOUND[quantization]
+    for name, array in original.items():
+        if bound is None:
+            np.testing.assert_array_equal(restored[name], array, err_msg=name)
+        else:
+            assert np.abs(restored[name] - array).max() <= bound * np.abs(array).max() + 1e-7, name
 
 
 def test_import_keeps_half_precision_when_asked_for_float16(tiny_ct2, tmp_path):

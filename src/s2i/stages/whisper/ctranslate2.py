@@ -143,7 +143,10 @@ def read_model_bin(path: Path) -> CTranslate2Model:
             target = _read_string(stream, "an alias target")
             if target not in variables:
                 raise CTranslate2FormatError(f"alias `{alias}` points at unknown variable `{target}`.")
-            variables[alias] = variables[target]
+            # As CTranslate2's loader does: an alias also covers the target's quantisation scale.
+            for suffix in ("", "_scale", "_zero"):
+                if target + suffix in variables:
+                    variables[alias + suffix] = variables[target + suffix]
         if stream.read(1):
             raise CTranslate2FormatError("`model.bin` has bytes after its last alias (a part missing or doubled?).")
     return CTranslate2Model(version, spec, revision, variables)
