@@ -25,6 +25,8 @@ VARIABLES = {
     "b/conv": RNG.standard_normal((2, 3, 3)).astype(np.float32),
     "c/num_heads": np.array(8, np.int16),
     "c/flag": np.array(1, np.int8),
+    # Over MEMMAP_MIN_BYTES: mapped from the file instead of read.
+    "d/big": RNG.standard_normal((520, 512)).astype(np.float32),
 }
 
 
@@ -77,6 +79,7 @@ def test_dequantized_refuses_awq_weights_when_a_zero_point_is_present():
     [
         (lambda data: struct.pack("<I", 9) + data[4:], "binary version 9 is not supported"),
         (lambda data: data[:-20], "ends inside"),
+        (lambda data: data[: data.index(b"d/big") + 5 + 50], "ends inside the data of `d/big`"),
         (lambda data: data + b"\0", "bytes after its last alias"),
         (lambda data: data.replace(struct.pack("<BI", 0, 48), struct.pack("<BI", 0, 40), 1), "holds 40 bytes"),
     ],
@@ -168,6 +171,23 @@ def test_import_keeps_half_precision_when_asked_for_float16(tiny_ct2, tmp_path):
     output = import_whisper_ctranslate2(tiny_ct2, tmp_path / "fp16", dtype="float16")
     weights = load_file(output / "model.safetensors")
     assert {array.dtype for array in weights.values()} == {np.dtype(np.float16)}
+
+
+def test_import_uses_openai_whispers_tokenizer_when_the_folder_has_only_a_vocabulary_txt(tiny_ct2, imported, tmp_path):
+    from transformers import WhisperTokenizerFast
+
+    source = tmp_path / "old-layout"
+    source.mkdir()
+    for name in ("model.bin", "config.json"):
+        (source / name).symlink_to(tiny_ct2 / name)
+    # CTranslate2 2.x wrote one token per line; faster-whisper folders may lack tokenizer.json.
+    vocabulary = json.loads((tiny_ct2 / "vocabulary.json").read_text())
+    (source / "vocabulary.txt").write_text("".join(token + "\n" for token in vocabulary), encoding="utf-8")
+    output = import_whisper_ctranslate2(source, tmp_path / "out")
+    text = "नमस्ते, आज मौसम बहुत अच्छा है. A child is playing."
+    ids = WhisperTokenizerFast.from_pretrained(output)(text).input_ids
+    assert ids == WhisperTokenizerFast.from_pretrained(imported)(text).input_ids
+    assert ids[:2] == [50258, 50363]
 
 
 def test_import_refuses_a_model_that_is_not_whisper_when_the_spec_differs(tiny_ct2, tmp_path):

@@ -56,6 +56,8 @@ GELU_ACTIVATION = 3
 # Bounds checked before allocating, so a corrupt header fails fast instead of reading gigabytes.
 MAX_RANK = 8
 MAX_VARIABLES = 100_000
+# Arrays from this size on are memory-mapped instead of read (a large-v3 model.bin is 3 GB).
+MEMMAP_MIN_BYTES = 1 << 20
 OUTPUT_DTYPES = ("float32", "float16")
 EOT = "<|endoftext|>"
 
@@ -93,7 +95,19 @@ def _read_string(stream: BinaryIO, what: str) -> str:
     return raw[:-1].decode("utf-8")
 
 
-def _read_variable(stream: BinaryIO) -> tuple[str, np.ndarray]:
+def _read_data(stream: BinaryIO, path: Path, name: str, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """The variable's array; large ones are mapped from the file, so only their float32 copies take memory."""
+    num_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    offset = stream.tell()
+    if num_bytes < MEMMAP_MIN_BYTES:
+        return np.frombuffer(_read_exact(stream, num_bytes, f"the data of `{name}`"), dtype=dtype).reshape(shape)
+    if offset + num_bytes > path.stat().st_size:
+        raise CTranslate2FormatError(f"`model.bin` ends inside the data of `{name}`.")
+    stream.seek(num_bytes, 1)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+
+def _read_variable(stream: BinaryIO, path: Path) -> tuple[str, np.ndarray]:
     name = _read_string(stream, "a variable name")
     rank = _read_uint(stream, "B", f"the rank of `{name}`")
     if rank > MAX_RANK:
@@ -107,7 +121,7 @@ def _read_variable(stream: BinaryIO) -> tuple[str, np.ndarray]:
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if num_bytes != expected:
         raise CTranslate2FormatError(f"`{name}` holds {num_bytes} bytes; shape {shape} of {dtype} needs {expected}.")
-    array = np.frombuffer(_read_exact(stream, num_bytes, f"the data of `{name}`"), dtype=dtype).reshape(shape)
+    array = _read_data(stream, path, name, dtype, shape)
     if type_id == BFLOAT16_ID:
         # bfloat16 is the upper half of a float32.
         array = (array.astype(np.uint32) << 16).view(np.float32)
@@ -126,7 +140,8 @@ def read_model_bin(path: Path) -> CTranslate2Model:
     Raises:
         CTranslate2FormatError: Unsupported binary version, truncated or inconsistent file.
     """
-    with Path(path).open("rb") as stream:
+    path = Path(path)
+    with path.open("rb") as stream:
         version = _read_uint(stream, "I", "the binary version")
         if version not in SUPPORTED_BINARY_VERSIONS:
             raise CTranslate2FormatError(
@@ -137,7 +152,7 @@ def read_model_bin(path: Path) -> CTranslate2Model:
         count = _read_uint(stream, "I", "the variable count")
         if count > MAX_VARIABLES:
             raise CTranslate2FormatError(f"`model.bin` declares {count} variables; at most {MAX_VARIABLES}.")
-        variables = dict(_read_variable(stream) for _ in range(count))
+        variables = dict(_read_variable(stream, path) for _ in range(count))
         for _ in range(_read_uint(stream, "I", "the alias count")):
             alias = _read_string(stream, "an alias name")
             target = _read_string(stream, "an alias target")
