@@ -200,6 +200,32 @@ def test_import_refuses_a_model_that_is_not_whisper_when_the_spec_differs(tiny_c
         import_whisper_ctranslate2(source, tmp_path / "out")
 
 
+def test_import_refuses_weights_it_cannot_place_when_model_bin_has_extra_ones(tiny_ct2, tmp_path):
+    source = tmp_path / "extra"
+    source.mkdir()
+    for name in ("config.json", "vocabulary.json", "tokenizer.json"):
+        (source / name).symlink_to(tiny_ct2 / name)
+    variables = dict(read_model_bin(tiny_ct2 / "model.bin").variables)
+    variables["encoder/adapter/weight"] = np.zeros((2, 2), np.float32)
+    write_model_bin(source / "model.bin", variables)
+    with pytest.raises(CTranslate2FormatError, match=r"does not place: \['encoder/adapter/weight'\]"):
+        import_whisper_ctranslate2(source, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_import_refuses_a_front_end_of_another_mel_count_leaving_no_output(tiny_ct2, tmp_path):
+    from transformers import WhisperFeatureExtractor
+
+    source = tmp_path / "128-mels"
+    source.mkdir()
+    for name in ("model.bin", "config.json", "vocabulary.json", "tokenizer.json"):
+        (source / name).symlink_to(tiny_ct2 / name)
+    WhisperFeatureExtractor(feature_size=128).save_pretrained(source)
+    with pytest.raises(CTranslate2FormatError, match="`feature_size` in `preprocessor_config.json` is 128"):
+        import_whisper_ctranslate2(source, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_import_refuses_a_vocabulary_that_does_not_fit_the_embeddings(tiny_ct2, tmp_path):
     source = tmp_path / "short-vocab"
     source.mkdir()

@@ -28,7 +28,6 @@ import dataclasses
 import json
 import logging
 import re
-import shutil
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -253,12 +252,30 @@ def _transformer_layer(
     _layer_norm(variables, f"{scope}/ffn/layer_norm", f"{target}.final_layer_norm", out)
 
 
+class _ReadRecorder(dict):
+    """A dict that remembers which keys were looked up."""
+
+    def __init__(self, data: Mapping[str, np.ndarray]) -> None:
+        super().__init__(data)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default=None):
+        """Look ``key`` up and remember it."""
+        self.read.add(key)
+        return super().get(key, default)
+
+
 def hf_state_dict(variables: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``WhisperForConditionalGeneration`` parameter names for CTranslate2 Whisper variables.
 
     The inverse of ctranslate2's ``WhisperLoader`` (converters/transformers.py).
     """
     out: dict[str, np.ndarray] = {}
+    variables = _ReadRecorder(variables)
     try:
         for index in range(2):
             name = f"encoder/conv{index + 1}"
@@ -277,6 +294,10 @@ def hf_state_dict(variables: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise CTranslate2FormatError(f"`model.bin` lacks the Whisper variable {error}.") from None
     if "decoder/projection/bias" in variables and np.any(variables["decoder/projection/bias"] != 0):
         raise CTranslate2FormatError("`decoder/projection/bias` is non-zero; Whisper's `proj_out` has no bias.")
+    # Scalars are options (heads, activation, …); a weight nobody read would be silently dropped.
+    unread = sorted(name for name, array in variables.items() if array.ndim and name not in variables.read)
+    if unread:
+        raise CTranslate2FormatError(f"`model.bin` has weights a Whisper import does not place: {unread[:5]}.")
     return out
 
 
@@ -414,20 +435,19 @@ def _load_vocabulary(source: Path) -> list[str]:
     raise CTranslate2FormatError(f"the CTranslate2 model folder has no `vocabulary.json` ({source}).")
 
 
-def _save_feature_extractor(source: Path, output_dir: Path, num_mel_bins: int) -> None:
+def _feature_extractor(source: Path, num_mel_bins: int):
+    """The folder's ``preprocessor_config.json`` if it has one, else Whisper's default front end (as faster-whisper)."""
     from transformers import WhisperFeatureExtractor
 
-    provided = source / "preprocessor_config.json"
-    if provided.is_file():
-        feature_size = _read_json(provided, "preprocessor_config.json").get("feature_size")
-        if feature_size != num_mel_bins:
-            raise CTranslate2FormatError(
-                f"`feature_size` in `preprocessor_config.json` is {feature_size}; the encoder takes {num_mel_bins}."
-            )
-        shutil.copyfile(provided, output_dir / "preprocessor_config.json")
-    else:
-        # faster-whisper uses Whisper's default front end when the file is absent.
-        WhisperFeatureExtractor(feature_size=num_mel_bins).save_pretrained(output_dir)
+    if not (source / "preprocessor_config.json").is_file():
+        return WhisperFeatureExtractor(feature_size=num_mel_bins)
+    extractor = WhisperFeatureExtractor.from_pretrained(source)
+    if extractor.feature_size != num_mel_bins:
+        raise CTranslate2FormatError(
+            f"`feature_size` in `preprocessor_config.json` is {extractor.feature_size};"
+            f" the encoder takes {num_mel_bins} mel bins."
+        )
+    return extractor
 
 
 def import_whisper_ctranslate2(source: Path, output_dir: Path, dtype: str = "float32") -> Path:
@@ -470,10 +490,12 @@ def import_whisper_ctranslate2(source: Path, output_dir: Path, dtype: str = "flo
         model.tie_weights()
     model = model.to(getattr(torch, dtype)).eval()
     model.generation_config = whisper_generation_config(ct2_config, vocabulary, config.max_target_positions)
+    feature_extractor = _feature_extractor(source, config.num_mel_bins)
+    # Everything is checked above, so a refused folder leaves no partial output.
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir, safe_serialization=True)
     tokenizer.save_pretrained(output_dir)
-    _save_feature_extractor(source, output_dir, config.num_mel_bins)
+    feature_extractor.save_pretrained(output_dir)
     LOGGER.info(
         "Imported %s (%s, binary version %d) into %s as %s",
         source,
