@@ -85,7 +85,7 @@ def test_cli_serve_runs_until_sigterm_and_exits_0(model_repository, tmp_path):
     assert "successfully loaded 'whisper'" in log_file.read_text()
 
 
-@pytest.mark.parametrize("command", ["translate", "convert", "serve", "speak", "demo", "build-tiny"])
+@pytest.mark.parametrize("command", ["translate", "convert", "serve", "speak", "demo", "build-tiny", "import-whisper"])
 def test_cli_help_lists_each_subcommand(command):
     assert command in run_s2i("--help").stdout
 
