@@ -15,6 +15,7 @@ the embedded launcher, ``s2i serve`` and the Kubernetes manifests use it.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import os
 import shutil
@@ -145,15 +146,18 @@ class TritonDistribution:
 
     @classmethod
     def find(cls) -> TritonDistribution:
-        """Locate the distribution inside the installed ``pytriton`` package."""
-        try:
-            import pytriton
-        except ImportError as e:  # pragma: no cover - dependency of the project
+        """Locate the distribution inside the installed ``pytriton`` package.
+
+        The package is found, not imported: ``pytriton/__init__.py`` imports its client
+        (and so ``tritonclient``), which the server itself does not need.
+        """
+        spec = importlib.util.find_spec("pytriton")
+        if spec is None or not spec.submodule_search_locations:
             raise ServerError(
                 "The `nvidia-pytriton` package is not installed; run `make setup` or "
                 "`pip install nvidia-pytriton==0.7.0`."
-            ) from e
-        return cls(Path(pytriton.__file__).parent / "tritonserver")
+            )
+        return cls(Path(next(iter(spec.submodule_search_locations))) / "tritonserver")
 
     @property
     def binary(self) -> Path:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-
-import tomllib
 
 from s2i import names
 from s2i.audio import InvalidInputError

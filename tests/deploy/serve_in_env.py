@@ -1,0 +1,39 @@
+"""Serve a model repository from inside an image-equivalent environment.
+
+Run with that environment's interpreter (``<env>/bin/python serve_in_env.py REPO LOG``):
+:class:`s2i.server.TritonServer` then sets up the Python backend for *this*
+interpreter (its stub, ``PATH`` starting with this environment's ``bin/``,
+``LD_LIBRARY_PATH`` with its ``LIBDIR``), exactly as the image's Python would be
+used. Prints one JSON line with the endpoints once the server is ready, serves
+until standard input closes (so the server never outlives the test), then stops.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from s2i.server import ServerError, ServerOptions, TritonServer
+
+
+def main(repository: str, log_file: str) -> int:
+    """Serve ``repository`` until stdin closes; ``log_file`` gets the server log."""
+    options = ServerOptions(model_repository=repository).with_free_ports()
+    try:
+        server = TritonServer(options, log_file=Path(log_file), startup_timeout_s=600)
+        server.start()
+    except ServerError as e:
+        print(json.dumps({"error": str(e)}), flush=True)
+        return 1
+    try:
+        ready = {"grpc": server.grpc_url, "http": server.http_url, "python": sys.executable}
+        print(json.dumps(ready), flush=True)
+        sys.stdin.read()
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:3]))

@@ -1,0 +1,170 @@
+"""The repository loads and answers in exactly the environment the `server` image has.
+
+An image-equivalent environment (tests/deploy/image_env.py: the base image's
+Python from pyenv, exactly the `server` stage's pip lines, the project installed
+with ``--no-deps``) serves the session's repository with the embedded
+tritonserver; every model must load, and a pipeline request must give the values
+the normal environment's server gives. The stand-ins are declared in
+``image_env``: the embedded server for the NGC binary, and the
+``python-onnxruntime`` target (ONNX Runtime for Python) for Triton's native
+onnxruntime backend, which the embedded server lacks.
+
+The `converter` stage's environment (server + its own lines) must run the
+conversion: ``s2i build-tiny`` and ``s2i convert --target onnxruntime``, the
+`cpu-dev` overlay's conversion.
+
+Slow on a fresh machine (the environments download torch); cached in build/image-env.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from s2i.client import Client, InvalidRequestError
+from s2i.pipeline.steps import decode_png
+from tests.conftest import BUILD_DIR, MAX_NEW_TOKENS
+from tests.deploy import dockerfile
+from tests.deploy.image_env import ONNXRUNTIME_STAND_IN, SERVER_STAND_IN, ImageEnv, build_stage_env
+
+pytestmark = pytest.mark.slow
+
+LAUNCHER = Path(__file__).with_name("serve_in_env.py")
+OPTIONS = dict(seed=23, num_inference_steps=2, max_new_tokens=MAX_NEW_TOKENS // 3, return_transcript=True)
+# Packages only the converter installs: the server environment must not have them, or it
+# would hide a served module that imports one (the stand-ins are installed without them).
+CONVERTER_ONLY_MODULES = ("tritonclient", "optimum", "onnx", "whisper", "open_clip")
+
+
+@pytest.fixture(scope="module")
+def server_env() -> ImageEnv:
+    return build_stage_env("server", extra=[("--no-deps", SERVER_STAND_IN), (ONNXRUNTIME_STAND_IN,)])
+
+
+@pytest.fixture(scope="module")
+def converter_env(server_env) -> ImageEnv:
+    return build_stage_env("converter", base=server_env)
+
+
+def _post_json(url: str, body: dict | None = None) -> object:
+    request = urllib.request.Request(url, data=json.dumps(body or {}).encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def image_server(server_env, model_repository) -> Iterator[dict]:
+    """The embedded server run by the image environment's Python on the session's repository."""
+    log_file = BUILD_DIR / "deploy" / "image-env-tritonserver.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [str(server_env.python), str(LAUNCHER), str(model_repository.repository), str(log_file)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=server_env.environment(),
+    )
+    try:
+        line = process.stdout.readline()
+        ready = json.loads(line) if line else {"error": process.stderr.read()}
+        if "error" in ready:
+            pytest.fail(f"the image environment's server did not start:\n{ready['error']}")
+        yield ready
+    finally:
+        process.stdin.close()
+        process.wait(timeout=120)
+
+
+@pytest.fixture(scope="module")
+def image_answer(image_server, hindi_clips):
+    with Client(image_server["grpc"], timeout_s=600) as client:
+        return client.speech_to_image(hindi_clips[0].wav_bytes, **OPTIONS)
+
+
+def test_environment_python_is_base_image_python_when_built(server_env):
+    version = server_env.run(str(server_env.python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])")
+
+    assert version.stdout.strip() == dockerfile.ngc_python(dockerfile.base_image("server")) == "3.12"
+
+
+@pytest.mark.parametrize("module", CONVERTER_ONLY_MODULES)
+def test_server_environment_lacks_converter_package_when_built(server_env, module):
+    found = server_env.run(str(server_env.python), "-c", f"import importlib.util as u; print(u.find_spec('{module}'))")
+
+    assert found.stdout.strip() == "None"
+
+
+def test_server_runs_environment_python_when_started(server_env, image_server):
+    assert Path(image_server["python"]).parent == server_env.python.parent
+
+
+def test_every_model_loads_when_served_in_image_environment(image_server, model_repository):
+    index = _post_json(f"http://{image_server['http']}/v2/repository/index")
+    expected = {path.name for path in model_repository.repository.iterdir() if path.is_dir()}
+
+    assert {entry["name"]: entry.get("state") for entry in index} == dict.fromkeys(expected, "READY")
+
+
+def test_pipeline_answers_like_normal_environment_when_served_in_image_environment(image_answer, client, hindi_clips):
+    normal = client.speech_to_image(hindi_clips[0].wav_bytes, **OPTIONS)
+
+    assert image_answer.text and image_answer.transcript
+    assert (image_answer.text, image_answer.transcript) == (normal.text, normal.transcript)
+    assert (image_answer.emotion, image_answer.prompt, image_answer.seed) == (
+        normal.emotion,
+        normal.prompt,
+        normal.seed,
+    )
+    for label, probability in normal.emotion_scores.items():
+        assert image_answer.emotion_scores[label] == pytest.approx(probability, abs=1e-4)
+    image, expected = decode_png(image_answer.png).astype(int), decode_png(normal.png).astype(int)
+    assert image.shape == expected.shape
+    assert np.abs(image - expected).max() <= 1
+
+
+def test_image_environment_server_stays_up_when_request_is_bad(image_server, image_answer, hindi_clips):
+    with Client(image_server["grpc"], timeout_s=600) as client:
+        with pytest.raises(InvalidRequestError, match="`audio_bytes`"):
+            client.speech_to_image(b"not audio", **OPTIONS)
+        again = client.speech_to_image(hindi_clips[0].wav_bytes, **OPTIONS)
+
+    assert again.text == image_answer.text
+
+
+def test_cli_help_runs_when_in_server_environment(server_env):
+    completed = server_env.run(str(server_env.path / "bin" / "s2i"), "--help", check=False)
+
+    assert completed.returncode == 0, completed.stderr
+    assert "convert" in completed.stdout and "serve" in completed.stdout
+
+
+def test_conversion_module_imports_when_in_converter_environment(converter_env):
+    script = "import s2i.conversion.convert as c, s2i.conversion.repository as r; print(','.join(r.TARGETS))"
+    completed = converter_env.run(str(converter_env.python), "-c", script, check=False)
+
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "python-onnxruntime,onnxruntime,onnxruntime-gpu,tensorrt"
+
+
+def test_cpu_dev_conversion_runs_when_in_converter_environment(converter_env, tmp_path):
+    # What the cpu-dev overlay's init containers run (tests/k8s checks the same commands).
+    s2i = str(converter_env.path / "bin" / "s2i")
+    built = converter_env.run(s2i, "build-tiny", "--output", str(tmp_path / "checkpoints"), timeout_s=900, check=False)
+    assert built.returncode == 0, built.stderr
+    checkpoints = {stage: tmp_path / "checkpoints" / "tiny" / stage for stage in ("whisper", "emotion", "diffusion")}
+    arguments = [f"--{stage}={path}" for stage, path in checkpoints.items()]
+    output = tmp_path / "models"
+    converted = converter_env.run(
+        s2i, "convert", *arguments, "--target", "onnxruntime", "--output", str(output), timeout_s=1800, check=False
+    )
+
+    assert converted.returncode == 0, converted.stderr
+    assert (output / "speech_to_image" / "config.pbtxt").is_file()
+    assert 'platform: "onnxruntime_onnx"' in (output / "unet" / "config.pbtxt").read_text()
