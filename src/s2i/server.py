@@ -61,7 +61,9 @@ class ServerOptions:
         shm_region_prefix: Prefix of the Python backend's shared-memory regions; must be
             unique per server on one host, so two servers never share a region.
         restricted_api_key: When set, the model-repository, model-config, shared-memory,
-            statistics and trace APIs need the header ``admin-key: <value>``.
+            statistics, trace and logging APIs need the key: header ``admin-key: <value>``
+            over HTTP, ``triton-grpc-protocol-admin-key: <value>`` over gRPC (Triton
+            prefixes the key name on gRPC).
     """
 
     model_repository: str

@@ -17,11 +17,24 @@ from pathlib import Path
 from s2i.server import ServerError, ServerOptions, TritonServer
 
 
+class ImageServer(TritonServer):
+    """The server as the image runs it: ``tritonserver`` itself, without ``s2i serve``'s extra checks.
+
+    ``s2i serve`` refuses TensorRT engines built for another GPU before starting; that check
+    lives in the conversion package, which the image does not run (its entry point is
+    ``tritonserver``), so it is no part of what the image must be able to import.
+    """
+
+    @staticmethod
+    def _check_engines(repository: Path) -> None:
+        return None
+
+
 def main(repository: str, log_file: str) -> int:
     """Serve ``repository`` until stdin closes; ``log_file`` gets the server log."""
     options = ServerOptions(model_repository=repository).with_free_ports()
     try:
-        server = TritonServer(options, log_file=Path(log_file), startup_timeout_s=600)
+        server = ImageServer(options, log_file=Path(log_file), startup_timeout_s=600)
         server.start()
     except ServerError as e:
         print(json.dumps({"error": str(e)}), flush=True)

@@ -39,23 +39,33 @@ pytestmark = pytest.mark.skipif(
 # from the flags `s2i serve` uses.
 MODEL_REPOSITORY = {
     "gpu": "/models",
+    "gpu-tensorrt": "/models",
     "gpu-object-store": "s3://speech2image-models/model-repository/v1",
     "cpu-dev": "/models",
 }
 OVERLAYS = sorted(MODEL_REPOSITORY)
-GPU_OVERLAYS = ["gpu", "gpu-object-store"]
+GPU_OVERLAYS = ["gpu", "gpu-object-store", "gpu-tensorrt"]
 LOCAL_REPOSITORY_OVERLAYS = [name for name, repo in MODEL_REPOSITORY.items() if "://" not in repo]
-CONVERTING_OVERLAYS = ["cpu-dev"]
 OBJECT_STORE_OVERLAYS = ["gpu-object-store"]
 ADMIN_KEY_REFERENCE = "$(TRITON_ADMIN_KEY)"
 SERVER_CONTAINER = "tritonserver"
 SERVING_IMAGE = "speech2image-triton-server:0.1.0"
+# Dockerfile targets `converter` and `converter-tensorrt`, same release as the server.
+CONVERTER_IMAGES = {"speech2image-triton-converter:0.1.0", "speech2image-triton-converter-tensorrt:0.1.0"}
+# Waits for the conversion Job's marker; it writes nothing.
+WAIT_CONTAINER = "wait-for-model-repository"
 DEPLOYMENT = "speech2image-triton"
 
 # The oldest Kubernetes the deploy guide supports, and the newest bundled schema.
 KUBERNETES_VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
 # Kinds from CRDs: kubernetes-validate has no schema for them.
-CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CRD_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    # Gateway API (structural tests in test_gateway.py).
+    ("gateway.networking.k8s.io/v1", "Gateway"),
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+    ("gateway.networking.k8s.io/v1", "GRPCRoute"),
+}
 # Secrets that production creates out of band (documented in k8s/README.md).
 EXTERNAL_SECRETS = {"triton-admin-key", "model-store-credentials"}
 # Every model of the finished pipeline; each gets at least one Python-backend
@@ -456,6 +466,8 @@ def test_pod_uses_runtime_default_seccomp_when_rendered(overlay: str) -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_writable_paths_are_writable_volumes_when_root_is_read_only(overlay: str) -> None:
     for container in all_containers(overlay):
+        if container["name"] == WAIT_CONTAINER:
+            continue
         writable = [m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")]
         paths = [e["value"] for e in container.get("env", []) if e["name"] in WRITABLE_PATH_ENV]
         assert paths, container["name"]
@@ -468,7 +480,10 @@ def test_writable_paths_are_writable_volumes_when_root_is_read_only(overlay: str
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_containers_use_serving_image_when_rendered(overlay: str) -> None:
-    assert {c["image"] for c in all_containers(overlay)} == {SERVING_IMAGE}
+    assert server(overlay)["image"] == SERVING_IMAGE
+    for container in pod_spec(overlay).get("initContainers", []):
+        expected = {SERVING_IMAGE} if container["name"] == WAIT_CONTAINER else CONVERTER_IMAGES
+        assert container["image"] in expected, container["name"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -590,15 +605,22 @@ def test_server_requests_one_gpu_when_gpu_overlay(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", GPU_OVERLAYS)
-def test_pods_select_gpu_nodes_when_gpu_overlay(overlay: str) -> None:
-    assert pod_spec(overlay)["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+def test_pods_need_no_gpu_operator_label_when_gpu_overlay(overlay: str) -> None:
+    # The nvidia.com/gpu request places the pod on every device-plugin cluster (GKE, EKS,
+    # AKS); GPU feature discovery's presence label exists only with the GPU operator.
+    assert "nvidia.com/gpu.present" not in pod_spec(overlay).get("nodeSelector", {})
 
 
+@pytest.mark.parametrize(
+    "toleration",
+    [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"},
+    ],
+)
 @pytest.mark.parametrize("overlay", GPU_OVERLAYS)
-def test_pods_tolerate_gpu_taint_when_gpu_overlay(overlay: str) -> None:
-    tolerations = pod_spec(overlay)["tolerations"]
-
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
+def test_pods_tolerate_managed_cluster_gpu_taint_when_gpu_overlay(overlay: str, toleration: dict) -> None:
+    assert toleration in pod_spec(overlay)["tolerations"]
 
 
 def test_containers_request_no_gpu_when_cpu_dev() -> None:
@@ -650,41 +672,9 @@ def test_download_folder_is_disk_backed_when_object_store(overlay: str) -> None:
     assert "medium" not in volume(overlay, mount_at(server(overlay), path)["name"])["emptyDir"]
 
 
-@pytest.mark.parametrize("overlay", CONVERTING_OVERLAYS)
-def test_init_container_runs_conversion_into_repository_when_converting(overlay: str) -> None:
-    convert = init_container(overlay, "convert-model-repository")
-    repository = flag(server(overlay)["args"], "--model-repository")
-
-    command = convert["command"] + convert["args"]
-    assert command == ["s2i", "convert"] + [
-        *("--whisper", "$(S2I_WHISPER_CHECKPOINT)", "--emotion", "$(S2I_EMOTION_CHECKPOINT)"),
-        *("--diffusion", "$(S2I_DIFFUSION_CHECKPOINT)", "--output", repository),
-    ]
-
-
-@pytest.mark.parametrize("overlay", CONVERTING_OVERLAYS)
-def test_init_container_writes_server_volume_when_converting(overlay: str) -> None:
-    repository = flag(server(overlay)["args"], "--model-repository")
-    written = mount_at(init_container(overlay, "convert-model-repository"), repository)
-    served = mount_at(server(overlay), repository)
-
-    assert (written["name"], written.get("subPath")) == (served["name"], served.get("subPath"))
-    assert not written.get("readOnly")
-
-
-@pytest.mark.parametrize("overlay", CONVERTING_OVERLAYS)
-def test_conversion_checkpoint_comes_from_config_map_when_converting(overlay: str) -> None:
-    convert = init_container(overlay, "convert-model-repository")
-    for stage in ("WHISPER", "EMOTION", "DIFFUSION"):
-        (env,) = [e for e in convert["env"] if e["name"] == f"S2I_{stage}_CHECKPOINT"]
-        ref = env["valueFrom"]["configMapKeyRef"]
-        (config_map,) = [c for c in objects(overlay, "ConfigMap") if c["metadata"]["name"] == ref["name"]]
-        assert config_map["data"][ref["key"]]
-
-
-@pytest.mark.parametrize("overlay", sorted(set(OVERLAYS) - set(CONVERTING_OVERLAYS)))
-def test_no_init_container_when_repository_is_prepared(overlay: str) -> None:
-    assert "initContainers" not in pod_spec(overlay)
+@pytest.mark.parametrize("overlay", OBJECT_STORE_OVERLAYS)
+def test_no_init_container_when_repository_is_in_object_store(overlay: str) -> None:
+    assert not pod_spec(overlay).get("initContainers")
 
 
 # --------------------------------------------------------------------------- availability and autoscaling
@@ -773,7 +763,11 @@ def test_servicemonitor_is_absent_when_cpu_dev() -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_network_policy_admits_every_service_port_when_rendered(overlay: str) -> None:
-    (policy,) = [p for p in objects(overlay, "NetworkPolicy") if "Ingress" in p["spec"]["policyTypes"]]
+    (policy,) = [
+        p
+        for p in objects(overlay, "NetworkPolicy")
+        if "Ingress" in p["spec"]["policyTypes"] and p["spec"].get("ingress")
+    ]
     assert selects(policy["spec"]["podSelector"], pod_labels(overlay))
     admitted = {container_port(server(overlay), p["port"]) for rule in policy["spec"]["ingress"] for p in rule["ports"]}
 
@@ -782,7 +776,11 @@ def test_network_policy_admits_every_service_port_when_rendered(overlay: str) ->
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_network_policy_admits_metrics_only_from_monitoring_when_rendered(overlay: str) -> None:
-    (policy,) = [p for p in objects(overlay, "NetworkPolicy") if "Ingress" in p["spec"]["policyTypes"]]
+    (policy,) = [
+        p
+        for p in objects(overlay, "NetworkPolicy")
+        if "Ingress" in p["spec"]["policyTypes"] and p["spec"].get("ingress")
+    ]
     metrics_port = server_port(overlay, "metrics")
     rules = [
         rule
@@ -795,72 +793,31 @@ def test_network_policy_admits_metrics_only_from_monitoring_when_rendered(overla
     ]
 
 
+def server_egress_ports(overlay: str) -> set[int]:
+    policies = [p for p in objects(overlay, "NetworkPolicy") if selects(p["spec"]["podSelector"], pod_labels(overlay))]
+    return {port["port"] for p in policies for rule in p["spec"].get("egress", []) for port in rule["ports"]}
+
+
+def job_pod_labels(overlay: str) -> list[dict[str, str]]:
+    return [job["spec"]["template"]["metadata"]["labels"] for job in objects(overlay, "Job")]
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_network_policies_select_server_pods_when_rendered(overlay: str) -> None:
+def test_network_policies_select_server_or_conversion_pods_when_rendered(overlay: str) -> None:
     for policy in objects(overlay, "NetworkPolicy"):
-        assert selects(policy["spec"]["podSelector"], pod_labels(overlay)), policy["metadata"]["name"]
+        selector = policy["spec"]["podSelector"]
+        assert any(selects(selector, labels) for labels in [pod_labels(overlay), *job_pod_labels(overlay)]), policy
 
 
-def test_network_policy_allows_only_dns_egress_when_repository_is_a_volume() -> None:
-    egress = [rule for p in objects("gpu", "NetworkPolicy") for rule in p["spec"].get("egress", [])]
-
-    assert {port["port"] for rule in egress for port in rule["ports"]} == {53}
-
-
-@pytest.mark.parametrize("overlay", ["gpu-object-store", "cpu-dev"])
-def test_network_policy_allows_https_egress_when_pod_downloads(overlay: str) -> None:
-    egress = [rule for p in objects(overlay, "NetworkPolicy") for rule in p["spec"].get("egress", [])]
-
-    assert 443 in {port["port"] for rule in egress for port in rule["ports"]}
+@pytest.mark.parametrize("overlay", ["gpu", "gpu-tensorrt", "cpu-dev"])
+def test_network_policy_allows_server_only_dns_egress_when_repository_is_local(overlay: str) -> None:
+    # cpu-dev builds its checkpoints itself; gpu's conversion Job has its own policy.
+    assert server_egress_ports(overlay) == {53}
 
 
-@pytest.mark.parametrize("overlay", GPU_OVERLAYS)
-def test_ingress_backends_exist_on_service_when_rendered(overlay: str) -> None:
-    service = single(overlay, "Service")
-    port_names = {p["name"] for p in service["spec"]["ports"]}
-    backends = [
-        path["backend"]["service"]
-        for ingress in objects(overlay, "Ingress")
-        for rule in ingress["spec"]["rules"]
-        for path in rule["http"]["paths"]
-    ]
-
-    assert backends
-    for backend in backends:
-        assert backend["name"] == service["metadata"]["name"]
-        assert backend["port"]["name"] in port_names
-
-
-@pytest.mark.parametrize(("protocol", "port_name"), [("GRPC", "grpc"), ("HTTP", "http")])
-@pytest.mark.parametrize("overlay", GPU_OVERLAYS)
-def test_ingress_routes_protocol_to_its_server_port_when_rendered(overlay: str, protocol: str, port_name: str) -> None:
-    annotation = "nginx.ingress.kubernetes.io/backend-protocol"
-    (ingress,) = [
-        i
-        for i in objects(overlay, "Ingress")
-        if i["metadata"].get("annotations", {}).get(annotation, "HTTP") == protocol
-    ]
-    ports = {
-        path["backend"]["service"]["port"]["name"] for r in ingress["spec"]["rules"] for path in r["http"]["paths"]
-    }
-    (service_port,) = [p for p in single(overlay, "Service")["spec"]["ports"] if p["name"] in ports]
-
-    assert container_port(server(overlay), service_port["targetPort"]) == server_port(overlay, port_name)
-    assert ingress["spec"]["tls"], "gRPC through ingress-nginx needs TLS (HTTP/2)"
-
-
-@pytest.mark.parametrize("overlay", GPU_OVERLAYS)
-def test_http_ingress_exposes_no_admin_paths_when_rendered(overlay: str) -> None:
-    paths = [
-        path["path"]
-        for ingress in objects(overlay, "Ingress")
-        for rule in ingress["spec"]["rules"]
-        for path in rule["http"]["paths"]
-        if path["backend"]["service"]["port"]["name"] == "http"
-    ]
-
-    assert paths
-    assert all(p.startswith(("/v2/models", "/v2/health")) for p in paths)
+@pytest.mark.parametrize("overlay", OBJECT_STORE_OVERLAYS)
+def test_network_policy_allows_https_egress_when_server_downloads(overlay: str) -> None:
+    assert 443 in server_egress_ports(overlay)
 
 
 # --------------------------------------------------------------------------- Grafana
