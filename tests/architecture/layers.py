@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-
-import tomllib
 
 CORE, RUNTIME, DESCRIPTION, BUILD, APP = "core", "runtime", "description", "build", "app"
 CLIENT = "client"

@@ -111,7 +111,7 @@ def parse(text: str | None = None) -> tuple[dict[str, str], dict[str, Stage]]:
             args[name.strip()] = value.strip()
         elif keyword == "FROM":
             close()
-            match = re.fullmatch(r"(\S+)\s+AS\s+(\S+)", rest.strip(), flags=re.IGNORECASE)
+            match = re.fullmatch(r"(?:--\S+\s+)*(\S+)\s+AS\s+(\S+)", rest.strip(), flags=re.IGNORECASE)
             if not match:
                 raise ValueError(f"`FROM {rest}`: every stage must be named (FROM image AS name).")
             base = re.sub(r"\$\{(\w+)\}", lambda m: args[m[1]], match[1])
@@ -161,3 +161,9 @@ def ngc_python(image: str) -> str:
         f"No Python version recorded for NGC release {release[0]:02d}.{release[1]:02d}; check NVIDIA's "
         "release notes for the container's Ubuntu/Python and add a row to NGC_PYTHON."
     )
+
+
+def triton_stages() -> list[str]:
+    """Stages built (directly or through other stages) FROM the NGC Triton image."""
+    stages = parse()[1]
+    return [name for name in stages if lineage(name, stages)[0].base.startswith("nvcr.io/nvidia/tritonserver:")]

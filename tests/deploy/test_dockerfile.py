@@ -41,8 +41,10 @@ def pyproject_requirements() -> dict[str, Requirement]:
 
 
 def all_pins() -> list[Requirement]:
-    stages = dockerfile.parse()[1].values()
-    return [Requirement(text) for stage in stages for install in stage.installs for text in install.requirements]
+    """Pins of the stages built on the Triton image (other stages, e.g. a web front end, are not Python)."""
+    stages = dockerfile.parse()[1]
+    installs = [install for name in dockerfile.triton_stages() for install in stages[name].installs]
+    return [Requirement(text) for install in installs for text in install.requirements]
 
 
 def stage_packages(stage: str) -> set[str]:
@@ -85,8 +87,15 @@ def test_dockerfile_pins_equal_versions_the_tests_run_when_installed_here():
 
 
 def test_base_image_is_patched_ngc_release_when_parsed():
-    for stage in dockerfile.parse()[1]:
+    assert {"server", "converter", "converter-tensorrt"} <= set(dockerfile.triton_stages())
+    for stage in dockerfile.triton_stages():
         assert dockerfile.ngc_release(dockerfile.base_image(stage)) >= OLDEST_PATCHED_RELEASE, stage
+
+
+def test_parser_reads_stage_when_from_has_platform_flag():
+    _, stages = dockerfile.parse("FROM --platform=linux/amd64 node:20 AS web\nRUN npm ci\n")
+
+    assert stages["web"].base == "node:20" and stages["web"].installs == ()
 
 
 @pytest.mark.parametrize(
