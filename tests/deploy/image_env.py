@@ -48,9 +48,6 @@ SERVER_STAND_IN = "nvidia-pytriton==0.7.0"
 # Bump when the way environments are built changes (the cache key does not hash this file).
 ENV_LAYOUT_VERSION = "1"
 UNREACHABLE_INDEXES = ("https://download.pytorch.org/",)
-# Sources whose change means the project must be reinstalled (not the third-party packages).
-PROJECT_GLOBS = ("src/**/*.py", "src/**/*.toml", "conversion/*.py", "model_repository/**/*.py", "client/*.py")
-PROJECT_GLOBS += ("training/*.py", "benchmarks/*.py", "pyproject.toml")
 
 
 def pyproject_pin(name: str) -> str:
@@ -130,7 +127,10 @@ def _digest(paths: Iterable[Path], *extra: str) -> str:
 
 
 def _project_digest() -> str:
-    return _digest({path for pattern in PROJECT_GLOBS for path in ROOT.glob(pattern)})
+    """Hash of what the wheel is built from (pyproject's package folders), so edits reinstall it."""
+    folders = {Path(folder).parts[0] for folder in dockerfile_package_dirs().values()}
+    sources = {path for folder in folders for path in (ROOT / folder).rglob("*") if path.suffix in (".py", ".toml")}
+    return _digest(sources | {ROOT / "pyproject.toml", ROOT / "README.md"})
 
 
 def _pip(env: ImageEnv, *args: str) -> None:

@@ -152,6 +152,13 @@ def test_cli_help_runs_when_in_server_environment(server_env):
     assert "convert" in completed.stdout and "serve" in completed.stdout
 
 
+def test_cli_help_runs_when_in_converter_environment(converter_env):
+    completed = converter_env.run(str(converter_env.path / "bin" / "s2i"), "--help", check=False)
+
+    assert completed.returncode == 0, completed.stderr
+    assert "convert" in completed.stdout and "build-tiny" in completed.stdout
+
+
 def test_conversion_module_imports_when_in_converter_environment(converter_env):
     script = "import s2i.conversion.convert as c, s2i.conversion.repository as r; print(','.join(r.TARGETS))"
     completed = converter_env.run(str(converter_env.python), "-c", script, check=False)
