@@ -152,6 +152,30 @@ def test_cli_help_runs_when_in_server_environment(server_env):
     assert "convert" in completed.stdout and "serve" in completed.stdout
 
 
+def server_exec_commands() -> list[list[str]]:
+    """Commands the `gpu` overlay's server container execs in the server image (probes, preStop)."""
+    from tests.k8s.test_manifests import server
+
+    container = server("gpu")
+    hooks = [container.get(probe, {}) for probe in ("startupProbe", "readinessProbe", "livenessProbe")]
+    hooks.append(container.get("lifecycle", {}).get("preStop", {}))
+    return [hook["exec"]["command"] for hook in hooks if "exec" in hook]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="`kubectl` renders the gpu overlay")
+def test_server_exec_commands_start_when_in_server_environment(server_env):
+    # A probe that cannot even start in the server image keeps every pod unready.
+    commands = server_exec_commands()
+    assert commands, "the server container execs nothing (not even its preStop sleep)"
+    for command in commands:
+        if command[0] != "s2i":
+            assert command[0] in {"sleep", "sh"}, f"{command}: not a base-image tool"
+            continue
+        subcommand = [word for word in command[1:] if not word.startswith("-")][:1]
+        completed = server_env.run(str(server_env.path / "bin" / "s2i"), *subcommand, "--help", check=False)
+        assert completed.returncode == 0, f"{command} cannot start in the server image:\n{completed.stderr[-2000:]}"
+
+
 def test_cli_help_runs_when_in_converter_environment(converter_env):
     completed = converter_env.run(str(converter_env.path / "bin" / "s2i"), "--help", check=False)
 
