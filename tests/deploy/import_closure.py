@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import sys
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from importlib import metadata
 from pathlib import Path
 
@@ -172,12 +174,18 @@ def distribution_closure(requirements: Iterable[str]) -> set[str]:
     return seen
 
 
+@functools.cache
+def _packages_distributions() -> dict[str, list[str]]:
+    # Scans every installed distribution: once per session, not once per import site.
+    return metadata.packages_distributions()
+
+
 def providing_distributions(top_level: str) -> set[str]:
     """Canonical names of the installed distributions that provide import name ``top_level``."""
-    return {canonicalize_name(name) for name in metadata.packages_distributions().get(top_level, [])}
+    return {canonicalize_name(name) for name in _packages_distributions().get(top_level, [])}
 
 
-def missing_imports(closure: Closure, installed: set[str]) -> list[str]:
+def missing_imports(closure: Closure, installed: AbstractSet[str]) -> list[str]:
     """Import sites whose module is neither stdlib, the backend's, the project's, nor in ``installed``."""
     problems = []
     for site in closure.external:

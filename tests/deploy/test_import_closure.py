@@ -11,6 +11,7 @@ models in an environment with exactly those packages, is
 
 from __future__ import annotations
 
+import functools
 import shutil
 import textwrap
 from pathlib import Path
@@ -39,7 +40,8 @@ PYTHON_ONNXRUNTIME_ONLY = {"onnx_stage"}
 IMAGE_PYTHON_MODELS = [model for model in ALL_PYTHON_MODELS if model not in PYTHON_ONNXRUNTIME_ONLY]
 
 
-def server_stage_distributions() -> set[str]:
+@functools.cache
+def server_stage_distributions() -> frozenset[str]:
     """Distributions the `server` stage ends up with: its pins and, unless ``--no-deps``, their dependencies."""
     installed: set[str] = set()
     for install in dockerfile.stage_installs("server"):
@@ -47,7 +49,7 @@ def server_stage_distributions() -> set[str]:
             installed |= {Requirement(text).name.lower() for text in install.requirements}
         else:
             installed |= distribution_closure(install.requirements)
-    return installed
+    return frozenset(installed)
 
 
 @pytest.fixture(scope="module")
