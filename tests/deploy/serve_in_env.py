@@ -33,8 +33,10 @@ class ImageServer(TritonServer):
 def main(repository: str, log_file: str) -> int:
     """Serve ``repository`` until stdin closes; ``log_file`` gets the server log."""
     options = ServerOptions(model_repository=repository).with_free_ports()
+    # A bound, not a speed check: 18 stubs load in ~3.5 min on an idle 2-core machine, and
+    # took over 10 min with several test suites sharing it.
     try:
-        server = ImageServer(options, log_file=Path(log_file), startup_timeout_s=600)
+        server = ImageServer(options, log_file=Path(log_file), startup_timeout_s=1200)
         server.start()
     except ServerError as e:
         print(json.dumps({"error": str(e)}), flush=True)
