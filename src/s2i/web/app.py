@@ -208,7 +208,7 @@ async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes
 
     try:
         return await asyncio.wait_for(receive_all(), timeout_s)
-    except asyncio.TimeoutError as e:
+    except TimeoutError as e:
         raise RejectedAudioError(
             f"The upload did not arrive within {timeout_s:.0f} s.", status=408, reason="upload_timeout"
         ) from e

@@ -158,7 +158,7 @@ async def _run(command: list[str], timeout_s: float) -> tuple[int, bytes, bytes]
     )
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(), timeout_s)
-    except (asyncio.TimeoutError, asyncio.CancelledError):
+    except (TimeoutError, asyncio.CancelledError):
         with contextlib.suppress(ProcessLookupError):
             process.kill()
         await process.wait()
@@ -224,7 +224,7 @@ async def convert_upload(data: bytes, limits: AudioLimits) -> ReceivedAudio:
             if stated is not None and stated > limits.max_duration_s:
                 raise too_long(stated, limits)
             code, _, stderr = await _run(ffmpeg_command(source, demuxer, target, limits), limits.timeout_s)
-        except asyncio.TimeoutError as e:
+        except TimeoutError as e:
             raise RejectedAudioError(
                 f"Converting the {label} file took over {limits.timeout_s:.0f} s; send a shorter or simpler file.",
                 status=422,
