@@ -95,5 +95,5 @@ def test_grpc_route_exposes_only_open_methods_when_rendered(overlay):
     assert methods == OPEN_GRPC_METHODS
 
 
-def test_no_ingress_objects_when_gateway_api_is_the_example():
+def test_triton_has_no_ingress_when_gateway_api_is_the_example():
     assert all(objects(overlay, "Ingress") == [] for overlay in GPU_OVERLAYS)
