@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar
 
@@ -30,11 +31,23 @@ class StageExport:
         onnx_dir: Folder holding the graphs.
         components: One description per graph.
         max_abs_diff: Graph (stage model) name -> max abs difference to PyTorch.
+        normalised_error: Graph name -> max abs difference / max abs PyTorch value.
     """
 
     onnx_dir: Path
     components: list[OnnxComponent]
     max_abs_diff: dict[str, float]
+    normalised_error: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def validated(cls, onnx_dir: Path, components: list[OnnxComponent], errors: Mapping) -> StageExport:
+        """The export with each graph's errors (``GraphError``s from the stage's validation; none when skipped)."""
+        return cls(
+            onnx_dir=onnx_dir,
+            components=components,
+            max_abs_diff={name: error.max_abs_diff for name, error in errors.items()},
+            normalised_error={name: error.normalised for name, error in errors.items()},
+        )
 
 
 class Stage(abc.ABC):
