@@ -23,6 +23,10 @@ from s2i.model_repository.components import OnnxComponent
 from s2i.model_repository.config import ModelSpec
 
 
+class UnsupportedCheckpointError(ValueError):
+    """A checkpoint outside what its stage supports, refused before anything is exported."""
+
+
 @dataclasses.dataclass
 class StageExport:
     """Exported, validated graphs of one stage.
@@ -70,6 +74,22 @@ class Stage(abc.ABC):
     required_assets: ClassVar[tuple[str, ...]] = ()
     optional_assets: ClassVar[tuple[str, ...]] = ()
     targets: ClassVar[tuple[str, ...]] = TARGETS
+
+    def check_checkpoint(self, checkpoint: Path) -> None:
+        """Refuse, before any export, a checkpoint this stage cannot serve.
+
+        Conversion calls it for every stage before exporting any, so a refused
+        checkpoint costs no export and leaves the output untouched. The default
+        checks the assets the BLS model reads; stages add their family checks.
+
+        Raises:
+            UnsupportedCheckpointError: Naming the family or feature that is not
+                supported and what is.
+        """
+        try:
+            self.assets(checkpoint)
+        except FileNotFoundError as error:
+            raise UnsupportedCheckpointError(str(error)) from error
 
     @abc.abstractmethod
     def build_tiny(self, output_dir: Path, size: str) -> Path:
