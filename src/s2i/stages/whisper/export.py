@@ -17,6 +17,9 @@ from s2i.stages.whisper.models import whisper_components
 LOGGER = logging.getLogger(__name__)
 
 OPTIMUM_TASK = "automatic-speech-recognition-with-past"
+# Optimum traces with 16 dummy tokens (past and new ones); a decoder with fewer
+# positions than past + new tokens cannot trace, so those are halved to fit.
+TRACE_SEQUENCE_LENGTH = 16
 
 
 def export_whisper(checkpoint: Path, onnx_dir: Path, *, validate: bool = True) -> StageExport:
@@ -34,7 +37,13 @@ def export_whisper(checkpoint: Path, onnx_dir: Path, *, validate: bool = True) -
     def export() -> None:
         LOGGER.info("Exporting %s to ONNX (%s)", checkpoint, OPTIMUM_TASK)
         main_export(
-            str(checkpoint), output=onnx_dir, task=OPTIMUM_TASK, no_post_process=True, do_validation=False, device="cpu"
+            str(checkpoint),
+            output=onnx_dir,
+            task=OPTIMUM_TASK,
+            no_post_process=True,
+            do_validation=False,
+            device="cpu",
+            sequence_length=max(1, min(TRACE_SEQUENCE_LENGTH, int(config["max_target_positions"]) // 2 - 1)),
         )
 
     export_once(onnx_dir, config, components, export)

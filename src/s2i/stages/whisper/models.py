@@ -36,8 +36,10 @@ def whisper_components(config: Mapping) -> list[OnnxComponent]:
         return TensorSpec(name, "FP32", (heads, sequence, head_dim))
 
     positions = int(config["max_target_positions"])
+    # The profile needs min <= opt <= max: a decoder with few positions caps the typical length.
+    typical = max(1, min(TYPICAL_DECODED_TOKENS, positions - 1))
     past_ranges = {
-        name: {1: (1, TYPICAL_DECODED_TOKENS, positions - 1)}
+        name: {1: (1, typical, positions - 1)}
         for name in past_names(layers, prefix="past_key_values", include_encoder=False)
     }
     logits = TensorSpec(names.LOGITS, "FP32", (-1, vocab))
@@ -58,7 +60,7 @@ def whisper_components(config: Mapping) -> list[OnnxComponent]:
             outputs=(logits, *[kv(n) for n in past_names(layers, prefix="present", include_encoder=True)]),
             atol=ATOL,
             rtol=RTOL,
-            axis_ranges={names.INPUT_IDS: {0: (1, 4, positions)}},
+            axis_ranges={names.INPUT_IDS: {0: (1, min(4, positions), positions)}},
         ),
         OnnxComponent(
             model_name=names.WHISPER_DECODER_WITH_PAST,
