@@ -58,7 +58,9 @@ def worst_error(errors: Iterable[GraphError]) -> GraphError:
     return functools.reduce(GraphError.worst, errors)
 
 
-def check_tolerances(errors: Mapping[str, GraphError | float], components: Sequence[OnnxComponent]) -> dict[str, float]:
+def check_errors(
+    errors: Mapping[str, GraphError | float], components: Sequence[OnnxComponent]
+) -> dict[str, GraphError]:
     """Log each graph's errors; raise :class:`ValidationError` for one past its component's tolerances.
 
     A graph passes when its max abs difference is within ``atol`` or, for
@@ -91,6 +93,11 @@ def check_tolerances(errors: Mapping[str, GraphError | float], components: Seque
                 "the export is not trustworthy (try another opset or exporter version)."
             )
     return checked
+
+
+def check_tolerances(diffs: Mapping[str, GraphError | float], components: Sequence[OnnxComponent]) -> dict[str, float]:
+    """:func:`check_errors`, returning max abs differences only (what ``StageExport.max_abs_diff`` holds)."""
+    return {name: error.max_abs_diff for name, error in check_errors(diffs, components).items()}
 
 
 def export_once(

@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from s2i.conversion.validation import GraphError, ValidationError, check_tolerances, graph_error, worst_error
+from s2i.conversion.validation import (
+    GraphError,
+    ValidationError,
+    check_errors,
+    check_tolerances,
+    graph_error,
+    worst_error,
+)
 from s2i.model_repository.components import OnnxComponent
 from s2i.model_repository.config import TensorSpec
 from s2i.stages.diffusion.models import RTOL as DIFFUSION_RTOL
@@ -34,28 +41,33 @@ def test_worst_error_takes_each_measures_maximum_when_a_graph_has_several_output
     assert worst == GraphError(1e-3, 1e-4)
 
 
-def test_check_tolerances_passes_when_abs_diff_exceeds_atol_but_normalised_is_within_rtol():
+def test_check_errors_passes_when_abs_diff_exceeds_atol_but_normalised_is_within_rtol():
     # A real deep encoder: 6e-4 per unit of a range of 50 -> 3e-3 absolute, 6e-5 of the range.
     reference = np.linspace(-50, 50, 101, dtype=np.float32)
     actual = reference + 3e-3
     error = graph_error(reference, actual)
     assert error.max_abs_diff > WHISPER_ATOL
-    checked = check_tolerances({"graph": error}, [_component(WHISPER_ATOL, WHISPER_RTOL)])
+    checked = check_errors({"graph": error}, [_component(WHISPER_ATOL, WHISPER_RTOL)])
     assert checked["graph"].max_abs_diff == pytest.approx(3e-3, rel=1e-2)
     assert checked["graph"].normalised == pytest.approx(6e-5, rel=1e-2)
 
 
-def test_check_tolerances_raises_naming_both_measures_when_graph_is_wrong():
+def test_check_errors_raises_naming_both_measures_when_graph_is_wrong():
     reference = np.linspace(-50, 50, 101, dtype=np.float32)
     message = r"`graph` differs from PyTorch by 5\.000e-01, .* and by 1\.0+e-02 of its output range"
     with pytest.raises(ValidationError, match=message):
-        check_tolerances({"graph": graph_error(reference, reference + 0.5)}, [_component(WHISPER_ATOL, WHISPER_RTOL)])
+        check_errors({"graph": graph_error(reference, reference + 0.5)}, [_component(WHISPER_ATOL, WHISPER_RTOL)])
 
 
-def test_check_tolerances_keeps_absolute_bound_for_small_values_when_rtol_is_zero():
+def test_check_tolerances_returns_max_abs_diffs_when_called_by_a_plugin_stage():
+    checked = check_tolerances({"graph": 1e-6}, [_component(1e-4, 0.0)])
+    assert checked == {"graph": 1e-6}
+
+
+def test_check_errors_keeps_absolute_bound_for_small_values_when_rtol_is_zero():
     reference = np.full(4, 1e-3, np.float32)
     with pytest.raises(ValidationError):
-        check_tolerances({"graph": graph_error(reference, reference * 3)}, [_component(1e-4, 0.0)])
+        check_errors({"graph": graph_error(reference, reference * 3)}, [_component(1e-4, 0.0)])
 
 
 def test_stage_rtols_are_stated_and_below_a_per_mille():

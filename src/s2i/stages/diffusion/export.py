@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from s2i import names
-from s2i.conversion.validation import GraphError, check_tolerances, export_once, graph_error
+from s2i.conversion.validation import GraphError, check_errors, export_once, graph_error
 from s2i.model_repository.components import OnnxComponent
 from s2i.model_repository.onnx_stage import OnnxStage
 from s2i.stages.base import StageExport
@@ -179,4 +179,4 @@ def validate_diffusion_export(
             image, stages[names.VAE_DECODER].run({names.LATENT_SAMPLE: latents.numpy()})[names.SAMPLE]
         ),
     }
-    return check_tolerances(diffs, components)
+    return check_errors(diffs, components)

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from s2i import names
-from s2i.conversion.validation import GraphError, ValidationError, check_tolerances, export_once, graph_error
+from s2i.conversion.validation import GraphError, ValidationError, check_errors, export_once, graph_error
 from s2i.model_repository.components import OnnxComponent
 from s2i.model_repository.onnx_stage import OnnxStage
 from s2i.stages.base import StageExport
@@ -85,4 +85,4 @@ def validate_emotion_export(checkpoint: Path, onnx_dir: Path, component: OnnxCom
                 f"{[batch, model.config.num_mel_bins, frames]}; PyTorch returns {list(expected.shape)}."
             )
         error = error.worst(graph_error(expected, actual))
-    return check_tolerances({component.model_name: error}, [component])
+    return check_errors({component.model_name: error}, [component])

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from s2i import names
-from s2i.conversion.validation import GraphError, check_tolerances, export_once, graph_error, worst_error
+from s2i.conversion.validation import GraphError, check_errors, export_once, graph_error, worst_error
 from s2i.model_repository.components import OnnxComponent
 from s2i.model_repository.onnx_stage import OnnxStage
 from s2i.stages.base import StageExport
@@ -108,4 +108,4 @@ def validate_whisper_export(checkpoint: Path, onnx_dir: Path, components: list[O
             for name in past_names(layers, prefix="present", include_encoder=False)
         ]
     )
-    return check_tolerances(diffs, components)
+    return check_errors(diffs, components)
