@@ -180,3 +180,22 @@ def test_staged_repository_keeps_mount_point_contents_when_block_fails(tmp_path,
         (staging / "new_model").mkdir()
         raise RuntimeError("export failed")
     assert sorted(p.name for p in output.iterdir()) == ["old_model"]
+
+
+def test_cli_convert_exits_2_naming_the_family_when_checkpoint_is_refused(diffusion_configs, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _edit_json(diffusion_configs / "unet" / "config.json", time_cond_proj_dim=256)
+    s2i = str(Path(sys.executable).with_name("s2i"))
+    completed = subprocess.run(
+        [s2i, "convert", "--diffusion", str(diffusion_configs), "--output", str(tmp_path / "repository")],
+        capture_output=True,
+        text=True,
+    )
+    assert completed.returncode == 2
+    assert completed.stderr.startswith("error: `")
+    assert "LCM-distilled UNet" in completed.stderr
+    assert not (tmp_path / "repository").exists()
+    assert not (tmp_path / "onnx").exists()
