@@ -20,6 +20,7 @@ from s2i.client.results import (
     GeneratedImage,
     SpeechToImageResult,
     Translation,
+    emotion_scores,
 )
 
 AudioInput = str | Path | bytes | np.ndarray
@@ -110,11 +111,12 @@ def translate(
 
 
 def classify_emotion(audio: AudioInput, sample_rate_hz: int | None = None) -> Operation:
-    """``emotion_classifier``: the speaker's emotion and the 8 probabilities."""
+    """``emotion_classifier``: the speaker's emotion and one probability per label of the checkpoint."""
 
     def parse(outputs) -> EmotionResult:
         probabilities = outputs.get(names.EMOTION_PROBABILITIES)
-        if probabilities is None or probabilities.size != len(names.EMOTION_LABELS):
+        # Any label count: a classifier trained on another label set is served as well.
+        if probabilities is None or probabilities.size == 0:
             raise ClientError(f"`{names.EMOTION_CLASSIFIER}` returned no probabilities.")
         return EmotionResult(
             _first_text(outputs, names.EMOTION_LABEL, names.EMOTION_CLASSIFIER), probabilities.reshape(-1)
@@ -198,7 +200,7 @@ SPEECH_TO_IMAGE_OUTPUTS = [
 def parse_speech_to_image(outputs: Mapping[str, np.ndarray], model: str = names.SPEECH_TO_IMAGE) -> SpeechToImageResult:
     """The typed result of ``speech_to_image`` (and of the stream's messages, where fields may be empty)."""
     probabilities = outputs.get(names.EMOTION_PROBABILITIES)
-    if probabilities is None or probabilities.size != len(names.EMOTION_LABELS):
+    if probabilities is None or probabilities.size == 0:
         raise ClientError(f"`{model}` returned no emotion probabilities; is the server's Python environment set up?")
     png = outputs.get(names.PNG)
     seed = outputs.get(names.IMAGE_SEED)
@@ -209,7 +211,7 @@ def parse_speech_to_image(outputs: Mapping[str, np.ndarray], model: str = names.
         transcript=_first_text(outputs, names.TRANSCRIPT, model) if names.TRANSCRIPT in outputs else "",
         emotion=_first_text(outputs, names.EMOTION, model),
         detected_emotion=_first_text(outputs, names.EMOTION_LABEL, model),
-        emotion_scores=dict(zip(names.EMOTION_LABELS, probabilities.reshape(-1).tolist(), strict=True)),
+        emotion_scores=emotion_scores(probabilities),
         prompt=_first_text(outputs, names.PROMPT, model),
         negative_prompt=_first_text(outputs, names.NEGATIVE_PROMPT, model),
         seed=int(seed.reshape(-1)[0]) if seed is not None and seed.size else -1,

@@ -29,7 +29,8 @@ class EmotionResult:
 
     Attributes:
         label: The most probable emotion.
-        probabilities: float32 ``[8]`` summing to 1, in RAVDESS order (:data:`s2i.names.EMOTION_LABELS`).
+        probabilities: float32 ``[num_labels]`` summing to 1, in the checkpoint's label order
+            (RAVDESS's, :data:`s2i.names.EMOTION_LABELS`, for the classifiers this project trains).
     """
 
     label: str
@@ -37,8 +38,20 @@ class EmotionResult:
 
     @property
     def scores(self) -> dict[str, float]:
-        """Emotion name -> probability."""
-        return dict(zip(names.EMOTION_LABELS, self.probabilities.tolist(), strict=True))
+        """Emotion name -> probability (see :func:`emotion_scores`)."""
+        return emotion_scores(self.probabilities)
+
+
+def emotion_scores(probabilities: np.ndarray) -> dict[str, float]:
+    """Emotion name -> probability, for RAVDESS's 8 labels.
+
+    A classifier trained on another label set sends another number of
+    probabilities, whose names the server does not send: they are keyed by
+    class index (``"0"``, ``"1"``, …), in the checkpoint's label order.
+    """
+    values = np.asarray(probabilities).reshape(-1).tolist()
+    keys = names.EMOTION_LABELS if len(values) == len(names.EMOTION_LABELS) else [str(i) for i in range(len(values))]
+    return dict(zip(keys, values, strict=True))
 
 
 @dataclasses.dataclass(frozen=True)

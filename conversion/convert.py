@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import os
-from collections.abc import Mapping
+import secrets
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from s2i.conversion.repository import PYTHON_ONNXRUNTIME, TARGETS, device_of, write_model
@@ -18,6 +21,10 @@ LOGGER = logging.getLogger(__name__)
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be found or is not of the expected kind."""
+
+
+class RepositoryError(RuntimeError):
+    """A written model repository is incomplete; it is not put in place."""
 
 
 def resolve_checkpoint(reference: str | Path, required_file: str = "config.json") -> Path:
@@ -52,11 +59,12 @@ def _cache_key(checkpoint: Path) -> str:
 
 @dataclasses.dataclass
 class ConversionReport:
-    """What :func:`convert` did: the repository, its models and each graph's max abs diff to PyTorch."""
+    """What :func:`convert` did: the repository, its models and each graph's errors against PyTorch."""
 
     repository: Path
     models: list[str]
     max_abs_diff: dict[str, float]
+    normalised_error: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def convert(
@@ -66,11 +74,17 @@ def convert(
     target: str = PYTHON_ONNXRUNTIME,
     work_dir: Path | None = None,
 ) -> ConversionReport:
-    """Export, validate and write every given stage into the model repository ``output``.
+    """Export, validate and write every given stage into the model repository ``output``, atomically.
+
+    Every checkpoint is checked first (:meth:`~s2i.stages.base.Stage.check_checkpoint`), so
+    an unsupported one is refused before anything is exported. The repository is then
+    written into a staging folder beside ``output``, checked, and renamed into place:
+    ``output`` holds the previous repository or the complete new one, never a mix, and
+    a conversion that fails leaves it untouched.
 
     Args:
         checkpoints: Stage name (``whisper``, …) -> checkpoint folder or hub id.
-        output: Repository folder (models already there are replaced, others kept).
+        output: Repository folder; a previous repository there is replaced as a whole.
         target: How stage graphs are served; one of :data:`~s2i.conversion.repository.TARGETS`.
         work_dir: Where ONNX exports are cached (``<output>/../onnx`` by default).
     """
@@ -81,19 +95,110 @@ def convert(
         raise ValueError(f"`checkpoints` must name stages among {sorted(STAGES)}, got {sorted(checkpoints)}.")
     output = Path(output)
     work_dir = Path(work_dir) if work_dir else output.parent / "onnx"
-    report = ConversionReport(output, [], {})
-    for name, stage in STAGES.items():
-        if name not in checkpoints:
-            continue
-        checkpoint = resolve_checkpoint(checkpoints[name], stage.checkpoint_marker)
-        exported = stage.export(checkpoint, work_dir / f"{name}-{_cache_key(checkpoint)}")
-        output.mkdir(parents=True, exist_ok=True)
-        for model in stage.repository_models(checkpoint, exported, target):
-            write_model(output, model)
-            report.models.append(model.spec.name)
-        report.max_abs_diff.update(exported.max_abs_diff)
-    if has_pipeline_models(output):
-        for model in pipeline_repository_models(output, device_of(target)):
-            write_model(output, model)
-            report.models.append(model.spec.name)
+    chosen = [
+        (name, stage, resolve_checkpoint(checkpoints[name], stage.checkpoint_marker))
+        for name, stage in STAGES.items()
+        if name in checkpoints
+    ]
+    for _, stage, checkpoint in chosen:
+        stage.check_checkpoint(checkpoint)
+    with staged_repository(output) as staging:
+        report = ConversionReport(output, [], {})
+        for name, stage, checkpoint in chosen:
+            exported = stage.export(checkpoint, work_dir / f"{name}-{_cache_key(checkpoint)}")
+            for model in stage.repository_models(checkpoint, exported, target):
+                write_model(staging, model)
+                report.models.append(model.spec.name)
+            report.max_abs_diff.update(exported.max_abs_diff)
+            report.normalised_error.update(exported.normalised_error)
+        if has_pipeline_models(staging):
+            for model in pipeline_repository_models(staging, device_of(target)):
+                write_model(staging, model)
+                report.models.append(model.spec.name)
+        check_repository(staging, report.models)
     return report
+
+
+def check_repository(repository: Path, models: Sequence[str]) -> None:
+    """Check a written repository before it goes live: every model has a parsable config and a version.
+
+    Raises:
+        RepositoryError: Naming the model that is incomplete.
+    """
+    from s2i.model_repository.config import parse_config
+
+    present = sorted(path.name for path in Path(repository).iterdir() if path.is_dir())
+    if sorted(set(models)) != present:
+        raise RepositoryError(f"The repository holds models {present}, expected {sorted(set(models))}.")
+    for name in present:
+        model_dir = Path(repository) / name
+        config_file = model_dir / "config.pbtxt"
+        if not config_file.is_file():
+            raise RepositoryError(f"Model `{name}` has no config.pbtxt.")
+        config = parse_config(config_file.read_text())
+        if config.name != name:
+            raise RepositoryError(f"Model `{name}`'s config.pbtxt names it `{config.name}`.")
+        version = model_dir / "1"
+        if config.platform != "ensemble" and not (version.is_dir() and any(version.iterdir())):
+            raise RepositoryError(f"Model `{name}` has no files in its version folder `1/`.")
+
+
+@contextlib.contextmanager
+def staged_repository(output: Path) -> Iterator[Path]:
+    """A fresh staging folder, renamed into ``output`` when the block succeeds and removed when it fails.
+
+    The staging folder sits beside ``output`` (same file system, so the rename is
+    atomic). When ``output`` is a mount point (a Kubernetes volume), it cannot be
+    renamed: the staging folder then sits inside it and the models are swapped in
+    one by one after the whole repository was written and checked.
+    """
+    output = Path(output)
+    inside = os.path.ismount(output)
+    parent = output if inside else output.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{secrets.token_hex(4)}"
+    staging = parent / f".{output.name}.staging-{tag}"
+    staging.mkdir()
+    try:
+        yield staging
+        if inside:
+            _swap_entries(staging, output, parent / f".{output.name}.previous-{tag}")
+        else:
+            _swap_folder(staging, output, parent / f".{output.name}.previous-{tag}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    LOGGER.info("Model repository written to %s", output)
+
+
+def _swap_folder(staging: Path, output: Path, previous: Path) -> None:
+    """Rename ``staging`` to ``output``; the previous ``output`` is removed once the new one is in place."""
+    if output.exists():
+        output.rename(previous)
+    try:
+        staging.rename(output)
+    except OSError:
+        if previous.exists():
+            previous.rename(output)
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _swap_entries(staging: Path, output: Path, previous: Path) -> None:
+    """Move ``output``'s entries aside, then ``staging``'s in; the old ones are removed at the end."""
+    previous.mkdir()
+    keep = {staging.name, previous.name}
+
+    def move_all(source: Path, destination: Path) -> None:
+        for entry in [entry for entry in source.iterdir() if entry.name not in keep]:
+            entry.rename(destination / entry.name)
+
+    try:
+        move_all(output, previous)
+        move_all(staging, output)
+    except OSError:
+        # Put the previous repository back: a failed swap must not leave a mix.
+        move_all(output, staging)
+        move_all(previous, output)
+        previous.rmdir()
+        raise
+    shutil.rmtree(previous, ignore_errors=True)

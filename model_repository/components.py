@@ -37,6 +37,9 @@ class OnnxComponent:
         axis_ranges: ``(min, opt, max)`` of each dynamic (``-1``) axis other than the batch:
             input name -> {axis index in ``dims`` -> range}. TensorRT profiles are built from
             these and the batch policy; ONNX Runtime needs none.
+        rtol: Largest normalised difference accepted at export when ``atol`` is exceeded:
+            max abs difference / max abs PyTorch value, so the bound scales with deeper,
+            larger-valued real models (``0``: the absolute bound only).
     """
 
     model_name: str
@@ -46,6 +49,7 @@ class OnnxComponent:
     atol: float
     axis_ranges: Mapping[str, Mapping[int, tuple[int, int, int]]] = dataclasses.field(default_factory=dict)
     batching: ModelPolicy | None = None
+    rtol: float = 0.0
 
     def profile(self, max_batch_size: int, opt_batch_size: int) -> dict[str, tuple[tuple[int, ...], ...]]:
         """TensorRT optimisation profile: input name -> (min, opt, max) shapes, batch axis included."""

@@ -18,7 +18,6 @@ from s2i.audio import InvalidInputError, load_request_audio
 from s2i.model_repository.triton_io import error_response, make_stage_runner, optional_input, scalar
 from s2i.stages.whisper.decoding import (
     DEFAULT_LANGUAGE,
-    DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_TASK,
     TranscriptionRequest,
     WhisperRunner,
@@ -48,18 +47,14 @@ class TritonPythonModel:
             audio_bytes = scalar(optional_input(pb_utils, request, names.AUDIO_BYTES), names.AUDIO_BYTES, text=False)
             sample_rate_hz = scalar(optional_input(pb_utils, request, names.SAMPLE_RATE_HZ), names.SAMPLE_RATE_HZ)
             samples = load_request_audio(None if samples is None else samples[0], sample_rate_hz, audio_bytes)
+        # Absent: the checkpoint's default, clamped to its decoder positions.
+        max_new_tokens = scalar(optional_input(pb_utils, request, names.MAX_NEW_TOKENS), names.MAX_NEW_TOKENS)
         parsed = TranscriptionRequest(
             samples=samples,
             features=None if features is None else features[0],
             task=scalar(optional_input(pb_utils, request, names.TASK), names.TASK, DEFAULT_TASK),
             language=scalar(optional_input(pb_utils, request, names.LANGUAGE), names.LANGUAGE, DEFAULT_LANGUAGE),
-            max_new_tokens=int(
-                scalar(
-                    optional_input(pb_utils, request, names.MAX_NEW_TOKENS),
-                    names.MAX_NEW_TOKENS,
-                    DEFAULT_MAX_NEW_TOKENS,
-                )
-            ),
+            max_new_tokens=None if max_new_tokens is None else int(max_new_tokens),
         )
         self.runner.check(parsed)
         return_transcript = bool(

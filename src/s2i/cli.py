@@ -43,7 +43,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         return 2
     report = convert(checkpoints, args.output, target=args.target, work_dir=args.work_dir)
     for name, diff in report.max_abs_diff.items():
-        print(f"validated {name}: max abs diff to PyTorch {diff:.2e}")
+        normalised = report.normalised_error.get(name, float("nan"))
+        print(f"validated {name}: max abs diff to PyTorch {diff:.2e} ({normalised:.1e} of the output range)")
     print(f"model repository: {report.repository} ({', '.join(report.models)})")
     return 0
 

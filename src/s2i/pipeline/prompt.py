@@ -17,16 +17,26 @@ STYLES_FILE = "styles.toml"
 MAX_TEXT_CHARS = 2000
 # Used when the translation is empty (silence, or a model that emitted nothing).
 EMPTY_TEXT = "an abstract scene"
+# The prompt for an emotion a template has no entry for (a classifier trained on another
+# label set), when the template names no `fallback` of its own.
+DEFAULT_FALLBACK = "{text}, {emotion} mood"
+# Labels travel from the checkpoint into the prompt: bound what one may add.
+MAX_EMOTION_CHARS = 64
 
 
 @dataclasses.dataclass(frozen=True)
 class StyleTemplate:
-    """One style: a prompt per emotion (with ``{text}``) and a negative prompt."""
+    """One style: a prompt per emotion (with ``{text}``), a negative prompt and a fallback.
+
+    ``fallback`` (with ``{text}`` and ``{emotion}``) serves emotions the template has no
+    prompt for: classifiers trained on another label set than RAVDESS's.
+    """
 
     name: str
     description: str
     negative: str
     emotions: Mapping[str, str]
+    fallback: str = DEFAULT_FALLBACK
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +67,19 @@ class StyleTemplates:
             for emotion, prompt in emotions.items():
                 if "{text}" not in prompt:
                     raise ValueError(f"{source}: template `{name}`, emotion `{emotion}`: the prompt lacks `{{text}}`.")
-            templates[name] = StyleTemplate(name, entry.get("description", ""), entry.get("negative", ""), emotions)
+            fallback = entry.get("fallback", DEFAULT_FALLBACK)
+            if not isinstance(fallback, str) or "{text}" not in fallback:
+                raise ValueError(f"{source}: template `{name}`: the `fallback` prompt lacks `{{text}}`.")
+            try:
+                fallback.format(text="", emotion="")
+            except (KeyError, IndexError, ValueError) as e:
+                raise ValueError(
+                    f"{source}: template `{name}`: the `fallback` prompt may use only "
+                    f"`{{text}}` and `{{emotion}}` ({e!r})."
+                ) from e
+            templates[name] = StyleTemplate(
+                name, entry.get("description", ""), entry.get("negative", ""), emotions, fallback
+            )
         default = data.get("default_template", "")
         if default not in templates:
             raise ValueError(f"{source}: `default_template` {default!r} is not one of {sorted(templates)}.")
@@ -102,8 +124,12 @@ def compose_prompt(
         raise InvalidInputError(
             names.STYLE_TEMPLATE, f"{name!r} is not a style template; use one of {sorted(templates.templates)}."
         )
-    if emotion not in names.EMOTION_LABELS:
-        raise ValueError(f"Unknown emotion {emotion!r} from the classifier.")
     cleaned = " ".join(text.split())[:MAX_TEXT_CHARS] or EMPTY_TEXT
     template = templates.templates[name]
-    return ComposedPrompt(template.emotions[emotion].format(text=cleaned), template.negative, emotion, name)
+    if emotion in template.emotions:
+        prompt = template.emotions[emotion].format(text=cleaned)
+    else:
+        # A label of another classifier's set: the template's fallback names it.
+        emotion = " ".join(emotion.split())[:MAX_EMOTION_CHARS]
+        prompt = template.fallback.format(text=cleaned, emotion=emotion or "neutral")
+    return ComposedPrompt(prompt, template.negative, emotion, name)

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from s2i import names
 from s2i.audio import load_request_audio
-from s2i.client.results import SpeechToImageResult
+from s2i.client.results import SpeechToImageResult, emotion_scores
 from s2i.pipeline.prompt import StyleTemplates, compose_prompt
 from s2i.pipeline.steps import encode_png
 
@@ -74,7 +73,8 @@ class ReferencePipeline:
 
         started = time.perf_counter()
         probabilities = np.asarray(self.emotion.probabilities(samples), dtype=np.float32).reshape(-1)
-        detected = names.EMOTION_LABELS[int(probabilities.argmax())]
+        # The checkpoint's own labels: RAVDESS's for the classifiers this project trains.
+        detected = self.emotion.labels[int(probabilities.argmax())]
         timings["emotion"] = 1000 * (time.perf_counter() - started)
 
         composed = compose_prompt(
@@ -103,7 +103,8 @@ class ReferencePipeline:
             transcript=transcript,
             emotion=composed.emotion,
             detected_emotion=detected,
-            emotion_scores=dict(zip(names.EMOTION_LABELS, probabilities.tolist(), strict=True)),
+            # Keyed as the client keys the served scores, so results compare equal.
+            emotion_scores=emotion_scores(probabilities),
             prompt=composed.prompt,
             negative_prompt=composed.negative_prompt,
             seed=seed,

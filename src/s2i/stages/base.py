@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar
 
 from s2i.conversion.repository import TARGETS, RepositoryModel, device_of, stage_repository_model
 from s2i.model_repository.components import OnnxComponent
 from s2i.model_repository.config import ModelSpec
+
+
+class UnsupportedCheckpointError(ValueError):
+    """A checkpoint outside what its stage supports, refused before anything is exported."""
 
 
 @dataclasses.dataclass
@@ -30,11 +35,23 @@ class StageExport:
         onnx_dir: Folder holding the graphs.
         components: One description per graph.
         max_abs_diff: Graph (stage model) name -> max abs difference to PyTorch.
+        normalised_error: Graph name -> max abs difference / max abs PyTorch value.
     """
 
     onnx_dir: Path
     components: list[OnnxComponent]
     max_abs_diff: dict[str, float]
+    normalised_error: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def validated(cls, onnx_dir: Path, components: list[OnnxComponent], errors: Mapping) -> StageExport:
+        """The export with each graph's errors (``GraphError``s from the stage's validation; none when skipped)."""
+        return cls(
+            onnx_dir=onnx_dir,
+            components=components,
+            max_abs_diff={name: error.max_abs_diff for name, error in errors.items()},
+            normalised_error={name: error.normalised for name, error in errors.items()},
+        )
 
 
 class Stage(abc.ABC):
@@ -57,6 +74,22 @@ class Stage(abc.ABC):
     required_assets: ClassVar[tuple[str, ...]] = ()
     optional_assets: ClassVar[tuple[str, ...]] = ()
     targets: ClassVar[tuple[str, ...]] = TARGETS
+
+    def check_checkpoint(self, checkpoint: Path) -> None:
+        """Refuse, before any export, a checkpoint this stage cannot serve.
+
+        Conversion calls it for every stage before exporting any, so a refused
+        checkpoint costs no export and leaves the output untouched. The default
+        checks the assets the BLS model reads; stages add their family checks.
+
+        Raises:
+            UnsupportedCheckpointError: Naming the family or feature that is not
+                supported and what is.
+        """
+        try:
+            self.assets(checkpoint)
+        except FileNotFoundError as error:
+            raise UnsupportedCheckpointError(str(error)) from error
 
     @abc.abstractmethod
     def build_tiny(self, output_dir: Path, size: str) -> Path:

@@ -52,7 +52,7 @@ def test_export_reuses_the_graph_when_the_config_is_unchanged(transformer_export
 
 def test_export_validation_raises_when_tolerance_is_exceeded(transformer_export):
     checkpoint, exported = transformer_export
-    strict = dataclasses.replace(exported.components[0], atol=1e-12)
+    strict = dataclasses.replace(exported.components[0], atol=1e-12, rtol=1e-12)
     with pytest.raises(ValidationError, match=r"`emotion_classifier_graph` differs from PyTorch by .* tolerance 1e-12"):
         validate_emotion_export(checkpoint, exported.onnx_dir, strict)
 

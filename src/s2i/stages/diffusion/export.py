@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from s2i import names
-from s2i.conversion.validation import check_tolerances, export_once, max_abs_diff
+from s2i.conversion.validation import GraphError, check_errors, export_once, graph_error
 from s2i.model_repository.components import OnnxComponent
 from s2i.model_repository.onnx_stage import OnnxStage
 from s2i.stages.base import StageExport
@@ -121,17 +121,19 @@ def export_diffusion(checkpoint: Path, onnx_dir: Path, *, validate: bool = True)
 
     export_once(onnx_dir, configs, components, export)
     diffs = validate_diffusion_export(checkpoint, onnx_dir, components) if validate else {}
-    return StageExport(onnx_dir=onnx_dir, components=components, max_abs_diff=diffs)
+    return StageExport.validated(onnx_dir, components, diffs)
 
 
-def validate_diffusion_export(checkpoint: Path, onnx_dir: Path, components: list[OnnxComponent]) -> dict[str, float]:
-    """Run each graph and its PyTorch module on the same inputs; return the max abs diff per graph.
+def validate_diffusion_export(
+    checkpoint: Path, onnx_dir: Path, components: list[OnnxComponent]
+) -> dict[str, GraphError]:
+    """Run each graph and its PyTorch module on the same inputs; return each graph's errors.
 
     The UNet is checked on two rows at different timesteps (what batched
     requests send); the VAE decoder on non-square latents.
 
     Raises:
-        ValidationError: A graph's difference exceeds its component's ``atol``.
+        ValidationError: A graph's difference exceeds its component's ``atol`` and ``rtol``.
     """
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -160,10 +162,10 @@ def validate_diffusion_export(checkpoint: Path, onnx_dir: Path, components: list
         image = vae.decode(latents).sample
     LOGGER.debug("validation image %s from latents of %s (VAE scale %d)", list(image.shape), [height, width], vae_scale)
     diffs = {
-        names.TEXT_ENCODER: max_abs_diff(
+        names.TEXT_ENCODER: graph_error(
             hidden, stages[names.TEXT_ENCODER].run({names.INPUT_IDS: ids.numpy()})[names.LAST_HIDDEN_STATE]
         ),
-        names.UNET: max_abs_diff(
+        names.UNET: graph_error(
             noise,
             stages[names.UNET].run(
                 {
@@ -173,8 +175,8 @@ def validate_diffusion_export(checkpoint: Path, onnx_dir: Path, components: list
                 }
             )[names.OUT_SAMPLE],
         ),
-        names.VAE_DECODER: max_abs_diff(
+        names.VAE_DECODER: graph_error(
             image, stages[names.VAE_DECODER].run({names.LATENT_SAMPLE: latents.numpy()})[names.SAMPLE]
         ),
     }
-    return check_tolerances(diffs, components)
+    return check_errors(diffs, components)

@@ -23,6 +23,9 @@ from s2i.stages.diffusion.sampling import MAX_IMAGE_SIZE
 # Largest absolute difference to PyTorch accepted at export. The text encoder and
 # UNet outputs are O(1); the VAE decoder output is in [-1, 1] before clamping.
 ATOL = 1e-3
+# Past ATOL, a graph still passes within 1e-4 of its output range (max abs diff / max abs
+# value): the deeper UNets of released checkpoints accumulate more float32 rounding.
+RTOL = 1e-4
 
 
 def read_configs(checkpoint: Path) -> dict[str, dict]:
@@ -67,6 +70,7 @@ def diffusion_components(configs: dict[str, dict]) -> list[OnnxComponent]:
                 TensorSpec(names.POOLER_OUTPUT, "FP32", (hidden,)),
             ),
             atol=ATOL,
+            rtol=RTOL,
         ),
         OnnxComponent(
             model_name=names.UNET,
@@ -78,6 +82,7 @@ def diffusion_components(configs: dict[str, dict]) -> list[OnnxComponent]:
             ),
             outputs=(TensorSpec(names.OUT_SAMPLE, "FP32", (int(unet["out_channels"]), -1, -1)),),
             atol=ATOL,
+            rtol=RTOL,
             axis_ranges={names.SAMPLE: spatial},
         ),
         OnnxComponent(
@@ -86,6 +91,7 @@ def diffusion_components(configs: dict[str, dict]) -> list[OnnxComponent]:
             inputs=(TensorSpec(names.LATENT_SAMPLE, "FP32", (latent_channels, -1, -1)),),
             outputs=(TensorSpec(names.SAMPLE, "FP32", (int(vae["out_channels"]), -1, -1)),),
             atol=ATOL,
+            rtol=RTOL,
             axis_ranges={names.LATENT_SAMPLE: spatial},
         ),
     ]

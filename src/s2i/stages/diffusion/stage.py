@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from s2i.model_repository.config import ModelSpec
-from s2i.stages.base import Stage, StageExport
-from s2i.stages.diffusion.models import diffusion_model_spec
+from s2i.stages.base import Stage, StageExport, UnsupportedCheckpointError
+from s2i.stages.diffusion.models import diffusion_components, diffusion_model_spec, read_configs
+
+SUPPORTED = (
+    "Stable Diffusion 1.x/2.x layouts (`StableDiffusionPipeline`: one CLIP text encoder, "
+    "`UNet2DConditionModel` without added conditioning, `AutoencoderKL`)"
+)
 
 
 class DiffusionStage(Stage):
@@ -32,6 +38,36 @@ class DiffusionStage(Stage):
         "tokenizer/special_tokens_map.json",
         "tokenizer/added_tokens.json",
     )
+
+    def check_checkpoint(self, checkpoint: Path) -> None:
+        """Refuse SDXL (two text encoders, added conditioning), LCM UNets and inpainting UNets up front."""
+        super().check_checkpoint(checkpoint)
+        checkpoint = Path(checkpoint)
+        index = json.loads((checkpoint / "model_index.json").read_text())
+        unet = json.loads((checkpoint / "unet" / "config.json").read_text())
+        vae = json.loads((checkpoint / "vae" / "config.json").read_text())
+        pipeline = index.get("_class_name", "")
+        if "XL" in pipeline or "text_encoder_2" in index or unet.get("addition_embed_type") is not None:
+            raise UnsupportedCheckpointError(
+                f"`{checkpoint}` is a Stable Diffusion XL-style checkpoint ({pipeline or 'pipeline'} with "
+                f"`text_encoder_2` or UNet `addition_embed_type` {unet.get('addition_embed_type')!r}): "
+                f"SDXL's second text encoder and added conditioning are not supported; supported: {SUPPORTED}."
+            )
+        if unet.get("time_cond_proj_dim") is not None:
+            raise UnsupportedCheckpointError(
+                f"`{checkpoint}` has an LCM-distilled UNet (`time_cond_proj_dim` {unet['time_cond_proj_dim']}, "
+                f"guidance embedding input `timestep_cond`), which is not supported; supported: {SUPPORTED}."
+            )
+        if int(unet.get("in_channels", 4)) != int(vae.get("latent_channels", 4)):
+            raise UnsupportedCheckpointError(
+                f"`{checkpoint}` has a UNet with {unet.get('in_channels')} input channels for "
+                f"{vae.get('latent_channels')} latent channels (an inpainting or depth model), which is not "
+                f"supported; supported: {SUPPORTED}."
+            )
+        try:
+            diffusion_components(read_configs(checkpoint))
+        except (ValueError, KeyError) as error:
+            raise UnsupportedCheckpointError(f"`{checkpoint}`: {error} Supported: {SUPPORTED}.") from error
 
     def build_tiny(self, output_dir: Path, size: str) -> Path:
         """A random ``StableDiffusionPipeline`` checkpoint with the real CLIP tokenizer."""

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from s2i import names
-from s2i.conversion.validation import ValidationError, check_tolerances, export_once, max_abs_diff
+from s2i.conversion.validation import GraphError, ValidationError, check_errors, export_once, graph_error
 from s2i.model_repository.components import OnnxComponent
 from s2i.model_repository.onnx_stage import OnnxStage
 from s2i.stages.base import StageExport
@@ -58,21 +58,21 @@ def export_emotion(checkpoint: Path, onnx_dir: Path, *, validate: bool = True) -
 
     export_once(onnx_dir, config.to_dict(), [component], export)
     diffs = validate_emotion_export(checkpoint, onnx_dir, component) if validate else {}
-    return StageExport(onnx_dir=onnx_dir, components=[component], max_abs_diff=diffs)
+    return StageExport.validated(onnx_dir, [component], diffs)
 
 
-def validate_emotion_export(checkpoint: Path, onnx_dir: Path, component: OnnxComponent) -> dict[str, float]:
-    """Run the graph and PyTorch on :data:`VALIDATION_SHAPES`; return the max abs logit difference.
+def validate_emotion_export(checkpoint: Path, onnx_dir: Path, component: OnnxComponent) -> dict[str, GraphError]:
+    """Run the graph and PyTorch on :data:`VALIDATION_SHAPES`; return the logits' errors.
 
     Raises:
-        ValidationError: The difference exceeds the component's ``atol``.
+        ValidationError: The difference exceeds the component's ``atol`` and ``rtol``.
     """
     import torch
 
     model = EmotionClassifier.from_pretrained(checkpoint)
     stage = OnnxStage(Path(onnx_dir) / component.onnx_file)
     generator = torch.Generator().manual_seed(1)
-    diff = 0.0
+    error = GraphError(0.0, 0.0)
     for batch, frames in VALIDATION_SHAPES:
         # Whisper features lie in about [-1.5, 1.5].
         features = torch.randn(batch, model.config.num_mel_bins, frames, generator=generator) * 0.5
@@ -84,5 +84,5 @@ def validate_emotion_export(checkpoint: Path, onnx_dir: Path, component: OnnxCom
                 f"`{component.model_name}` returned logits of shape {list(actual.shape)} for input "
                 f"{[batch, model.config.num_mel_bins, frames]}; PyTorch returns {list(expected.shape)}."
             )
-        diff = max(diff, max_abs_diff(expected, actual))
-    return check_tolerances({component.model_name: diff}, [component])
+        error = error.worst(graph_error(expected, actual))
+    return check_errors({component.model_name: error}, [component])

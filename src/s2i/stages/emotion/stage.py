@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from s2i.model_repository.config import ModelSpec
-from s2i.stages.base import Stage, StageExport
-from s2i.stages.emotion.config import load_config
+from s2i.stages.base import Stage, StageExport, UnsupportedCheckpointError
+from s2i.stages.emotion.config import ARCHITECTURES, MODEL_TYPE, load_config
 from s2i.stages.emotion.models import emotion_model_spec
 
 # Spreads the random head's logits, so a random classifier gives distinct,
@@ -22,6 +22,17 @@ class EmotionStage(Stage):
     bls_model = "emotion_classifier"
     # Labels and architecture (config), and the feature extractor.
     required_assets = ("config.json", "preprocessor_config.json")
+
+    def check_checkpoint(self, checkpoint: Path) -> None:
+        """A classifier of this project's ``model_type`` and one of its architectures, any label set."""
+        super().check_checkpoint(checkpoint)
+        try:
+            load_config(checkpoint)
+        except (ValueError, KeyError, TypeError) as error:
+            raise UnsupportedCheckpointError(
+                f"Emotion checkpoint `{checkpoint}` refused: {error} Supported: `model_type` {MODEL_TYPE!r} "
+                f"with `architecture` one of {list(ARCHITECTURES)} (as `s2i train emotion` saves), any labels."
+            ) from error
 
     def build_tiny(self, output_dir: Path, size: str) -> Path:
         """A random classifier (Transformer for `tiny`) with Whisper's feature extractor."""

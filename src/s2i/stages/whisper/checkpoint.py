@@ -40,12 +40,15 @@ WHISPER_SIZES = {
 }
 
 
-def whisper_generation_config(tokenizer, suppress_timestamps: bool = True):
+def whisper_generation_config(
+    tokenizer, suppress_timestamps: bool = True, max_target_positions: int = MAX_TARGET_POSITIONS
+):
     """The generation config released multilingual checkpoints carry, from the tokenizer's ids.
 
     Args:
         tokenizer: The multilingual Whisper tokenizer.
         suppress_timestamps: Also suppress the timestamp tokens (see below).
+        max_target_positions: The decoder's positions (``max_length``, as released checkpoints set it).
     """
     from transformers import GenerationConfig
 
@@ -66,7 +69,7 @@ def whisper_generation_config(tokenizer, suppress_timestamps: bool = True):
         eos_token_id=eot,
         pad_token_id=eot,
         decoder_start_token_id=ids("<|startoftranscript|>"),
-        max_length=MAX_TARGET_POSITIONS,
+        max_length=max_target_positions,
         begin_suppress_tokens=[tokenizer.encode(" ", add_special_tokens=False)[0], eot],
         suppress_tokens=sorted(set(suppress)),
         lang_to_id=lang_to_id,
@@ -79,7 +82,14 @@ def whisper_generation_config(tokenizer, suppress_timestamps: bool = True):
     )
 
 
-def build_tiny_whisper(output_dir: Path, size: str = "tiny", seed: int = 0, init_std: float = 0.02) -> Path:
+def build_tiny_whisper(
+    output_dir: Path,
+    size: str = "tiny",
+    seed: int = 0,
+    init_std: float = 0.02,
+    *,
+    max_target_positions: int = MAX_TARGET_POSITIONS,
+) -> Path:
     """Write a random ``WhisperForConditionalGeneration`` checkpoint into ``output_dir``.
 
     Args:
@@ -87,6 +97,8 @@ def build_tiny_whisper(output_dir: Path, size: str = "tiny", seed: int = 0, init
         size: A key of :data:`WHISPER_SIZES`.
         seed: Seed of the weight initialisation; the same seed gives the same bytes.
         init_std: Standard deviation of the random weights.
+        max_target_positions: Decoder positions (448 in every released checkpoint; fewer
+            to test limits derived from the checkpoint).
 
     Returns:
         ``output_dir``.
@@ -99,7 +111,7 @@ def build_tiny_whisper(output_dir: Path, size: str = "tiny", seed: int = 0, init
     dims = WHISPER_SIZES[size]
     output_dir = Path(output_dir)
     tokenizer = build_whisper_tokenizer(output_dir)
-    generation_config = whisper_generation_config(tokenizer)
+    generation_config = whisper_generation_config(tokenizer, max_target_positions=max_target_positions)
     config = WhisperConfig(
         vocab_size=len(tokenizer),
         num_mel_bins=dims.num_mel_bins,
@@ -111,7 +123,7 @@ def build_tiny_whisper(output_dir: Path, size: str = "tiny", seed: int = 0, init
         encoder_ffn_dim=dims.ffn_dim,
         decoder_ffn_dim=dims.ffn_dim,
         max_source_positions=1500,
-        max_target_positions=MAX_TARGET_POSITIONS,
+        max_target_positions=max_target_positions,
         pad_token_id=generation_config.pad_token_id,
         bos_token_id=generation_config.bos_token_id,
         eos_token_id=generation_config.eos_token_id,

@@ -44,7 +44,7 @@ def past_names(num_layers: int, *, prefix: str, include_encoder: bool) -> list[s
 
 @dataclasses.dataclass(frozen=True)
 class DecodingRules:
-    """The parts of a checkpoint's ``generation_config.json`` greedy decoding obeys."""
+    """The parts of a checkpoint's generation settings greedy decoding obeys."""
 
     decoder_start_token_id: int
     eos_token_id: int
@@ -57,24 +57,45 @@ class DecodingRules:
 
     @classmethod
     def from_checkpoint(cls, checkpoint_dir: Path) -> DecodingRules:
-        """Read ``generation_config.json`` and ``config.json`` of a Whisper checkpoint."""
-        generation = json.loads((Path(checkpoint_dir) / "generation_config.json").read_text())
-        config = json.loads((Path(checkpoint_dir) / "config.json").read_text())
-        missing = [key for key in ("lang_to_id", "task_to_id", "no_timestamps_token_id") if key not in generation]
+        """Read the rules of a Whisper checkpoint, in the current or an older transformers layout.
+
+        Current checkpoints keep them in ``generation_config.json``. Fine-tunes saved by
+        older transformers versions keep them in ``config.json`` (no generation config)
+        or only as ``forced_decoder_ids`` (no ``lang_to_id``/``task_to_id``); their
+        language, task and ``<|notimestamps|>`` ids then come from the tokenizer.
+
+        Raises:
+            ValueError: Naming what is missing, when the checkpoint cannot translate or transcribe
+                multilingual speech (an English-only tokenizer, no tokenizer files).
+        """
+        checkpoint_dir = Path(checkpoint_dir)
+        config = json.loads((checkpoint_dir / "config.json").read_text())
+        generation_file = checkpoint_dir / "generation_config.json"
+        generation = json.loads(generation_file.read_text()) if generation_file.is_file() else {}
+
+        def setting(key: str, default=None):
+            # generation_config.json wins; config.json held the same keys before it existed.
+            value = generation.get(key)
+            return config.get(key, default) if value is None else value
+
+        if all(key in generation for key in ("lang_to_id", "task_to_id", "no_timestamps_token_id")):
+            lang_to_id, task_to_id = dict(generation["lang_to_id"]), dict(generation["task_to_id"])
+            no_timestamps = int(generation["no_timestamps_token_id"])
+        else:
+            lang_to_id, task_to_id, no_timestamps = _prompt_ids_from_tokenizer(checkpoint_dir)
+        eos = setting("eos_token_id")
+        start = setting("decoder_start_token_id")
+        missing = [key for key, value in (("eos_token_id", eos), ("decoder_start_token_id", start)) if value is None]
         if missing:
-            raise ValueError(
-                f"{checkpoint_dir}/generation_config.json lacks {missing}: it is not a multilingual Whisper "
-                "checkpoint (English-only models cannot translate Hindi)."
-            )
-        eos = generation["eos_token_id"]
+            raise ValueError(f"`{checkpoint_dir}` sets none of {missing} in config.json or generation_config.json.")
         return cls(
-            decoder_start_token_id=int(generation["decoder_start_token_id"]),
+            decoder_start_token_id=int(start),
             eos_token_id=int(eos[0] if isinstance(eos, list) else eos),
-            no_timestamps_token_id=int(generation["no_timestamps_token_id"]),
-            suppress_tokens=tuple(generation.get("suppress_tokens") or ()),
-            begin_suppress_tokens=tuple(generation.get("begin_suppress_tokens") or ()),
-            lang_to_id=dict(generation["lang_to_id"]),
-            task_to_id=dict(generation["task_to_id"]),
+            no_timestamps_token_id=no_timestamps,
+            suppress_tokens=tuple(setting("suppress_tokens") or ()),
+            begin_suppress_tokens=tuple(setting("begin_suppress_tokens") or ()),
+            lang_to_id=lang_to_id,
+            task_to_id=task_to_id,
             max_target_positions=int(config["max_target_positions"]),
         )
 
@@ -98,6 +119,43 @@ class DecodingRules:
     def max_new_tokens_limit(self, prompt_length: int = 4) -> int:
         """The most tokens a request may ask for: the decoder's positions minus the prompt."""
         return self.max_target_positions - prompt_length
+
+    def default_max_new_tokens(self, prompt_length: int = 4) -> int:
+        """The limit of a request that names none: :data:`DEFAULT_MAX_NEW_TOKENS`, clamped to the checkpoint.
+
+        A checkpoint with few decoder positions would otherwise refuse every
+        request without ``max_new_tokens``; ``generate`` stops at the limit too.
+        """
+        return min(DEFAULT_MAX_NEW_TOKENS, self.max_new_tokens_limit(prompt_length))
+
+
+def _prompt_ids_from_tokenizer(checkpoint_dir: Path) -> tuple[dict[str, int], dict[str, int], int]:
+    """``lang_to_id``, ``task_to_id`` and ``<|notimestamps|>`` from a multilingual Whisper tokenizer.
+
+    Every multilingual Whisper vocabulary puts the language tokens between
+    ``<|startoftranscript|>`` and ``<|translate|>`` (99 of them, 100 from v3 on).
+    """
+    from transformers import WhisperTokenizerFast
+
+    tokenizer_files = ("tokenizer.json", "vocab.json")
+    if not any((checkpoint_dir / name).is_file() for name in tokenizer_files):
+        raise ValueError(
+            f"`{checkpoint_dir}` has neither `lang_to_id`/`task_to_id` in generation_config.json nor a tokenizer "
+            f"({' or '.join(tokenizer_files)}) to derive the language and task tokens from."
+        )
+    tokenizer = WhisperTokenizerFast.from_pretrained(checkpoint_dir)
+    vocabulary = tokenizer.get_vocab()
+    needed = ("<|startoftranscript|>", "<|translate|>", "<|transcribe|>", "<|notimestamps|>")
+    missing = [token for token in needed if token not in vocabulary]
+    if missing:
+        raise ValueError(
+            f"The tokenizer of `{checkpoint_dir}` lacks {missing}: it is not a multilingual Whisper checkpoint "
+            "(English-only models cannot translate Hindi)."
+        )
+    first, last = vocabulary["<|startoftranscript|>"] + 1, vocabulary["<|translate|>"]
+    lang_to_id = {token: index for index in range(first, last) if (token := tokenizer.convert_ids_to_tokens(index))}
+    task_to_id = {"translate": vocabulary["<|translate|>"], "transcribe": vocabulary["<|transcribe|>"]}
+    return lang_to_id, task_to_id, vocabulary["<|notimestamps|>"]
 
 
 def greedy_decode(
@@ -166,6 +224,8 @@ class TranscriptionRequest:
 
     Attributes:
         samples: Checked 16 kHz mono samples, or ``None`` when ``features`` are given.
+        max_new_tokens: Limit of generated tokens, or ``None`` for the checkpoint's default
+            (:meth:`DecodingRules.default_max_new_tokens`).
         features: Log-mel features ``[n_mels, 3000]`` computed elsewhere (the pipeline's
             ``preprocess``), or ``None`` to compute them from ``samples``.
     """
@@ -173,7 +233,7 @@ class TranscriptionRequest:
     samples: np.ndarray | None
     task: str = DEFAULT_TASK
     language: str = DEFAULT_LANGUAGE
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    max_new_tokens: int | None = None
     features: np.ndarray | None = None
 
 
@@ -212,11 +272,19 @@ class WhisperRunner:
             if not np.all(np.isfinite(request.features)):
                 raise InvalidInputError(names.INPUT_FEATURES, "contains NaN or infinite values.")
         limit = self.rules.max_new_tokens_limit()
-        if not 1 <= request.max_new_tokens <= limit:
+        if request.max_new_tokens is not None and not 1 <= request.max_new_tokens <= limit:
             raise InvalidInputError(
-                names.MAX_NEW_TOKENS, f"must be between 1 and {limit}, got {request.max_new_tokens}."
+                names.MAX_NEW_TOKENS,
+                f"must be between 1 and {limit} (this model's {self.rules.max_target_positions} decoder positions "
+                f"minus the 4-token prompt), got {request.max_new_tokens}.",
             )
         return self.rules.prompt(request.language, request.task)
+
+    def max_new_tokens(self, request: TranscriptionRequest) -> int:
+        """The request's token limit: its own, or the checkpoint's default."""
+        if request.max_new_tokens is None:
+            return self.rules.default_max_new_tokens()
+        return request.max_new_tokens
 
     def features(self, clips: Sequence[np.ndarray]) -> np.ndarray:
         """Log-mel features ``[batch, n_mels, 3000]``, padded to Whisper's 30 s window."""
@@ -241,7 +309,7 @@ class WhisperRunner:
         token_ids = greedy_decode(
             hidden,
             prompts,
-            [request.max_new_tokens for request in requests],
+            [self.max_new_tokens(request) for request in requests],
             self.rules,
             self.run_stage,
             self.num_layers,

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from s2i import names
-from s2i.conversion.validation import check_tolerances, export_once, max_abs_diff
+from s2i.conversion.validation import GraphError, check_errors, export_once, graph_error, worst_error
 from s2i.model_repository.components import OnnxComponent
 from s2i.model_repository.onnx_stage import OnnxStage
 from s2i.stages.base import StageExport
@@ -17,6 +17,9 @@ from s2i.stages.whisper.models import whisper_components
 LOGGER = logging.getLogger(__name__)
 
 OPTIMUM_TASK = "automatic-speech-recognition-with-past"
+# Optimum traces with 16 dummy tokens (past and new ones); a decoder with fewer
+# positions than past + new tokens cannot trace, so those are halved to fit.
+TRACE_SEQUENCE_LENGTH = 16
 
 
 def export_whisper(checkpoint: Path, onnx_dir: Path, *, validate: bool = True) -> StageExport:
@@ -34,19 +37,25 @@ def export_whisper(checkpoint: Path, onnx_dir: Path, *, validate: bool = True) -
     def export() -> None:
         LOGGER.info("Exporting %s to ONNX (%s)", checkpoint, OPTIMUM_TASK)
         main_export(
-            str(checkpoint), output=onnx_dir, task=OPTIMUM_TASK, no_post_process=True, do_validation=False, device="cpu"
+            str(checkpoint),
+            output=onnx_dir,
+            task=OPTIMUM_TASK,
+            no_post_process=True,
+            do_validation=False,
+            device="cpu",
+            sequence_length=max(1, min(TRACE_SEQUENCE_LENGTH, int(config["max_target_positions"]) // 2 - 1)),
         )
 
     export_once(onnx_dir, config, components, export)
     diffs = validate_whisper_export(checkpoint, onnx_dir, components) if validate else {}
-    return StageExport(onnx_dir=onnx_dir, components=components, max_abs_diff=diffs)
+    return StageExport.validated(onnx_dir, components, diffs)
 
 
-def validate_whisper_export(checkpoint: Path, onnx_dir: Path, components: list[OnnxComponent]) -> dict[str, float]:
-    """Run each graph and the PyTorch model on the same inputs; return the max abs diff per graph.
+def validate_whisper_export(checkpoint: Path, onnx_dir: Path, components: list[OnnxComponent]) -> dict[str, GraphError]:
+    """Run each graph and the PyTorch model on the same inputs; return each graph's errors.
 
     Raises:
-        ValidationError: A graph's difference exceeds its component's ``atol``.
+        ValidationError: A graph's difference exceeds its component's ``atol`` and ``rtol``.
     """
     import torch
     from transformers import WhisperForConditionalGeneration
@@ -77,26 +86,26 @@ def validate_whisper_export(checkpoint: Path, onnx_dir: Path, components: list[O
         _, layer, part, kind = name.split(".")
         return cache[int(layer)][(0 if part == "decoder" else 2) + (0 if kind == "key" else 1)]
 
-    diffs: dict[str, float] = {}
+    diffs: dict[str, GraphError] = {}
     encoder = stages[names.WHISPER_ENCODER].run({names.INPUT_FEATURES: features.numpy()})
-    diffs[names.WHISPER_ENCODER] = max_abs_diff(encoder_out.last_hidden_state, encoder[names.LAST_HIDDEN_STATE])
+    diffs[names.WHISPER_ENCODER] = graph_error(encoder_out.last_hidden_state, encoder[names.LAST_HIDDEN_STATE])
 
     decoder = stages[names.WHISPER_DECODER].run(
         {names.INPUT_IDS: prompt.numpy(), names.ENCODER_HIDDEN_STATES: encoder_out.last_hidden_state.numpy()}
     )
     present_all = past_names(layers, prefix="present", include_encoder=True)
-    diffs[names.WHISPER_DECODER] = max(
-        [max_abs_diff(first.logits, decoder[names.LOGITS])]
-        + [max_abs_diff(cache_tensor(first_cache, name), decoder[name]) for name in present_all]
+    diffs[names.WHISPER_DECODER] = worst_error(
+        [graph_error(first.logits, decoder[names.LOGITS])]
+        + [graph_error(cache_tensor(first_cache, name), decoder[name]) for name in present_all]
     )
 
     past = {name.replace("present", "past_key_values"): cache_tensor(first_cache, name).numpy() for name in present_all}
     with_past = stages[names.WHISPER_DECODER_WITH_PAST].run({names.INPUT_IDS: next_token.numpy(), **past})
-    diffs[names.WHISPER_DECODER_WITH_PAST] = max(
-        [max_abs_diff(second.logits, with_past[names.LOGITS])]
+    diffs[names.WHISPER_DECODER_WITH_PAST] = worst_error(
+        [graph_error(second.logits, with_past[names.LOGITS])]
         + [
-            max_abs_diff(cache_tensor(second_cache, name), with_past[name])
+            graph_error(cache_tensor(second_cache, name), with_past[name])
             for name in past_names(layers, prefix="present", include_encoder=False)
         ]
     )
-    return check_tolerances(diffs, components)
+    return check_errors(diffs, components)

@@ -24,15 +24,24 @@ class WhisperReference:
         self.model = WhisperForConditionalGeneration.from_pretrained(checkpoint_dir).eval()
 
     def generate(
-        self, samples_16khz: np.ndarray, *, task: str = "translate", language: str = "hi", max_new_tokens: int = 128
+        self,
+        samples_16khz: np.ndarray,
+        *,
+        task: str = "translate",
+        language: str = "hi",
+        max_new_tokens: int | None = 128,
     ) -> tuple[list[int], str]:
-        """Token ids (without the forced prompt) and text for one 16 kHz mono clip."""
+        """Token ids (without the forced prompt) and text for one 16 kHz mono clip.
+
+        ``max_new_tokens=None`` leaves the limit to ``generate`` (the checkpoint's ``max_length``).
+        """
         import torch
 
         features = self.processor.feature_extractor(
             samples_16khz, sampling_rate=16_000, return_tensors="pt"
         ).input_features
         with torch.no_grad():
-            generated = self.model.generate(features, language=language, task=task, max_new_tokens=max_new_tokens)
+            limit = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+            generated = self.model.generate(features, language=language, task=task, **limit)
         token_ids = generated[0].tolist()
         return token_ids, self.processor.tokenizer.decode(token_ids, skip_special_tokens=True).strip()

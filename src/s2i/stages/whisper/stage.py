@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from s2i.model_repository.config import ModelSpec
-from s2i.stages.base import Stage, StageExport
+from s2i.stages.base import Stage, StageExport, UnsupportedCheckpointError
+from s2i.stages.whisper.decoding import DEFAULT_LANGUAGE, DecodingRules
 from s2i.stages.whisper.models import whisper_model_spec
 
 # A larger init spread than transformers' 0.02 makes a random decoder's argmax
@@ -32,6 +34,37 @@ class WhisperStage(Stage):
         "merges.txt",
         "normalizer.json",
     )
+
+    def check_checkpoint(self, checkpoint: Path) -> None:
+        """A multilingual ``WhisperForConditionalGeneration`` with equal encoder/decoder head counts.
+
+        Generation settings may be in any layout transformers has saved
+        (:meth:`DecodingRules.from_checkpoint`).
+        """
+        super().check_checkpoint(checkpoint)
+        config = json.loads((Path(checkpoint) / "config.json").read_text())
+        if config.get("model_type") != "whisper":
+            raise UnsupportedCheckpointError(
+                f"`{checkpoint}` has `model_type` {config.get('model_type')!r}; the whisper stage supports "
+                "Whisper checkpoints (`model_type` 'whisper': openai/whisper-*, distil-whisper, their fine-tunes)."
+            )
+        heads = (config.get("encoder_attention_heads"), config.get("decoder_attention_heads"))
+        if heads[0] != heads[1]:
+            # Optimum's exporter sizes the cross-attention cache with one head count for both.
+            raise UnsupportedCheckpointError(
+                f"`{checkpoint}` has {heads[0]} encoder and {heads[1]} decoder attention heads "
+                "(`encoder_attention_heads` != `decoder_attention_heads`); the ONNX export supports Whisper "
+                "checkpoints whose encoder and decoder have the same head count, as every released one does."
+            )
+        try:
+            rules = DecodingRules.from_checkpoint(checkpoint)
+        except (ValueError, KeyError) as error:
+            raise UnsupportedCheckpointError(f"Whisper checkpoint refused: {error}") from error
+        if f"<|{DEFAULT_LANGUAGE}|>" not in rules.lang_to_id:
+            raise UnsupportedCheckpointError(
+                f"`{checkpoint}` has no `<|{DEFAULT_LANGUAGE}|>` language token; the whisper stage serves "
+                "multilingual Whisper checkpoints that know Hindi."
+            )
 
     def build_tiny(self, output_dir: Path, size: str) -> Path:
         """A random multilingual Whisper checkpoint with the real tokenizer."""
