@@ -18,7 +18,7 @@ def _floats(text: str) -> list[float]:
 
 def add_parser(commands) -> None:
     """Register ``bench`` on the ``s2i`` sub-command parser."""
-    from s2i.benchmarks.workloads import PRESETS
+    from s2i.benchmarks.presets import PRESETS
 
     bench = commands.add_parser("bench", help="latency/throughput benchmark with a baseline in the same run")
     bench.add_argument(
@@ -47,7 +47,7 @@ def _server(args):
     if args.url:
         yield args.url, None
         return
-    from s2i.benchmarks.workloads import PRESETS
+    from s2i.benchmarks.presets import PRESETS
     from s2i.conversion.convert import convert
     from s2i.server import ServerOptions, TritonServer
     from s2i.tiny import build_tiny_checkpoints

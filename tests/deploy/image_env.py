@@ -43,7 +43,9 @@ from tests.deploy import dockerfile
 LOGGER = logging.getLogger(__name__)
 
 ROOT = dockerfile.ROOT
-CACHE_DIR = Path(os.environ.get("S2I_IMAGE_ENV_DIR", ROOT / "build" / "image-env"))
+# Outside the checkout: the environments are several GB (torch) and every clone on this machine
+# (CI's included) can reuse them.
+CACHE_DIR = Path(os.environ.get("S2I_IMAGE_ENV_DIR", Path.home() / ".cache" / "s2i" / "image-env"))
 SERVER_STAND_IN = "nvidia-pytriton==0.7.0"
 # Bump when the way environments are built changes (the cache key does not hash this file).
 ENV_LAYOUT_VERSION = "1"
@@ -130,7 +132,7 @@ def _project_digest() -> str:
     """Hash of what the wheel is built from (pyproject's package folders), so edits reinstall it."""
     folders = {Path(folder).parts[0] for folder in dockerfile_package_dirs().values()}
     sources = {path for folder in folders for path in (ROOT / folder).rglob("*") if path.suffix in (".py", ".toml")}
-    return _digest(sources | {ROOT / "pyproject.toml", ROOT / "README.md"})
+    return _digest(sources | {ROOT / "pyproject.toml", ROOT / "setup.py", ROOT / "README.md"})
 
 
 def _pip(env: ImageEnv, *args: str) -> None:
@@ -196,7 +198,7 @@ def _install_project(env: ImageEnv) -> None:
         # setuptools' build/ folder never mixes with the worktree's build/.
         source = Path(context) / "speech2image-triton"
         source.mkdir()
-        for name in ("pyproject.toml", "README.md"):
+        for name in ("pyproject.toml", "setup.py", "README.md"):
             shutil.copy2(ROOT / name, source / name)
         for folder in {Path(path).parts[0] for path in dockerfile_package_dirs().values()}:
             shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))

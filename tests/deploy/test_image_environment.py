@@ -13,7 +13,7 @@ The `converter` stage's environment (server + its own lines) must run the
 conversion: ``s2i build-tiny`` and ``s2i convert --target onnxruntime``, the
 `cpu-dev` overlay's conversion.
 
-Slow on a fresh machine (the environments download torch); cached in build/image-env.
+Slow on a fresh machine (the environments download torch); cached in ~/.cache/s2i/image-env.
 """
 
 from __future__ import annotations
@@ -139,12 +139,6 @@ def test_image_environment_server_stays_up_when_request_is_bad(image_server, ima
     assert again.text == image_answer.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`s2i` builds its parser from s2i.stages.registry -> s2i.stages.base -> s2i.conversion.repository -> "
-    "s2i.model_repository.config -> tritonclient, which the server image does not install (the CLI's layering "
-    "is the lead's refactor; the served models themselves are clean)",
-)
 def test_cli_help_runs_when_in_server_environment(server_env):
     completed = server_env.run(str(server_env.path / "bin" / "s2i"), "--help", check=False)
 
