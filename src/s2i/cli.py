@@ -49,7 +49,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _server_options(args: argparse.Namespace):
-    from s2i.server import ServerOptions
+    import os
+
+    from s2i.server import ADMIN_KEY_ENV, ServerOptions
 
     return ServerOptions(
         model_repository=str(args.model_repository),
@@ -57,6 +59,10 @@ def _server_options(args: argparse.Namespace):
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
         log_verbose=args.log_verbose,
+        exit_timeout_s=args.exit_timeout_s,
+        host=args.host,
+        http=args.http,
+        restricted_api_key=args.admin_key or os.environ.get(ADMIN_KEY_ENV) or None,
     )
 
 
@@ -68,7 +74,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.print_args:
         print(" ".join(["tritonserver", *tritonserver_args(options)]))
         return 0
-    server = TritonServer(options, log_file=args.log_file, log_stream=None if args.log_file else sys.stderr)
+    admin = "admin APIs need the `admin-key` header" if options.restricted_api_key else "admin APIs locked (no key)"
+    server = TritonServer(
+        options,
+        log_file=args.log_file,
+        log_stream=None if args.log_file else sys.stderr,
+        startup_timeout_s=args.startup_timeout_s,
+    )
     stop_requested = []
 
     def request_stop(signum, _frame):
@@ -77,7 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     server.start()
-    print(f"serving {options.model_repository}: gRPC {server.grpc_url}, HTTP {server.http_url}", flush=True)
+    print(f"serving {options.model_repository}: {server.describe_binds()}; {admin}", flush=True)
     try:
         while not stop_requested and server.is_alive():
             time.sleep(0.2)
@@ -270,12 +282,44 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _add_server_flags(parser: argparse.ArgumentParser) -> None:
-    from s2i.server import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT
+    from s2i.server import (
+        ADMIN_KEY_ENV,
+        DEFAULT_GRPC_PORT,
+        DEFAULT_HOST,
+        DEFAULT_HTTP_PORT,
+        DEFAULT_METRICS_PORT,
+        DEFAULT_STARTUP_TIMEOUT_S,
+        ServerOptions,
+    )
 
     parser.add_argument("--model-repository", type=Path, required=True, help="model repository folder")
+    parser.add_argument(
+        "--host", default=DEFAULT_HOST, help="address gRPC, HTTP and metrics bind to (0.0.0.0: every interface)"
+    )
+    parser.add_argument(
+        "--http",
+        action="store_true",
+        help="also serve HTTP/REST (off by default: Triton 2.51's HTTP parser can be crashed, see "
+        "docs/security.md; with a key set, HTTP inference needs it too)",
+    )
     parser.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT)
     parser.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT)
     parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT)
+    parser.add_argument(
+        "--admin-key",
+        help=f"key clients send as the `admin-key` header for the model-repository, model-config, "
+        f"shared-memory, statistics, trace and logging APIs (default: ${ADMIN_KEY_ENV}; "
+        "without either they are locked)",
+    )
+    parser.add_argument(
+        "--startup-timeout-s", type=float, default=DEFAULT_STARTUP_TIMEOUT_S, help="give up loading after this long"
+    )
+    parser.add_argument(
+        "--exit-timeout-s",
+        type=int,
+        default=ServerOptions.exit_timeout_s,
+        help="on SIGTERM, how long in-flight requests may finish",
+    )
     parser.add_argument("--log-verbose", type=int, default=0)
     parser.add_argument("--log-file", type=Path, help="write the server log here instead of stderr")
 

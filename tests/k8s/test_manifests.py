@@ -26,7 +26,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from s2i.server import SHM_DEFAULT_BYTE_SIZE, ServerOptions, tritonserver_args
+from s2i.server import SHM_DEFAULT_BYTE_SIZE, pod_server_options, tritonserver_args
 
 K8S_DIR = Path(__file__).resolve().parents[2] / "k8s"
 KUBECTL = shutil.which("kubectl")
@@ -320,7 +320,7 @@ def test_servicemonitor_has_operator_structure_when_rendered(overlay: str) -> No
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_server_args_equal_tritonserver_args_when_rendered(overlay: str) -> None:
-    options = ServerOptions(model_repository=MODEL_REPOSITORY[overlay], restricted_api_key=ADMIN_KEY_REFERENCE)
+    options = pod_server_options(MODEL_REPOSITORY[overlay], ADMIN_KEY_REFERENCE)
     expected = tritonserver_args(options)
 
     assert server(overlay)["args"] == expected, (
