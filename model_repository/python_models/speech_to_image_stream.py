@@ -7,6 +7,7 @@ then ``image``; then the empty final response. The steps are the same models the
 :class:`s2i.stages.diffusion.sampling.DiffusionRunner` with a step callback.
 """
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -73,8 +74,17 @@ class TritonPythonModel:
                         )
                     )
 
-                run_stream(parsed, self.run_stage, self.diffusion, send, clock=time.perf_counter)
+                run_stream(
+                    parsed,
+                    self.run_stage,
+                    self.diffusion,
+                    send,
+                    clock=time.perf_counter,
+                    cancelled=request.is_cancelled,
+                )
             except Exception as error:  # noqa: BLE001 - this request's stream ends with the error
-                sender.send(error_response(pb_utils, error))
+                # A cancelled stream may refuse responses; the final flag below still closes it.
+                with contextlib.suppress(Exception):
+                    sender.send(error_response(pb_utils, error))
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None

@@ -101,6 +101,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when the server (with ``--deep``: every model, by a tiny inference) answers; else 1."""
+    from s2i.health import deep_check
+
+    if not args.deep:
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            with grpcclient.InferenceServerClient(args.url) as client:
+                ready = client.is_server_ready(client_timeout=args.timeout_s)
+        except InferenceServerException as e:
+            print(f"server: unhealthy ({e.message()})")
+            return 1
+        print(f"server: {'ready' if ready else 'not ready'}")
+        return 0 if ready else 1
+    results = deep_check(args.url, timeout_s=args.timeout_s)
+    for result in results:
+        print(f"{result.model}: {'ok' if result.healthy else 'UNHEALTHY'} ({result.seconds:.2f} s) {result.detail}")
+    return 0 if results and all(result.healthy for result in results) else 1
+
+
 def cmd_translate(args: argparse.Namespace) -> int:
     """Send a speech file to the ``whisper`` model and print the text."""
     from s2i.client import Client, ClientError
@@ -353,6 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_flags(serve)
     serve.add_argument("--print-args", action="store_true", help="print the tritonserver command and exit")
     serve.set_defaults(handler=cmd_serve)
+
+    health = commands.add_parser("health", help="exit 0 if the server is ready (--deep: every model answers)")
+    health.add_argument("--url", default=DEFAULT_URL, help="gRPC host:port")
+    health.add_argument("--deep", action="store_true", help="run a tiny canned inference on every model")
+    health.add_argument("--timeout-s", type=float, default=30.0, help="per-call deadline")
+    health.set_defaults(handler=cmd_health)
 
     translate = commands.add_parser("translate", help="Hindi speech file -> English text, through the server")
     translate.add_argument("audio", type=Path, help="WAV/FLAC/OGG file")

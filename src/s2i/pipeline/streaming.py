@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from s2i import names
-from s2i.audio import InvalidInputError
+from s2i.audio import InvalidInputError, RequestCancelledError
 from s2i.model_repository.triton_io import scalar
 from s2i.pipeline.steps import encode_png
 from s2i.stages.diffusion.sampling import image_request_from
@@ -63,14 +63,35 @@ def preview_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def run_stream(request: StreamRequest, run_stage: StageRunner, diffusion, send: Send, clock: Callable[[], float]):
-    """Run the pipeline for one request, calling ``send`` with each message's output tensors."""
-    if request.preview_every < 0:
+def run_stream(
+    request: StreamRequest,
+    run_stage: StageRunner,
+    diffusion,
+    send: Send,
+    clock: Callable[[], float],
+    cancelled: Callable[[], bool] | None = None,
+):
+    """Run the pipeline for one request, calling ``send`` with each message's output tensors.
+
+    ``cancelled`` (the stream's ``request.is_cancelled``) is asked between stages and before
+    every denoising step: a dropped stream stops there with :class:`RequestCancelledError`.
+    """
+    from s2i.stages.diffusion.sampling import MAX_NUM_INFERENCE_STEPS
+
+    if not 0 <= request.preview_every <= MAX_NUM_INFERENCE_STEPS:
         raise InvalidInputError(
-            names.PREVIEW_EVERY, f"must be 0 (no previews) or positive, got {request.preview_every}."
+            names.PREVIEW_EVERY,
+            f"must be 0 (no previews) or between 1 and {MAX_NUM_INFERENCE_STEPS}, got {request.preview_every}.",
         )
+    is_cancelled = cancelled or (lambda: False)
     started = clock()
-    features = run_stage(
+
+    def checked_stage(*args):
+        if is_cancelled():
+            raise RequestCancelledError("stream")
+        return run_stage(*args)
+
+    features = checked_stage(
         names.PREPROCESS, request.audio, [names.INPUT_FEATURES, names.EMOTION_FEATURES, names.COMPUTE_MS]
     )
     whisper_options = {
@@ -78,12 +99,12 @@ def run_stream(request: StreamRequest, run_stage: StageRunner, diffusion, send: 
         for name in (names.RETURN_TRANSCRIPT, names.MAX_NEW_TOKENS)
         if name in request.options
     }
-    whisper = run_stage(
+    whisper = checked_stage(
         names.WHISPER,
         {names.INPUT_FEATURES: features[names.INPUT_FEATURES], **whisper_options},
         [names.TEXT, names.TRANSCRIPT, names.COMPUTE_MS],
     )
-    emotion = run_stage(
+    emotion = checked_stage(
         names.EMOTION_CLASSIFIER,
         {names.INPUT_FEATURES: features[names.EMOTION_FEATURES]},
         [names.EMOTION_LABEL, names.EMOTION_PROBABILITIES, names.COMPUTE_MS],
@@ -93,7 +114,7 @@ def run_stream(request: StreamRequest, run_stage: StageRunner, diffusion, send: 
         composer_inputs[names.EMOTION_OVERRIDE] = _text(request.emotion_override)
     if request.style_template:
         composer_inputs[names.STYLE_TEMPLATE] = _text(request.style_template)
-    composed = run_stage(
+    composed = checked_stage(
         names.PROMPT_COMPOSER,
         composer_inputs,
         [names.PROMPT, names.NEGATIVE_PROMPT, names.EMOTION, names.COMPUTE_MS],
@@ -121,7 +142,9 @@ def run_stream(request: StreamRequest, run_stage: StageRunner, diffusion, send: 
             )
 
     diffusion_started = clock()
-    (generated,) = diffusion.generate([image_options], on_step=on_step)
+    (generated,) = diffusion.generate([image_options], on_step=on_step, cancelled=lambda _index: is_cancelled())
+    if isinstance(generated, RequestCancelledError):
+        raise generated
     common["diffusion_ms"] = np.array([[1000 * (clock() - diffusion_started)]], dtype=np.float32)
     encode_started = clock()
     png = encode_png(generated.image)
