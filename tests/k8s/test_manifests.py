@@ -485,8 +485,6 @@ def test_namespace_enforces_restricted_pod_security_when_rendered(overlay: str) 
     ("probe", "path"),
     [
         ("startupProbe", "/v2/health/ready"),
-        ("readinessProbe", "/v2/health/ready"),
-        ("livenessProbe", "/v2/health/live"),
     ],
 )
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -494,7 +492,19 @@ def test_server_probe_uses_triton_health_endpoint_when_rendered(overlay: str, pr
     assert server(overlay)[probe]["httpGet"]["path"] == path
 
 
-@pytest.mark.parametrize("probe", ["startupProbe", "readinessProbe", "livenessProbe"])
+@pytest.mark.parametrize("probe", ["readinessProbe", "livenessProbe"])
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_server_probe_runs_the_deep_health_check_on_the_grpc_port_when_rendered(overlay: str, probe: str) -> None:
+    # A dead Python stub leaves /v2/health/ready at 200; only an inference per model notices (s2i.health).
+    command = server(overlay)[probe]["exec"]["command"]
+    assert command[:3] == ["s2i", "health", "--deep"]
+    url = command[command.index("--url") + 1]
+    assert url.startswith("127.0.0.1:")
+    assert int(url.rsplit(":", 1)[1]) == server_port(overlay, "grpc")
+    assert server(overlay)[probe]["timeoutSeconds"] > float(command[command.index("--timeout-s") + 1])
+
+
+@pytest.mark.parametrize("probe", ["startupProbe"])
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_server_probe_targets_http_port_flag_when_rendered(overlay: str, probe: str) -> None:
     container = server(overlay)
