@@ -74,7 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.print_args:
         print(" ".join(["tritonserver", *tritonserver_args(options)]))
         return 0
-    admin = "admin APIs need the `admin-key` header" if options.restricted_api_key else "admin APIs locked (no key)"
+    admin = "admin APIs need the admin key" if options.restricted_api_key else "admin APIs locked (no key)"
     server = TritonServer(
         options,
         log_file=args.log_file,
@@ -329,9 +329,9 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT)
     parser.add_argument(
         "--admin-key",
-        help=f"key clients send as the `admin-key` header for the model-repository, model-config, "
-        f"shared-memory, statistics, trace and logging APIs (default: ${ADMIN_KEY_ENV}; "
-        "without either they are locked)",
+        help=f"key for the model-repository, model-config, "
+        f"shared-memory, statistics, trace and logging APIs, sent as the `admin-key` HTTP header or the "
+        f"`triton-grpc-protocol-admin-key` gRPC metadata (default: ${ADMIN_KEY_ENV}; without either they are locked)",
     )
     parser.add_argument(
         "--startup-timeout-s", type=float, default=DEFAULT_STARTUP_TIMEOUT_S, help="give up loading after this long"

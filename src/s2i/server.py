@@ -48,8 +48,10 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_STARTUP_TIMEOUT_S = 600.0
 # Where `s2i serve` and the health command read the admin key when no flag gives it.
 ADMIN_KEY_ENV = "S2I_ADMIN_KEY"
-# The header Triton checks on restricted APIs (`--*-restricted-*=...:admin-key=<value>`).
+# The header Triton checks on restricted APIs (`--*-restricted-*=...:admin-key=<value>`): HTTP
+# clients send it as is; gRPC clients send it as metadata with Triton's gRPC prefix.
 ADMIN_KEY_HEADER = "admin-key"
+ADMIN_KEY_GRPC_HEADER = f"triton-grpc-protocol-{ADMIN_KEY_HEADER}"
 
 
 class ServerError(RuntimeError):
@@ -301,7 +303,12 @@ class TritonServer:
 
     @property
     def admin_headers(self) -> dict[str, str]:
-        """The header that opens the restricted (admin) APIs of this server."""
+        """The gRPC metadata that opens the restricted (admin) APIs of this server."""
+        return {ADMIN_KEY_GRPC_HEADER: self.options.restricted_api_key or ""}
+
+    @property
+    def http_admin_headers(self) -> dict[str, str]:
+        """The HTTP header that opens the restricted APIs (and HTTP inference) of this server."""
         return {ADMIN_KEY_HEADER: self.options.restricted_api_key or ""}
 
     def describe_binds(self) -> str:

@@ -188,7 +188,7 @@ def http_infer(triton_server, model: str, body: dict) -> tuple[dict, bytes]:
         f"http://{triton_server.http_url}/v2/models/{model}/infer",
         data=json.dumps(body).encode(),
         # HTTP inference is behind the admin key (docs/security.md).
-        headers={"Content-Type": "application/json", **triton_server.admin_headers},
+        headers={"Content-Type": "application/json", **triton_server.http_admin_headers},
     )
     with urllib.request.urlopen(request, timeout=300) as response:
         payload = response.read()
@@ -253,7 +253,7 @@ def test_http_endpoint_refuses_bad_input_with_400(triton_server):
         f"http://{triton_server.http_url}/v2/models/speech_to_image/infer",
         data=json.dumps(body).encode(),
         # HTTP inference is behind the admin key (docs/security.md).
-        headers={"Content-Type": "application/json", **triton_server.admin_headers},
+        headers={"Content-Type": "application/json", **triton_server.http_admin_headers},
     )
     with pytest.raises(urllib.error.HTTPError) as error:
         urllib.request.urlopen(request, timeout=60)

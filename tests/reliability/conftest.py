@@ -35,6 +35,8 @@ WHISPER_MODELS = (
 )
 SERVE_STARTUP_S = 600.0
 ADMIN_KEY = "reliability-admin-key"
+# gRPC clients send the key under Triton's prefixed name; HTTP clients as `admin-key`.
+GRPC_ADMIN = {"triton-grpc-protocol-admin-key": ADMIN_KEY}
 
 
 @dataclasses.dataclass
@@ -69,10 +71,9 @@ class Served:
             if child.cmdline() and child.cmdline()[0].endswith("triton_python_backend_stub")
         ]
 
-    def stub(self, model: str) -> psutil.Process:
-        """The stub of ``model``'s first instance, found by the instance name (`whisper_0_0`) on its command line."""
-        (stub,) = [p for p in self.stubs() if any(arg.startswith(f"{model}_0_") for arg in p.cmdline()[1:])]
-        return stub
+    def stubs_of(self, model: str) -> list[psutil.Process]:
+        """The stubs of ``model``'s instances, found by instance name (`whisper_0_0`) on their command lines."""
+        return [p for p in self.stubs() if any(arg.startswith(f"{model}_0_") for arg in p.cmdline()[1:])]
 
     def stop(self) -> int:
         if self.process.poll() is None:

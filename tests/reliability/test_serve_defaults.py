@@ -18,7 +18,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
-from tests.reliability.conftest import ADMIN_KEY, good_translation
+from tests.reliability.conftest import ADMIN_KEY, GRPC_ADMIN, good_translation
 
 # The request of issue #14: 400 bytes that made Triton 2.51's HTTP frontend allocate 4 TiB.
 CRASH_BODY = json.dumps(
@@ -88,7 +88,7 @@ def test_serve_refuses_the_http_crash_request_with_a_closed_port_when_started_wi
 def test_serve_refuses_admin_protocols_when_no_key_is_configured(default_serve, protocol):
     expected = good_translation(default_serve.grpc_url)
     with grpcclient.InferenceServerClient(default_serve.grpc_url) as client:
-        for headers in (None, {"admin-key": ""}, {"admin-key": "guess"}):
+        for headers in (None, {"triton-grpc-protocol-admin-key": "guess"}, {"admin-key": "guess"}):
             with pytest.raises(InferenceServerException, match="restricted"):
                 admin_calls(client, headers)[protocol]()
     assert good_translation(default_serve.grpc_url) == expected
@@ -127,9 +127,12 @@ def _dev_shm() -> list[str]:
 def test_serve_opens_admin_protocols_only_with_the_key_when_one_is_configured(keyed_serve, protocol):
     with grpcclient.InferenceServerClient(keyed_serve.grpc_url) as client:
         with pytest.raises(InferenceServerException, match="restricted"):
-            admin_calls(client, {"admin-key": "wrong"})[protocol]()
-        admin_calls(client, {"admin-key": ADMIN_KEY})[protocol]()
-        index = client.get_model_repository_index(headers={"admin-key": ADMIN_KEY}, as_json=True)
+            admin_calls(client, {"triton-grpc-protocol-admin-key": "wrong"})[protocol]()
+        with pytest.raises(InferenceServerException, match="restricted"):
+            # The HTTP spelling of the header does not open gRPC.
+            admin_calls(client, {"admin-key": ADMIN_KEY})[protocol]()
+        admin_calls(client, GRPC_ADMIN)[protocol]()
+        index = client.get_model_repository_index(headers=GRPC_ADMIN, as_json=True)
     assert {model["name"] for model in index["models"]} >= {"whisper", "preprocess"}
     assert len(good_translation(keyed_serve.grpc_url)) in (1, 2, 3)
 
