@@ -13,10 +13,22 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from s2i.audio import InvalidInputError
+from s2i.audio import InvalidInputError, RequestCancelledError, bounded_message
 
 # How an InvalidInputError reads: "`field`: what is wrong".
 INVALID_INPUT_MESSAGE = re.compile(r"^`[a-z_]+`: ")
+# Stage failures another replica (or this one after a restart) could serve: a dead or
+# stopping stub, a model being unloaded. Reported as UNAVAILABLE, which clients retry.
+RETRYABLE_MESSAGE = re.compile(r"is not healthy|Stub process|not ready|unavailable|is stopping|exiting", re.IGNORECASE)
+
+
+def stage_error_code(pb_utils, code: int | None, message: str) -> int | None:
+    """The code a failed BLS call is reported with: INVALID_ARG for refused input, UNAVAILABLE for retryable."""
+    if code == pb_utils.TritonError.INVALID_ARG or INVALID_INPUT_MESSAGE.match(message):
+        return pb_utils.TritonError.INVALID_ARG
+    if code == pb_utils.TritonError.UNAVAILABLE or RETRYABLE_MESSAGE.search(message):
+        return pb_utils.TritonError.UNAVAILABLE
+    return code
 
 
 class StageError(RuntimeError):
@@ -64,13 +76,9 @@ def make_stage_runner(pb_utils):
             error = response.error()
             code = error.code() if hasattr(error, "code") else None
             # BLS does not always carry the stage's code through; the message format does.
-            invalid = code == pb_utils.TritonError.INVALID_ARG or bool(INVALID_INPUT_MESSAGE.match(error.message()))
-            raise StageError(
-                model_name,
-                error.message(),
-                pb_utils.TritonError.INVALID_ARG if invalid else code,
-                invalid_input=invalid,
-            )
+            code = stage_error_code(pb_utils, code, error.message())
+            invalid = code == pb_utils.TritonError.INVALID_ARG
+            raise StageError(model_name, error.message(), code, invalid_input=invalid)
         outputs = {}
         for name in output_names:
             tensor = pb_utils.get_output_tensor_by_name(response, name)
@@ -86,11 +94,13 @@ def error_response(pb_utils, error: Exception):
     """An ``InferenceResponse`` carrying ``error`` with the matching Triton error code."""
     if isinstance(error, InvalidInputError):
         code = pb_utils.TritonError.INVALID_ARG
+    elif isinstance(error, RequestCancelledError):
+        code = getattr(pb_utils.TritonError, "CANCELLED", pb_utils.TritonError.UNAVAILABLE)
     elif isinstance(error, StageError) and error.code is not None:
         code = error.code
     else:
         code = pb_utils.TritonError.INTERNAL
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), code))
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(bounded_message(str(error)), code))
 
 
 def respond_each(pb_utils, requests, respond) -> list:
@@ -104,7 +114,7 @@ def respond_each(pb_utils, requests, respond) -> list:
     return responses
 
 
-def answer_batch(pb_utils, requests, parse, run_batch, outputs_of) -> list:
+def answer_batch(pb_utils, requests, parse, run_batch, outputs_of, *, cancellable: bool = False) -> list:
     """Check each request alone, run the valid ones as one batch, answer each with its own response.
 
     Args:
@@ -114,6 +124,8 @@ def answer_batch(pb_utils, requests, parse, run_batch, outputs_of) -> list:
         run_batch: ``run_batch(items) -> results`` in the same order; a result may be an exception.
         outputs_of: ``outputs_of(result, compute_ms) -> [pb_utils.Tensor, ...]``, with
             ``compute_ms`` the batch's time so far as a ``[1, 1]`` float32 array.
+        cancellable: Call ``run_batch(items, cancelled)`` instead, with ``cancelled(i)`` telling
+            whether the client of item ``i`` has gone (``request.is_cancelled()``).
     """
     started = time.perf_counter()
     responses = [None] * len(requests)
@@ -126,7 +138,11 @@ def answer_batch(pb_utils, requests, parse, run_batch, outputs_of) -> list:
     if not valid:
         return responses
     try:
-        results = run_batch(list(valid.values()))
+        if cancellable:
+            indices = list(valid)
+            results = run_batch(list(valid.values()), lambda i: requests[indices[i]].is_cancelled())
+        else:
+            results = run_batch(list(valid.values()))
     except Exception as error:  # noqa: BLE001 - every request of the batch gets it
         results = [error] * len(valid)
     compute_ms = np.array([[1000 * (time.perf_counter() - started)]], dtype=np.float32)

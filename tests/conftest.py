@@ -56,11 +56,15 @@ def hindi_clips() -> list[SpeechClip]:
     return clips
 
 
+# The session server's admin key; tests of admin APIs (shared memory) send it.
+ADMIN_KEY = "test-admin-key"
+
+
 @pytest.fixture(scope="session")
 def triton_server(model_repository):
-    server = TritonServer(
-        ServerOptions(str(model_repository.repository)).with_free_ports(), log_file=BUILD_DIR / "tritonserver.log"
-    )
+    # HTTP on (its tests need it; HTTP inference then needs the admin key too).
+    options = ServerOptions(str(model_repository.repository), http=True, restricted_api_key=ADMIN_KEY)
+    server = TritonServer(options.with_free_ports(), log_file=BUILD_DIR / "tritonserver.log")
     server.start()
     yield server
     server.stop()

@@ -76,3 +76,70 @@ def test_load_request_audio_decodes_wav_bytes_to_the_same_samples_as_raw_input(h
     from_samples = load_request_audio(clip.samples, clip.sample_rate_hz, None)
     np.testing.assert_array_equal(from_bytes, from_samples)
     assert len(from_bytes) == pytest.approx(len(clip.samples) * 16_000 / clip.sample_rate_hz, abs=1)
+
+
+def _silent_flac(path, seconds: float, rate_hz: int = 16_000, channels: int = 1) -> bytes:
+    """A FLAC file of silence, written in blocks (an hour compresses to a few hundred KB)."""
+    import soundfile
+
+    block = np.zeros((rate_hz * 60, channels), dtype=np.int16)
+    with soundfile.SoundFile(path, "w", samplerate=rate_hz, channels=channels, format="FLAC") as sound:
+        remaining = int(seconds * rate_hz)
+        while remaining > 0:
+            sound.write(block[: min(remaining, len(block))])
+            remaining -= len(block)
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def hour_of_silence(tmp_path_factory) -> bytes:
+    return _silent_flac(tmp_path_factory.mktemp("flac") / "hour.flac", 3600)
+
+
+def test_decode_audio_bytes_refuses_an_hour_long_flac_from_its_header_before_decoding(hour_of_silence):
+    import tracemalloc
+
+    assert len(hour_of_silence) < 2 * 1024 * 1024  # a small file that would decode to 230 MB of float32
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidInputError, match=r"`audio_bytes`: is 3600.0 s long \(from its header\); the limit"):
+            decode_audio_bytes(hour_of_silence)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * 1024 * 1024
+    # The next (good) request decodes normally.
+    samples, rate = decode_audio_bytes(_silent_flac_bytes(2.0))
+    assert (samples.shape, rate, float(np.abs(samples).max())) == ((32_000,), 16_000, 0.0)
+
+
+def _silent_flac_bytes(seconds: float, channels: int = 1) -> bytes:
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        return _silent_flac(Path(folder) / "clip.flac", seconds, channels=channels)
+
+
+def test_decode_audio_bytes_refuses_stereo_from_the_header_when_channels_are_two():
+    with pytest.raises(InvalidInputError, match=r"`audio_bytes`: has 2 channels; send mono audio"):
+        decode_audio_bytes(_silent_flac_bytes(1.0, channels=2))
+
+
+def test_decode_audio_bytes_stops_at_the_limit_when_the_header_understates_the_length(monkeypatch):
+    import s2i.audio as audio
+
+    # A header that says 1 s over a 40 s stream: decoding reads one frame past 30 s, then refuses.
+    data = _silent_flac_bytes(40.0)
+    monkeypatch.setattr(audio, "_check_header", lambda *args: None)
+    with pytest.raises(InvalidInputError, match=r"`audio_bytes`: is 30.0 s long; the limit is 30 s"):
+        audio.load_request_audio(None, None, data)
+
+
+def test_invalid_input_error_bounds_its_message_when_the_text_is_huge():
+    from s2i.audio import MAX_MESSAGE_CHARS
+
+    error = InvalidInputError("prompt", "y" * 1_000_000)
+    assert len(str(error)) < MAX_MESSAGE_CHARS + 64
+    assert str(error).startswith("`prompt`: yyy")
+    assert str(error).endswith("(message cut, 1000010 characters)")

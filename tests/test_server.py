@@ -1,6 +1,7 @@
 import dataclasses
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +11,7 @@ from s2i.server import (
     TritonDistribution,
     TritonServer,
     free_ports,
+    pod_server_options,
     server_environment,
     tritonserver_args,
 )
@@ -18,7 +20,16 @@ from s2i.server import (
 def test_tritonserver_args_carry_ports_repository_and_python_backend_shm_when_rendered():
     options = ServerOptions("/models", http_port=1, grpc_port=2, metrics_port=3, shm_region_prefix="abc")
     args = tritonserver_args(options, "/backends")
-    assert args[:4] == ["--model-repository=/models", "--http-port=1", "--grpc-port=2", "--metrics-port=3"]
+    assert args[:8] == [
+        "--model-repository=/models",
+        "--allow-http=false",
+        "--http-address=127.0.0.1",
+        "--http-port=1",
+        "--grpc-address=127.0.0.1",
+        "--grpc-port=2",
+        "--metrics-address=127.0.0.1",
+        "--metrics-port=3",
+    ]
     assert "--backend-config=python,shm-region-prefix-name=abc" in args
     assert "--backend-config=python,shm-default-byte-size=4194304" in args
     assert args[-1] == "--backend-directory=/backends"
@@ -31,6 +42,43 @@ def test_tritonserver_args_restrict_admin_apis_when_a_key_is_given():
         "--grpc-restricted-protocol=model-repository,model-config,shared-memory,statistics,trace,logging:admin-key=$(KEY)",
         "--http-restricted-api=model-repository,model-config,shared-memory,statistics,trace,logging:admin-key=$(KEY)",
     ]
+
+
+def test_tritonserver_args_restrict_http_inference_too_when_http_is_on_with_a_key():
+    args = tritonserver_args(ServerOptions("/models", http=True, restricted_api_key="k"))
+    assert "--allow-http=true" in args
+    assert (
+        "--http-restricted-api=model-repository,model-config,shared-memory,statistics,trace,logging,inference:admin-key=k"
+        in args
+    )
+    assert (
+        "--grpc-restricted-protocol=model-repository,model-config,shared-memory,statistics,trace,logging:admin-key=k"
+        in args
+    )
+
+
+def test_pod_server_options_bind_every_interface_with_http_for_probes_when_rendered():
+    args = tritonserver_args(pod_server_options("/models", "$(KEY)"))
+    assert {
+        "--allow-http=true",
+        "--http-address=0.0.0.0",
+        "--grpc-address=0.0.0.0",
+        "--metrics-address=0.0.0.0",
+    } <= set(args)
+
+
+def test_server_locks_admin_apis_with_a_random_key_when_none_is_given():
+    first, second = TritonServer(ServerOptions("/models")), TritonServer(ServerOptions("/models"))
+    assert len(first.options.restricted_api_key) >= 32
+    assert first.options.restricted_api_key != second.options.restricted_api_key
+    assert any(arg.startswith("--grpc-restricted-protocol=") for arg in first.command(Path("/b")))
+
+
+def test_server_describes_the_addresses_it_binds_when_defaults_are_used():
+    server = TritonServer(ServerOptions("/models", http_port=1, grpc_port=2, metrics_port=3))
+    assert server.describe_binds() == "gRPC 127.0.0.1:2, HTTP off, metrics 127.0.0.1:3"
+    assert server.grpc_url == "127.0.0.1:2"
+    assert TritonServer(ServerOptions("/m", host="0.0.0.0", grpc_port=2)).grpc_url == "127.0.0.1:2"
 
 
 def test_server_environment_puts_this_environments_bin_first_when_built():

@@ -36,10 +36,12 @@ class TritonPythonModel:
             pb_utils,
             requests,
             self._parse,
-            self.runner.generate,
+            # A request whose client left (deadline, cancel) stops within one denoising step.
+            lambda items, cancelled: self.runner.generate(items, cancelled=cancelled),
             lambda result, compute_ms: [
                 pb_utils.Tensor(names.IMAGE, result.image[None]),
                 pb_utils.Tensor(names.SEED, np.array([[result.seed]], dtype=np.int64)),
                 pb_utils.Tensor(names.COMPUTE_MS, compute_ms),
             ],
+            cancellable=True,
         )

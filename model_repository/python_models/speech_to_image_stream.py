@@ -7,14 +7,16 @@ then ``image``; then the empty final response. The steps are the same models the
 :class:`s2i.stages.diffusion.sampling.DiffusionRunner` with a step callback.
 """
 
+import contextlib
 import time
 from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
 from s2i import names
+from s2i.audio import RequestCancelledError
 from s2i.model_repository.triton_io import error_response, make_stage_runner, optional_input, scalar
-from s2i.pipeline.streaming import StreamCancelledError, StreamRequest, run_stream
+from s2i.pipeline.streaming import StreamRequest, run_stream
 
 
 class TritonPythonModel:
@@ -81,10 +83,12 @@ class TritonPythonModel:
                     clock=time.perf_counter,
                     cancelled=request.is_cancelled,
                 )
-            except StreamCancelledError:
+            except RequestCancelledError:
                 # The client is gone (gRPC stream cancelled): nobody reads an error; free the instance.
                 pb_utils.Logger.log_info("speech_to_image_stream: request cancelled by the client; stopped")
             except Exception as error:  # noqa: BLE001 - this request's stream ends with the error
-                sender.send(error_response(pb_utils, error))
+                # A cancelled stream may refuse responses; the final flag below still closes it.
+                with contextlib.suppress(Exception):
+                    sender.send(error_response(pb_utils, error))
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None

@@ -80,7 +80,10 @@ class TritonPythonModel:
         if not jobs:
             return responses
         try:
-            results = self.runner.transcribe([job for _, _, job in jobs])
+            # A request whose client left (deadline, cancel) stops within one decoding step.
+            results = self.runner.transcribe(
+                [job for _, _, job in jobs], cancelled=lambda i: requests[jobs[i][0]].is_cancelled()
+            )
         except Exception as error:  # noqa: BLE001
             for index, _, _ in jobs:
                 responses[index] = error_response(pb_utils, error)
@@ -91,6 +94,9 @@ class TritonPythonModel:
         elapsed_ms = np.array([[1000 * (time.perf_counter() - started)]], dtype=np.float32)
         for index, parts in by_request.items():
             main, transcript = parts["main"], parts.get("transcript")
+            if isinstance(main, Exception) or isinstance(transcript, Exception):
+                responses[index] = error_response(pb_utils, main if isinstance(main, Exception) else transcript)
+                continue
             responses[index] = pb_utils.InferenceResponse(
                 output_tensors=[
                     pb_utils.Tensor(names.TEXT, np.array([[main.text.encode("utf-8")]], dtype=np.object_)),

@@ -22,25 +22,60 @@ MAX_SAMPLE_RATE_HZ = 192_000
 MAX_AUDIO_BYTES = 48 * 1024 * 1024
 # Shorter audio than this carries no speech the models could use.
 MIN_DURATION_S = 0.1
+# Echoed request values are cut to this many characters (plus their length): a
+# 1 MiB template echoed whole broke gRPC's 16 KiB metadata limit (RESOURCE_EXHAUSTED).
+MAX_ECHO_CHARS = 64
+# No error message is longer than this, whatever its parts (a backstop for `shown`).
+MAX_MESSAGE_CHARS = 1024
+
+
+def shown(value: object) -> str:
+    """``repr(value)`` for an error message: whole when short, else a short prefix and the value's length."""
+    text = repr(value)
+    if len(text) <= MAX_ECHO_CHARS:
+        return text
+    length = len(value) if isinstance(value, str | bytes | list | tuple) else len(text)
+    return f"{text[:MAX_ECHO_CHARS]}… (length {length})"
+
+
+def bounded_message(message: str) -> str:
+    """``message`` cut to :data:`MAX_MESSAGE_CHARS`, saying how long it was."""
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return f"{message[:MAX_MESSAGE_CHARS]}… (message cut, {len(message)} characters)"
 
 
 class InvalidInputError(ValueError):
     """A request input is outside what the server accepts.
+
+    The message is bounded (:func:`bounded_message`), so an echoed input can never
+    make the error itself too large to deliver.
 
     Attributes:
         field: The name of the offending input tensor.
     """
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"`{field}`: {message}")
+        super().__init__(bounded_message(f"`{field}`: {message}"))
         self.field = field
 
 
+class RequestCancelledError(RuntimeError):
+    """The client cancelled the request (or its deadline passed) while it was being served."""
+
+    def __init__(self, what: str = "request") -> None:
+        super().__init__(f"The {what} was cancelled by the client; its work was stopped.")
+
+
 def decode_audio_bytes(data: bytes, field: str = "audio_bytes") -> tuple[np.ndarray, int]:
-    """Decode a WAV/FLAC/OGG file held in memory.
+    """Decode a WAV/FLAC/OGG file held in memory, after checking its header.
+
+    Channels, sample rate and duration come from the header before a single frame is
+    decoded (a 181 KB FLAC of silence holds an hour of audio), and decoding stops at
+    the duration limit even when the header understates the length.
 
     Returns:
-        Samples (float32, shape ``[samples]`` or ``[samples, channels]``) and the sample rate in Hz.
+        Samples (float32, shape ``[samples]``) and the sample rate in Hz.
     """
     import soundfile
 
@@ -49,12 +84,38 @@ def decode_audio_bytes(data: bytes, field: str = "audio_bytes") -> tuple[np.ndar
     if len(data) > MAX_AUDIO_BYTES:
         raise InvalidInputError(field, f"is {len(data)} bytes; the limit is {MAX_AUDIO_BYTES} bytes.")
     try:
-        samples, sample_rate_hz = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=False)
+        with soundfile.SoundFile(io.BytesIO(data)) as sound:
+            _check_header(sound.channels, sound.samplerate, sound.frames, field)
+            # One frame past the limit is enough to tell the header lied.
+            max_frames = math.ceil(MAX_DURATION_S * sound.samplerate) + 1
+            samples = sound.read(frames=max_frames, dtype="float32", always_2d=False)
+            sample_rate_hz = sound.samplerate
+    except InvalidInputError:
+        raise
     except (RuntimeError, soundfile.LibsndfileError, TypeError, ValueError) as e:
         raise InvalidInputError(
             field, f"could not be decoded as WAV, FLAC or OGG audio ({len(data)} bytes): {e}"
         ) from e
     return samples, int(sample_rate_hz)
+
+
+def _check_header(channels: int, sample_rate_hz: int, frames: int, field: str) -> None:
+    """Refuse what the header alone shows to be out of bounds."""
+    if channels != 1:
+        raise InvalidInputError(field, f"has {channels} channels; send mono audio (e.g. `sox in.wav -c 1 out.wav`).")
+    if not MIN_SAMPLE_RATE_HZ <= sample_rate_hz <= MAX_SAMPLE_RATE_HZ:
+        raise InvalidInputError(
+            field,
+            f"has a sample rate of {sample_rate_hz} Hz; it must be between {MIN_SAMPLE_RATE_HZ} and "
+            f"{MAX_SAMPLE_RATE_HZ} Hz.",
+        )
+    header_duration_s = frames / sample_rate_hz
+    if header_duration_s > MAX_DURATION_S:
+        raise InvalidInputError(
+            field,
+            f"is {header_duration_s:.1f} s long (from its header); the limit is {MAX_DURATION_S:.0f} s. "
+            "Split the audio and send each part.",
+        )
 
 
 def prepare_audio(samples: np.ndarray, sample_rate_hz: int, field: str = "audio_samples") -> np.ndarray:

@@ -60,7 +60,9 @@ def cmd_import_whisper(args: argparse.Namespace) -> int:
 
 
 def _server_options(args: argparse.Namespace):
-    from s2i.server import ServerOptions
+    import os
+
+    from s2i.server import ADMIN_KEY_ENV, ServerOptions
 
     return ServerOptions(
         model_repository=str(args.model_repository),
@@ -68,6 +70,10 @@ def _server_options(args: argparse.Namespace):
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
         log_verbose=args.log_verbose,
+        exit_timeout_s=args.exit_timeout_s,
+        host=args.host,
+        http=args.http,
+        restricted_api_key=args.admin_key or os.environ.get(ADMIN_KEY_ENV) or None,
     )
 
 
@@ -79,7 +85,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.print_args:
         print(" ".join(["tritonserver", *tritonserver_args(options)]))
         return 0
-    server = TritonServer(options, log_file=args.log_file, log_stream=None if args.log_file else sys.stderr)
+    admin = "admin APIs need the admin key" if options.restricted_api_key else "admin APIs locked (no key)"
+    server = TritonServer(
+        options,
+        log_file=args.log_file,
+        log_stream=None if args.log_file else sys.stderr,
+        startup_timeout_s=args.startup_timeout_s,
+    )
     stop_requested = []
 
     def request_stop(signum, _frame):
@@ -88,7 +100,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     server.start()
-    print(f"serving {options.model_repository}: gRPC {server.grpc_url}, HTTP {server.http_url}", flush=True)
+    print(f"serving {options.model_repository}: {server.describe_binds()}; {admin}", flush=True)
     try:
         while not stop_requested and server.is_alive():
             time.sleep(0.2)
@@ -98,6 +110,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("tritonserver exited on its own; see its log above.", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when the server (with ``--deep``: every model, by a tiny inference) answers; else 1."""
+    from s2i.health import deep_check
+
+    if not args.deep:
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            with grpcclient.InferenceServerClient(args.url) as client:
+                ready = client.is_server_ready(client_timeout=args.timeout_s)
+        except InferenceServerException as e:
+            print(f"server: unhealthy ({e.message()})")
+            return 1
+        print(f"server: {'ready' if ready else 'not ready'}")
+        return 0 if ready else 1
+    results = deep_check(args.url, timeout_s=args.timeout_s)
+    for result in results:
+        print(f"{result.model}: {'ok' if result.healthy else 'UNHEALTHY'} ({result.seconds:.2f} s) {result.detail}")
+    return 0 if results and all(result.healthy for result in results) else 1
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
@@ -339,12 +373,44 @@ def _add_web(commands) -> None:
 
 
 def _add_server_flags(parser: argparse.ArgumentParser) -> None:
-    from s2i.server import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT
+    from s2i.server import (
+        ADMIN_KEY_ENV,
+        DEFAULT_GRPC_PORT,
+        DEFAULT_HOST,
+        DEFAULT_HTTP_PORT,
+        DEFAULT_METRICS_PORT,
+        DEFAULT_STARTUP_TIMEOUT_S,
+        ServerOptions,
+    )
 
     parser.add_argument("--model-repository", type=Path, required=True, help="model repository folder")
+    parser.add_argument(
+        "--host", default=DEFAULT_HOST, help="address gRPC, HTTP and metrics bind to (0.0.0.0: every interface)"
+    )
+    parser.add_argument(
+        "--http",
+        action="store_true",
+        help="also serve HTTP/REST (off by default: Triton 2.51's HTTP parser can be crashed, see "
+        "docs/security.md; with a key set, HTTP inference needs it too)",
+    )
     parser.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT)
     parser.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT)
     parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT)
+    parser.add_argument(
+        "--admin-key",
+        help=f"key for the model-repository, model-config, "
+        f"shared-memory, statistics, trace and logging APIs, sent as the `admin-key` HTTP header or the "
+        f"`triton-grpc-protocol-admin-key` gRPC metadata (default: ${ADMIN_KEY_ENV}; without either they are locked)",
+    )
+    parser.add_argument(
+        "--startup-timeout-s", type=float, default=DEFAULT_STARTUP_TIMEOUT_S, help="give up loading after this long"
+    )
+    parser.add_argument(
+        "--exit-timeout-s",
+        type=int,
+        default=ServerOptions.exit_timeout_s,
+        help="on SIGTERM, how long in-flight requests may finish",
+    )
     parser.add_argument("--log-verbose", type=int, default=0)
     parser.add_argument("--log-file", type=Path, help="write the server log here instead of stderr")
 
@@ -384,6 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_flags(serve)
     serve.add_argument("--print-args", action="store_true", help="print the tritonserver command and exit")
     serve.set_defaults(handler=cmd_serve)
+
+    health = commands.add_parser("health", help="exit 0 if the server is ready (--deep: every model answers)")
+    health.add_argument("--url", default=DEFAULT_URL, help="gRPC host:port")
+    health.add_argument("--deep", action="store_true", help="run a tiny canned inference on every model")
+    health.add_argument("--timeout-s", type=float, default=30.0, help="per-call deadline")
+    health.set_defaults(handler=cmd_health)
 
     translate = commands.add_parser("translate", help="Hindi speech file -> English text, through the server")
     translate.add_argument("audio", type=Path, help="WAV/FLAC/OGG file")

@@ -61,7 +61,7 @@ def run_demo(build_dir: Path, text: str | None, output: Path, *, steps: int, see
     with ticking("starting"):
         server.start()
     try:
-        print(f"      ready: gRPC {server.grpc_url}, HTTP {server.http_url} (log: {log_file})", flush=True)
+        print(f"      ready: {server.describe_binds()} (log: {log_file})", flush=True)
         print("[5/5] speech -> server -> image:", flush=True)
         result = asyncio.run(_stream(server.grpc_url, speech, steps=steps, seed=seed, max_new_tokens=max_new_tokens))
     finally:

@@ -14,10 +14,12 @@ the embedded launcher, ``s2i serve`` and the Kubernetes manifests use it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -26,8 +28,6 @@ import sys
 import sysconfig
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import IO
@@ -41,6 +41,18 @@ SHM_GROWTH_BYTE_SIZE = 1024 * 1024
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_METRICS_PORT = 8002
+# Loopback unless told otherwise: a laptop or CI host must not expose inference
+# (or the Python backend's shared memory) to its network by default.
+DEFAULT_HOST = "127.0.0.1"
+# Real checkpoints (Whisper small + SD 1.5, 15 Python stubs) load for minutes on
+# a small machine; 180 s killed servers that were still loading.
+DEFAULT_STARTUP_TIMEOUT_S = 600.0
+# Where `s2i serve` and the health command read the admin key when no flag gives it.
+ADMIN_KEY_ENV = "S2I_ADMIN_KEY"
+# The header Triton checks on restricted APIs (`--*-restricted-*=...:admin-key=<value>`): HTTP
+# clients send it as is; gRPC clients send it as metadata with Triton's gRPC prefix.
+ADMIN_KEY_HEADER = "admin-key"
+ADMIN_KEY_GRPC_HEADER = f"triton-grpc-protocol-{ADMIN_KEY_HEADER}"
 
 
 class ServerError(RuntimeError):
@@ -64,6 +76,16 @@ class ServerOptions:
             statistics, trace and logging APIs need the key: header ``admin-key: <value>``
             over HTTP, ``triton-grpc-protocol-admin-key: <value>`` over gRPC (Triton
             prefixes the key name on gRPC).
+            :class:`TritonServer` locks them with a random key when this is ``None``, so
+            no embedded server ever lets an unauthenticated client register shared memory.
+        host: Address the gRPC, HTTP and metrics endpoints bind to.
+        http: Whether the HTTP/REST endpoint runs at all. Off by default: Triton 2.51's
+            HTTP JSON parser sizes a buffer from a request's declared shape before it
+            checks the data, so one small request kills the server (docs/security.md).
+        http_inference_restricted: With ``http``, HTTP inference also needs the admin
+            key (Triton checks the header before it parses the body, so the crashing
+            request is refused unparsed). Pods turn it off: their ingress serves HTTP
+            inference and a gateway in front is what must check declared sizes there.
     """
 
     model_repository: str
@@ -74,6 +96,9 @@ class ServerOptions:
     exit_timeout_s: int = 30
     shm_region_prefix: str | None = None
     restricted_api_key: str | None = None
+    host: str = DEFAULT_HOST
+    http: bool = False
+    http_inference_restricted: bool = True
 
     def with_free_ports(self) -> ServerOptions:
         """Return a copy whose three ports are free on this host."""
@@ -82,6 +107,21 @@ class ServerOptions:
 
 
 RESTRICTED_CATEGORIES = "model-repository,model-config,shared-memory,statistics,trace,logging"
+
+
+def pod_server_options(model_repository: str, restricted_api_key: str) -> ServerOptions:
+    """The options the Kubernetes pods run with (k8s/base/deployment.yaml holds their flags).
+
+    Every interface (the Service and the kubelet's probes reach the pod's IP), HTTP on
+    for the probes and the ingress, admin APIs behind the key from the pod's Secret.
+    """
+    return ServerOptions(
+        model_repository=model_repository,
+        restricted_api_key=restricted_api_key,
+        host="0.0.0.0",
+        http=True,
+        http_inference_restricted=False,
+    )
 
 
 def tritonserver_args(options: ServerOptions, backend_directory: str | None = None) -> list[str]:
@@ -94,8 +134,12 @@ def tritonserver_args(options: ServerOptions, backend_directory: str | None = No
     """
     args = [
         f"--model-repository={options.model_repository}",
+        f"--allow-http={str(options.http).lower()}",
+        f"--http-address={options.host}",
         f"--http-port={options.http_port}",
+        f"--grpc-address={options.host}",
         f"--grpc-port={options.grpc_port}",
+        f"--metrics-address={options.host}",
         f"--metrics-port={options.metrics_port}",
         f"--log-verbose={options.log_verbose}",
         f"--exit-timeout-secs={options.exit_timeout_s}",
@@ -109,8 +153,14 @@ def tritonserver_args(options: ServerOptions, backend_directory: str | None = No
     if options.shm_region_prefix:
         args.append(f"--backend-config=python,shm-region-prefix-name={options.shm_region_prefix}")
     if options.restricted_api_key:
-        restriction = f"{RESTRICTED_CATEGORIES}:admin-key={options.restricted_api_key}"
-        args += [f"--grpc-restricted-protocol={restriction}", f"--http-restricted-api={restriction}"]
+        key = f"{ADMIN_KEY_HEADER}={options.restricted_api_key}"
+        http_categories = RESTRICTED_CATEGORIES
+        if options.http and options.http_inference_restricted:
+            http_categories += ",inference"
+        args += [
+            f"--grpc-restricted-protocol={RESTRICTED_CATEGORIES}:{key}",
+            f"--http-restricted-api={http_categories}:{key}",
+        ]
     if backend_directory:
         args.append(f"--backend-directory={backend_directory}")
     return args
@@ -226,10 +276,13 @@ class TritonServer:
         workspace: Path | None = None,
         log_file: Path | None = None,
         log_stream: IO[str] | None = None,
-        startup_timeout_s: float = 180.0,
+        startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S,
     ) -> None:
         if not options.shm_region_prefix:
             options = dataclasses.replace(options, shm_region_prefix=f"s2i{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        if not options.restricted_api_key:
+            # Nobody knows this key: the admin APIs (shared memory above all) stay shut.
+            options = dataclasses.replace(options, restricted_api_key=secrets.token_urlsafe(24))
         self.options = options
         self.startup_timeout_s = startup_timeout_s
         self._workspace = workspace
@@ -240,14 +293,35 @@ class TritonServer:
         self._log_lines: list[str] = []
 
     @property
+    def _connect_host(self) -> str:
+        # A wildcard bind is reached through loopback from this host.
+        return "127.0.0.1" if self.options.host in ("0.0.0.0", "::", "") else self.options.host
+
+    @property
     def grpc_url(self) -> str:
-        """``host:port`` of the gRPC endpoint."""
-        return f"127.0.0.1:{self.options.grpc_port}"
+        """``host:port`` to reach the gRPC endpoint from this host."""
+        return f"{self._connect_host}:{self.options.grpc_port}"
 
     @property
     def http_url(self) -> str:
-        """``host:port`` of the HTTP endpoint."""
-        return f"127.0.0.1:{self.options.http_port}"
+        """``host:port`` to reach the HTTP endpoint from this host (only when ``options.http``)."""
+        return f"{self._connect_host}:{self.options.http_port}"
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """The gRPC metadata that opens the restricted (admin) APIs of this server."""
+        return {ADMIN_KEY_GRPC_HEADER: self.options.restricted_api_key or ""}
+
+    @property
+    def http_admin_headers(self) -> dict[str, str]:
+        """The HTTP header that opens the restricted APIs (and HTTP inference) of this server."""
+        return {ADMIN_KEY_HEADER: self.options.restricted_api_key or ""}
+
+    def describe_binds(self) -> str:
+        """What the server listens on, as the flags it got say (``gRPC 127.0.0.1:8001, HTTP off, ...``)."""
+        options = self.options
+        http = f"HTTP {options.host}:{options.http_port}" if options.http else "HTTP off"
+        return f"gRPC {options.host}:{options.grpc_port}, {http}, metrics {options.host}:{options.metrics_port}"
 
     @property
     def pid(self) -> int:
@@ -345,11 +419,14 @@ class TritonServer:
         return self._process is not None and self._process.poll() is None
 
     def is_ready(self) -> bool:
-        """Whether the server answers ``/v2/health/ready`` with 200."""
+        """Whether the server says it is ready over gRPC (HTTP may be off)."""
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
         try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            with grpcclient.InferenceServerClient(self.grpc_url) as client:
+                return bool(client.is_server_ready(client_timeout=2))
+        except (InferenceServerException, ConnectionError, TimeoutError):
             return False
 
     def wait_until_ready(self, timeout_s: float) -> None:
@@ -383,20 +460,23 @@ class TritonServer:
     def stop(self, timeout_s: float | None = None) -> None:
         """Stop the server: SIGTERM, then SIGKILL after ``timeout_s``; remove the workspace.
 
-        By default Triton gets its own ``exit_timeout_s`` to finish in-flight requests, plus 10 s.
+        SIGTERM goes to ``tritonserver`` alone, as the kubelet sends it to a pod's
+        PID 1: Triton then refuses new requests, finishes the in-flight ones within
+        ``exit_timeout_s`` and stops its Python stubs itself. (Signalling the whole
+        process group killed the stubs at once and failed every in-flight request.)
+        By default Triton gets its own ``exit_timeout_s`` plus 10 s before the group is killed.
         """
         timeout_s = self.options.exit_timeout_s + 10 if timeout_s is None else timeout_s
         process = self._process
         if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
             try:
-                os.killpg(process.pid, signal.SIGTERM)
                 process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                LOGGER.warning("tritonserver did not stop in %.0f s; killing it", timeout_s)
-                os.killpg(process.pid, signal.SIGKILL)
+                LOGGER.warning("tritonserver did not stop in %.0f s; killing it and its stubs", timeout_s)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-            except ProcessLookupError:
-                pass
         self._join_log()
         if self._workspace is not None and self._workspace.name.startswith("triton-"):
             shutil.rmtree(self._workspace, ignore_errors=True)

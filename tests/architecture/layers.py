@@ -68,6 +68,7 @@ LAYER_OF: tuple[tuple[str, str], ...] = (
     ("s2i.client.*", CLIENT),
     ("s2i.pipeline.reference", APP),
     ("s2i.server", APP),
+    ("s2i.health", APP),
     ("s2i.demo", APP),
     ("s2i.cli", APP),
     ("s2i.training", APP),

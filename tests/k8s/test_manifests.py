@@ -26,7 +26,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from s2i.server import SHM_DEFAULT_BYTE_SIZE, ServerOptions, tritonserver_args
+from s2i.server import SHM_DEFAULT_BYTE_SIZE, pod_server_options, tritonserver_args
 
 K8S_DIR = Path(__file__).resolve().parents[2] / "k8s"
 KUBECTL = shutil.which("kubectl")
@@ -338,7 +338,7 @@ def test_servicemonitor_has_operator_structure_when_rendered(overlay: str) -> No
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_server_args_equal_tritonserver_args_when_rendered(overlay: str) -> None:
-    options = ServerOptions(model_repository=MODEL_REPOSITORY[overlay], restricted_api_key=ADMIN_KEY_REFERENCE)
+    options = pod_server_options(MODEL_REPOSITORY[overlay], ADMIN_KEY_REFERENCE)
     expected = tritonserver_args(options)
 
     assert server(overlay)["args"] == expected, (
@@ -508,8 +508,6 @@ def test_namespace_enforces_restricted_pod_security_when_rendered(overlay: str) 
     ("probe", "path"),
     [
         ("startupProbe", "/v2/health/ready"),
-        ("readinessProbe", "/v2/health/ready"),
-        ("livenessProbe", "/v2/health/live"),
     ],
 )
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -517,7 +515,19 @@ def test_server_probe_uses_triton_health_endpoint_when_rendered(overlay: str, pr
     assert server(overlay)[probe]["httpGet"]["path"] == path
 
 
-@pytest.mark.parametrize("probe", ["startupProbe", "readinessProbe", "livenessProbe"])
+@pytest.mark.parametrize("probe", ["readinessProbe", "livenessProbe"])
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_server_probe_runs_the_deep_health_check_on_the_grpc_port_when_rendered(overlay: str, probe: str) -> None:
+    # A dead Python stub leaves /v2/health/ready at 200; only an inference per model notices (s2i.health).
+    command = server(overlay)[probe]["exec"]["command"]
+    assert command[:3] == ["s2i", "health", "--deep"]
+    url = command[command.index("--url") + 1]
+    assert url.startswith("127.0.0.1:")
+    assert int(url.rsplit(":", 1)[1]) == server_port(overlay, "grpc")
+    assert server(overlay)[probe]["timeoutSeconds"] > float(command[command.index("--timeout-s") + 1])
+
+
+@pytest.mark.parametrize("probe", ["startupProbe"])
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_server_probe_targets_http_port_flag_when_rendered(overlay: str, probe: str) -> None:
     container = server(overlay)

@@ -33,6 +33,8 @@ def test_compose_prompt_falls_back_to_a_neutral_subject_when_text_is_empty(templ
     ("kwargs", "match"),
     [
         (dict(template_name="cubist"), r"`style_template`: 'cubist' is not a style template; use one of"),
+        # A 1 MiB name is echoed as a short prefix and its length (the message stays small).
+        (dict(template_name="x" * (1 << 20)), r"^`style_template`: 'x{63}… \(length 1048576\) is not a style template"),
         (dict(emotion_override="bored"), r"`emotion_override`: must be one of \['neutral'"),
     ],
 )

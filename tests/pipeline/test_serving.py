@@ -93,7 +93,8 @@ def test_pipeline_uses_shared_memory_for_audio_and_pixels_with_the_same_result(t
     clip = hindi_clips[0]
     expected = client.speech_to_image(clip.samples, clip.sample_rate_hz, seed=2, height=64, width=48, **OPTIONS)
     assert expected.image_pixels is None
-    with Client(triton_server.grpc_url, use_shared_memory=True) as shm_client:
+    # Shared-memory registration is an admin API: the client sends the server's key.
+    with Client(triton_server.grpc_url, use_shared_memory=True, headers=triton_server.admin_headers) as shm_client:
         served = shm_client.speech_to_image(clip.samples, clip.sample_rate_hz, seed=2, height=64, width=48, **OPTIONS)
     assert served.png == expected.png
     assert served.image_pixels.shape == (64, 48, 3)
@@ -186,7 +187,8 @@ def http_infer(triton_server, model: str, body: dict) -> tuple[dict, bytes]:
     request = urllib.request.Request(
         f"http://{triton_server.http_url}/v2/models/{model}/infer",
         data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
+        # HTTP inference is behind the admin key (docs/security.md).
+        headers={"Content-Type": "application/json", **triton_server.http_admin_headers},
     )
     with urllib.request.urlopen(request, timeout=300) as response:
         payload = response.read()
@@ -250,7 +252,8 @@ def test_http_endpoint_refuses_bad_input_with_400(triton_server):
     request = urllib.request.Request(
         f"http://{triton_server.http_url}/v2/models/speech_to_image/infer",
         data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
+        # HTTP inference is behind the admin key (docs/security.md).
+        headers={"Content-Type": "application/json", **triton_server.http_admin_headers},
     )
     with pytest.raises(urllib.error.HTTPError) as error:
         urllib.request.urlopen(request, timeout=60)

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from s2i import names
-from s2i.audio import InvalidInputError
+from s2i.audio import InvalidInputError, shown
 
 STYLES_FILE = "styles.toml"
 # CLIP reads 77 tokens; a longer translation is cut by the tokenizer, but keep
@@ -116,13 +116,13 @@ def compose_prompt(
     if emotion_override:
         if emotion_override not in names.EMOTION_LABELS:
             raise InvalidInputError(
-                names.EMOTION_OVERRIDE, f"must be one of {list(names.EMOTION_LABELS)}, got {emotion_override!r}."
+                names.EMOTION_OVERRIDE, f"must be one of {list(names.EMOTION_LABELS)}, got {shown(emotion_override)}."
             )
         emotion = emotion_override
     name = template_name or templates.default_template
     if name not in templates.templates:
         raise InvalidInputError(
-            names.STYLE_TEMPLATE, f"{name!r} is not a style template; use one of {sorted(templates.templates)}."
+            names.STYLE_TEMPLATE, f"{shown(name)} is not a style template; use one of {sorted(templates.templates)}."
         )
     cleaned = " ".join(text.split())[:MAX_TEXT_CHARS] or EMPTY_TEXT
     template = templates.templates[name]

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from s2i import names
-from s2i.audio import InvalidInputError
+from s2i.audio import InvalidInputError, RequestCancelledError
 from s2i.model_repository.triton_io import scalar
 from s2i.pipeline.steps import encode_png
 from s2i.stages.diffusion.sampling import image_request_from
@@ -29,10 +29,6 @@ _TEXT_OUTPUTS = (
 )
 
 Send = Callable[[dict[str, np.ndarray]], None]
-
-
-class StreamCancelledError(Exception):
-    """The client cancelled the stream (it went away); the rest of the work is skipped."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,20 +69,29 @@ def run_stream(
     diffusion,
     send: Send,
     clock: Callable[[], float],
-    cancelled: Callable[[], bool] = lambda: False,
+    cancelled: Callable[[], bool] | None = None,
 ):
     """Run the pipeline for one request, calling ``send`` with each message's output tensors.
 
-    ``cancelled`` is asked before the image and after every denoising step; when it
-    says yes, :class:`StreamCancelledError` stops the work (an abandoned request must not
-    hold a loop instance for the rest of its steps).
+    ``cancelled`` (the stream's ``request.is_cancelled``) is asked between stages and before
+    every denoising step: a dropped stream stops there with :class:`RequestCancelledError`.
     """
-    if request.preview_every < 0:
+    from s2i.stages.diffusion.sampling import MAX_NUM_INFERENCE_STEPS
+
+    if not 0 <= request.preview_every <= MAX_NUM_INFERENCE_STEPS:
         raise InvalidInputError(
-            names.PREVIEW_EVERY, f"must be 0 (no previews) or positive, got {request.preview_every}."
+            names.PREVIEW_EVERY,
+            f"must be 0 (no previews) or between 1 and {MAX_NUM_INFERENCE_STEPS}, got {request.preview_every}.",
         )
+    is_cancelled = cancelled or (lambda: False)
     started = clock()
-    features = run_stage(
+
+    def checked_stage(*args):
+        if is_cancelled():
+            raise RequestCancelledError("stream")
+        return run_stage(*args)
+
+    features = checked_stage(
         names.PREPROCESS, request.audio, [names.INPUT_FEATURES, names.EMOTION_FEATURES, names.COMPUTE_MS]
     )
     whisper_options = {
@@ -94,12 +99,12 @@ def run_stream(
         for name in (names.RETURN_TRANSCRIPT, names.MAX_NEW_TOKENS)
         if name in request.options
     }
-    whisper = run_stage(
+    whisper = checked_stage(
         names.WHISPER,
         {names.INPUT_FEATURES: features[names.INPUT_FEATURES], **whisper_options},
         [names.TEXT, names.TRANSCRIPT, names.COMPUTE_MS],
     )
-    emotion = run_stage(
+    emotion = checked_stage(
         names.EMOTION_CLASSIFIER,
         {names.INPUT_FEATURES: features[names.EMOTION_FEATURES]},
         [names.EMOTION_LABEL, names.EMOTION_PROBABILITIES, names.COMPUTE_MS],
@@ -109,7 +114,7 @@ def run_stream(
         composer_inputs[names.EMOTION_OVERRIDE] = _text(request.emotion_override)
     if request.style_template:
         composer_inputs[names.STYLE_TEMPLATE] = _text(request.style_template)
-    composed = run_stage(
+    composed = checked_stage(
         names.PROMPT_COMPOSER,
         composer_inputs,
         [names.PROMPT, names.NEGATIVE_PROMPT, names.EMOTION, names.COMPUTE_MS],
@@ -123,12 +128,8 @@ def run_stream(
     send({**common, names.EVENT: _text("text"), names.STEP: np.array([[0]], dtype=np.int32)})
 
     image_options = image_request(composed[names.PROMPT], composed[names.NEGATIVE_PROMPT], request.options)
-    if cancelled():
-        raise StreamCancelledError()
 
     def on_step(_index: int, step: int, total: int, latents: np.ndarray) -> None:
-        if cancelled():
-            raise StreamCancelledError()
         if request.preview_every and step % request.preview_every == 0 and step < total:
             preview = diffusion.decode(latents)[0]
             send(
@@ -141,7 +142,9 @@ def run_stream(
             )
 
     diffusion_started = clock()
-    (generated,) = diffusion.generate([image_options], on_step=on_step)
+    (generated,) = diffusion.generate([image_options], on_step=on_step, cancelled=lambda _index: is_cancelled())
+    if isinstance(generated, RequestCancelledError):
+        raise generated
     common["diffusion_ms"] = np.array([[1000 * (clock() - diffusion_started)]], dtype=np.float32)
     encode_started = clock()
     png = encode_png(generated.image)

@@ -16,3 +16,6 @@ import numpy as np
 Tensors = Mapping[str, np.ndarray]
 # (stage model name, inputs, requested output names) -> outputs.
 StageRunner = Callable[[str, Tensors, Sequence[str]], Mapping[str, np.ndarray]]
+# (index of a request in its batch) -> whether its client has gone (Triton's `request.is_cancelled()`);
+# loops ask it once per step, so an abandoned request stops within one step.
+Cancelled = Callable[[int], bool]

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from s2i.audio import InvalidInputError, prepare_audio
+from s2i.audio import InvalidInputError, RequestCancelledError, prepare_audio
 from s2i.model_repository.onnx_stage import OnnxStage, onnx_stage_runner
 from s2i.stages.whisper.decoding import DecodingRules, TranscriptionRequest, WhisperRunner
 from s2i.stages.whisper.reference import WhisperReference
@@ -50,6 +50,29 @@ def test_greedy_decode_stops_at_each_requests_own_limit_when_batched(onnx_runner
     assert len(short.token_ids) == 3
     assert len(long.token_ids) == 12
     assert long.token_ids[:3] == short.token_ids
+
+
+def test_greedy_decode_stops_a_cancelled_request_within_one_step_and_finishes_the_others(onnx_runner, hindi_clips):
+    samples = prepare_audio(hindi_clips[0].samples, hindi_clips[0].sample_rate_hz)
+    steps = {"with_past": 0}
+    run_stage = onnx_runner.run_stage
+
+    def counting(model, inputs, outputs):
+        steps["with_past"] += model == "whisper_decoder_with_past"
+        return run_stage(model, inputs, outputs)
+
+    onnx_runner.run_stage = counting
+    try:
+        abandoned, kept = onnx_runner.transcribe(
+            [TranscriptionRequest(samples, max_new_tokens=200), TranscriptionRequest(samples, max_new_tokens=6)],
+            cancelled=lambda index: index == 0 and steps["with_past"] >= 2,
+        )
+    finally:
+        onnx_runner.run_stage = run_stage
+    assert isinstance(abandoned, RequestCancelledError)
+    # 6 tokens need 5 cached steps; the cancelled request added none after its client left.
+    assert steps["with_past"] == 5
+    assert kept.token_ids == onnx_runner.transcribe([TranscriptionRequest(samples, max_new_tokens=6)])[0].token_ids
 
 
 def test_decoding_rules_prompt_is_sot_language_task_notimestamps(whisper_dir):

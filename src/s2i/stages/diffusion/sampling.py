@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from s2i import names
-from s2i.audio import InvalidInputError
-from s2i.stages.runner import StageRunner
+from s2i.audio import InvalidInputError, RequestCancelledError, shown
+from s2i.stages.runner import Cancelled, StageRunner
 
 # Request name -> diffusers scheduler class.
 SCHEDULERS = {
@@ -50,6 +50,8 @@ MAX_NUM_INFERENCE_STEPS = 150
 MAX_IMAGE_SIZE = 1024
 MAX_PROMPT_CHARS = 4096  # prompts are cut to 77 tokens anyway; this only bounds the work of tokenising
 MAX_SEED = 2**63 - 1
+# Pipelines use 1-20; far larger values only overflow the latents (3.4e38 gave an image of inf/NaN).
+MAX_GUIDANCE_SCALE = 100.0
 
 
 def scheduler_class(name: str):
@@ -57,7 +59,7 @@ def scheduler_class(name: str):
     import diffusers
 
     if name not in SCHEDULERS:
-        raise InvalidInputError(names.SCHEDULER, f"must be one of {sorted(SCHEDULERS)}, got {name!r}.")
+        raise InvalidInputError(names.SCHEDULER, f"must be one of {sorted(SCHEDULERS)}, got {shown(name)}.")
     return getattr(diffusers, SCHEDULERS[name])
 
 
@@ -116,10 +118,11 @@ class _Job:
     latents: object  # torch.Tensor [1, C, h, w]
     step_kwargs: dict
     step: int = 0
+    cancelled: bool = False
 
     @property
     def done(self) -> bool:
-        return self.step >= len(self.scheduler.timesteps)
+        return self.cancelled or self.step >= len(self.scheduler.timesteps)
 
     @property
     def rows(self) -> int:
@@ -174,8 +177,10 @@ class DiffusionRunner:
                 names.NUM_INFERENCE_STEPS, f"must be between 1 and {MAX_NUM_INFERENCE_STEPS}, got {steps}."
             )
         guidance = request.guidance_scale
-        if not (math.isfinite(guidance) and guidance >= 0):
-            raise InvalidInputError(names.GUIDANCE_SCALE, f"must be a finite number >= 0, got {guidance}.")
+        if not (math.isfinite(guidance) and 0 <= guidance <= MAX_GUIDANCE_SCALE):
+            raise InvalidInputError(
+                names.GUIDANCE_SCALE, f"must be a finite number between 0 and {MAX_GUIDANCE_SCALE:g}, got {guidance}."
+            )
         height = self.default_size if request.height is None else request.height
         width = self.default_size if request.width is None else request.width
         for field, size in ((names.HEIGHT, height), (names.WIDTH, width)):
@@ -287,19 +292,8 @@ class DiffusionRunner:
         image = np.clip(outputs[names.SAMPLE] / np.float32(2) + np.float32(0.5), 0, 1).transpose(0, 2, 3, 1)
         return (image * 255).round().astype(np.uint8)
 
-    def generate(
-        self,
-        requests: Sequence[ImageRequest],
-        on_step: Callable[[int, int, int, np.ndarray], None] | None = None,
-    ) -> list[DecodedImage]:
-        """Generate one image per request; requests are checked here (defaults filled in).
-
-        Args:
-            requests: The requests.
-            on_step: Called after each denoising step as ``on_step(request index, steps done,
-                total steps, latents)``; streaming uses it for previews.
-        """
-        requests = [self.check(request) for request in requests]
+    def _start_jobs(self, requests: Sequence[ImageRequest]) -> list[_Job]:
+        """Encode every prompt in one call and set up each request's loop."""
         texts: list[str] = []
         for request in requests:
             if request.guidance_scale > 1 and self.guidance_allowed:
@@ -312,7 +306,17 @@ class DiffusionRunner:
             rows = 2 if guided else 1
             jobs.append(self._start(request, embeddings[row : row + rows]))
             row += rows
-        while active := [job for job in jobs if not job.done]:
+        return jobs
+
+    def _denoise(self, jobs: list[_Job], on_step, cancelled: Cancelled | None) -> None:
+        """Step every unfinished job, same-shape jobs in one UNet call, until all are done or cancelled."""
+        while True:
+            if cancelled is not None:
+                for index, job in enumerate(jobs):
+                    job.cancelled = job.cancelled or (not job.done and cancelled(index))
+            active = [job for job in jobs if not job.done]
+            if not active:
+                return
             groups: dict[tuple, list[_Job]] = {}
             for job in active:
                 groups.setdefault(tuple(job.latents.shape), []).append(job)
@@ -321,12 +325,39 @@ class DiffusionRunner:
                 if on_step is not None:
                     for job in group:
                         on_step(jobs.index(job), job.step, len(job.scheduler.timesteps), job.latents.numpy())
+
+    def _decode_jobs(self, jobs: list[_Job]) -> list[np.ndarray | None]:
+        """VAE-decode the finished jobs, same-shape latents in one call (``None`` for cancelled ones)."""
         images: list[np.ndarray | None] = [None] * len(jobs)
         by_shape: dict[tuple, list[int]] = {}
         for index, job in enumerate(jobs):
-            by_shape.setdefault(tuple(job.latents.shape), []).append(index)
+            if not job.cancelled:
+                by_shape.setdefault(tuple(job.latents.shape), []).append(index)
         for indices in by_shape.values():
             decoded = self.decode(np.concatenate([jobs[i].latents.numpy() for i in indices]))
             for i, image in zip(indices, decoded, strict=True):
                 images[i] = image
-        return [DecodedImage(image=image, seed=job.seed) for image, job in zip(images, jobs, strict=True)]
+        return images
+
+    def generate(
+        self,
+        requests: Sequence[ImageRequest],
+        on_step: Callable[[int, int, int, np.ndarray], None] | None = None,
+        cancelled: Cancelled | None = None,
+    ) -> list[DecodedImage | RequestCancelledError]:
+        """Generate one image per request; requests are checked here (defaults filled in).
+
+        Args:
+            requests: The requests.
+            on_step: Called after each denoising step as ``on_step(request index, steps done,
+                total steps, latents)``; streaming uses it for previews.
+            cancelled: Asked for each unfinished request before every step; a cancelled request
+                stops there and its result is a :class:`~s2i.audio.RequestCancelledError`.
+        """
+        jobs = self._start_jobs([self.check(request) for request in requests])
+        self._denoise(jobs, on_step, cancelled)
+        images = self._decode_jobs(jobs)
+        return [
+            RequestCancelledError() if job.cancelled else DecodedImage(image=image, seed=job.seed)
+            for image, job in zip(images, jobs, strict=True)
+        ]

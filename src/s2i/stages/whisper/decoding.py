@@ -23,10 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from s2i import names
-from s2i.audio import InvalidInputError
-from s2i.stages.runner import StageRunner
-
-# (model name, inputs, requested output names) -> outputs
+from s2i.audio import InvalidInputError, RequestCancelledError, shown
+from s2i.stages.runner import Cancelled, StageRunner
 
 TASKS = ("translate", "transcribe")
 DEFAULT_TASK = "translate"
@@ -102,12 +100,12 @@ class DecodingRules:
     def prompt(self, language: str, task: str) -> list[int]:
         """The forced decoder prompt for ``language`` (``"hi"``) and ``task``."""
         if task not in TASKS:
-            raise InvalidInputError(names.TASK, f"must be one of {list(TASKS)}, got {task!r}.")
+            raise InvalidInputError(names.TASK, f"must be one of {list(TASKS)}, got {shown(task)}.")
         language_token = f"<|{language}|>"
         if language_token not in self.lang_to_id:
             codes = sorted(token.strip("<|>") for token in self.lang_to_id)
             raise InvalidInputError(
-                names.LANGUAGE, f"{language!r} is not a language of this model; use one of {codes}."
+                names.LANGUAGE, f"{shown(language)} is not a language of this model; use one of {codes}."
             )
         return [
             self.decoder_start_token_id,
@@ -165,6 +163,7 @@ def greedy_decode(
     rules: DecodingRules,
     run_stage: StageRunner,
     num_layers: int,
+    cancelled: Cancelled | None = None,
 ) -> list[list[int]]:
     """Decode a batch greedily, reusing the KV cache between steps.
 
@@ -175,6 +174,8 @@ def greedy_decode(
         rules: Token rules of the checkpoint.
         run_stage: Runs ``whisper_decoder`` / ``whisper_decoder_with_past``.
         num_layers: Decoder layers (number of KV-cache pairs).
+        cancelled: Asked at every step for each unfinished sequence; a cancelled one stops there
+            (its ids so far are returned; the caller answers it as cancelled).
 
     Returns:
         The generated ids of each sequence, ending with ``<|endoftext|>`` when it was produced.
@@ -205,6 +206,9 @@ def greedy_decode(
         finished |= next_tokens == rules.eos_token_id
         step += 1
         finished |= step >= limits
+        if cancelled is not None:
+            for index in np.flatnonzero(~finished):
+                finished[index] = cancelled(int(index))
         if finished.all():
             return generated
         # Finished sequences keep feeding <|endoftext|> (the pad token), as generate does.
@@ -297,8 +301,16 @@ class WhisperRunner:
         outputs = self.run_stage(names.WHISPER_ENCODER, {names.INPUT_FEATURES: features}, [names.LAST_HIDDEN_STATE])
         return outputs[names.LAST_HIDDEN_STATE]
 
-    def transcribe(self, requests: Sequence[TranscriptionRequest]) -> list[Transcription]:
-        """Transcribe or translate a batch of checked requests."""
+    def transcribe(
+        self, requests: Sequence[TranscriptionRequest], cancelled: Cancelled | None = None
+    ) -> list[Transcription | RequestCancelledError]:
+        """Transcribe or translate a batch of checked requests.
+
+        Args:
+            requests: The requests.
+            cancelled: Asked per request at every decoding step; a cancelled request's result is a
+                :class:`~s2i.audio.RequestCancelledError` (the others are unaffected).
+        """
         prompts = np.asarray([self.check(request) for request in requests], dtype=np.int64)
         to_compute = [request.samples for request in requests if request.features is None]
         computed = iter(self.features(to_compute) if to_compute else [])
@@ -313,8 +325,11 @@ class WhisperRunner:
             self.rules,
             self.run_stage,
             self.num_layers,
+            cancelled,
         )
         return [
-            Transcription(token_ids=ids, text=self.tokenizer.decode(ids, skip_special_tokens=True).strip())
-            for ids in token_ids
+            RequestCancelledError()
+            if cancelled is not None and cancelled(index)
+            else Transcription(token_ids=ids, text=self.tokenizer.decode(ids, skip_special_tokens=True).strip())
+            for index, ids in enumerate(token_ids)
         ]
