@@ -36,7 +36,8 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 # graphs run on Triton's own backends), so the CPU build: the default PyPI build would
 # add about 4 GB of CUDA 13 wheels beside the container's own CUDA.
 # Then exactly what the served models import (tests/deploy checks the import closure of
-# every model against this stage), pinned to the versions the tests run (checked by a test).
+# every model against this stage), pinned to the versions the tests run (checked by a test),
+# plus the gRPC client the pods' probes run (`s2i health --deep`, a canned inference per model).
 # hadolint ignore=DL3013
 RUN python3 -m pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu \
         "torch==2.13.0" \
@@ -46,7 +47,8 @@ RUN python3 -m pip install --no-cache-dir --index-url https://download.pytorch.o
         "soundfile==0.14.0" \
         "safetensors==0.8.0" \
         "transformers==4.57.6" \
-        "diffusers==0.39.0"
+        "diffusers==0.39.0" \
+        "tritonclient[grpc]==2.73.0"
 COPY --chown=1000:1000 . /opt/speech2image-triton
 # The package itself, without its conversion/test dependencies (pinned above).
 RUN python3 -m pip install --no-cache-dir --no-deps /opt/speech2image-triton

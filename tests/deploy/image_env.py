@@ -1,4 +1,4 @@
-"""Image-equivalent virtual environments, built without Docker and cached under ``build/``.
+"""Image-equivalent virtual environments, built without Docker and cached per machine (``~/.cache/s2i``).
 
 An environment for a Dockerfile stage is a venv of the base image's Python
 (pyenv's build of the version :func:`dockerfile.ngc_python` derives from the
@@ -12,8 +12,7 @@ Declared stand-ins, because this machine has neither the NGC image nor Docker:
 
 - the NGC image's ``tritonserver`` binary: the embedded server of
   ``nvidia-pytriton`` (:data:`SERVER_STAND_IN`), installed **without its
-  dependencies**, since its ``tritonclient`` would hide a served module that
-  imports ``tritonclient`` while the image does not install it;
+  dependencies**, so the environment holds exactly the stage's packages;
 - Triton's native ``onnxruntime`` backend, which serves the stage graphs in the
   image and which the embedded server lacks: the environment serves the
   ``python-onnxruntime`` target instead, whose stage graphs run in ONNX Runtime

@@ -185,12 +185,23 @@ def providing_distributions(top_level: str) -> set[str]:
     return {canonicalize_name(name) for name in _packages_distributions().get(top_level, [])}
 
 
+# Installed in the server image for the pods' probes (`s2i health --deep` is a gRPC client),
+# but never what a served model may import: serving must not depend on the client.
+CLIENT_ONLY_MODULES = frozenset({"tritonclient", "grpc"})
+
+
 def missing_imports(closure: Closure, installed: AbstractSet[str]) -> list[str]:
-    """Import sites whose module is neither stdlib, the backend's, the project's, nor in ``installed``."""
+    """Import sites whose module is neither stdlib, the backend's, the project's, nor in ``installed``.
+
+    Client-only modules (:data:`CLIENT_ONLY_MODULES`) are reported even where installed.
+    """
     problems = []
     for site in closure.external:
         top = site.module.split(".")[0]
         if top in sys.stdlib_module_names or top in BACKEND_MODULES:
+            continue
+        if top in CLIENT_ONLY_MODULES:
+            problems.append(f"{site} (a client package), which served models must not import")
             continue
         providers = providing_distributions(top)
         if not providers & installed:

@@ -25,7 +25,7 @@ DOCKERFILE = dockerfile.DOCKERFILE
 # NVIDIA's fixes: CVE-2025-23319/23320/23334 (Python backend) in 25.07, CVE-2025-23316 (Python
 # backend) in 25.08, bulletin 5828 (CVE-2026-24206/24207 authentication bypass, ...) in r26.03.
 OLDEST_PATCHED_RELEASE = (26, 3)
-CONVERSION_PACKAGES = {"optimum", "optimum-onnx", "onnx", "onnxruntime", "tritonclient"}
+CONVERSION_PACKAGES = {"optimum", "optimum-onnx", "onnx", "onnxruntime"}
 # Installed by the images but not a pyproject dependency, with where the pin comes from.
 MAKEFILE_PINS = {"openai-whisper": "OPENAI_WHISPER", "open-clip-torch": "OPEN_CLIP"}
 GPU_ONLY_PINS = {"tensorrt-cu13"}  # TensorRT's Python API, pinned to the base image's TensorRT
@@ -144,6 +144,10 @@ def test_pip_refuses_project_when_python_is_3_10(tmp_path):
 
 def test_server_stage_installs_no_conversion_packages_when_parsed():
     assert not stage_packages("server") & CONVERSION_PACKAGES
+
+
+def test_server_stage_installs_the_grpc_client_the_probes_run_when_parsed():
+    assert "tritonclient" in stage_packages("server")
 
 
 def test_converter_stage_adds_conversion_packages_to_server_when_parsed():

@@ -40,7 +40,7 @@ LAUNCHER = Path(__file__).with_name("serve_in_env.py")
 OPTIONS = dict(seed=23, num_inference_steps=2, max_new_tokens=MAX_NEW_TOKENS // 3, return_transcript=True)
 # Packages only the converter installs: the server environment must not have them, or it
 # would hide a served module that imports one (the stand-ins are installed without them).
-CONVERTER_ONLY_MODULES = ("tritonclient", "optimum", "onnx", "whisper", "open_clip")
+CONVERTER_ONLY_MODULES = ("optimum", "onnx", "whisper", "open_clip")
 
 
 @pytest.fixture(scope="module")
