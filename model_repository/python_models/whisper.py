@@ -45,11 +45,13 @@ class TritonPythonModel:
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
         run_stage = make_stage_runner(pb_utils)
         if parameters.get(DECODER_DIR_PARAMETER):
-            instances = sum(int(group.get("count", 1)) for group in config.get("instance_group", [])) or 1
+            # 0 = every core this process may use, not divided among the loop's instances: a loop
+            # alternates decoder calls with Python work and BLS waits, so two instances seldom
+            # compute at the same moment, and a lone request's step gets the whole CPU.
             self.decoder = InProcessDecoder(
                 version_dir / parameters[DECODER_DIR_PARAMETER],
                 int(parameters.get(DECODER_THREADS_PARAMETER, "0")),
-                instances=instances,
+                instances=1,
             )
             run_stage = routed_stage_runner(self.decoder, run_stage)
         self.runner = WhisperRunner(version_dir / "assets", run_stage)
