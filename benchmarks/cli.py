@@ -175,9 +175,11 @@ def _run_tokens(args: argparse.Namespace) -> int:
         return 2
     path = synthesize(HINDI_SENTENCES[0], args.build_dir / "speech" / "bench0.wav", speed_wpm=140)
     clip = prepare_audio(*soundfile.read(path, dtype="float32"))
-    with _server(args) as (url, checkpoints, _):
+    with _server(args) as (url, checkpoints, server_pid):
         repository = args.build_dir / f"model_repository-{args.preset}"
-        result = token_benchmark(url, checkpoints["whisper"], repository, clip, budgets=(4, args.max_new_tokens))
+        result = token_benchmark(
+            url, checkpoints["whisper"], repository, clip, budgets=(4, args.max_new_tokens), server_pid=server_pid
+        )
     result["command"] = "s2i " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "tokens.json").write_text(json.dumps(result, indent=2))

@@ -22,18 +22,18 @@ import tritonclient.grpc as grpcclient
 from s2i import names
 
 
-def _median_seconds(call: Callable[[], int], repeats: int) -> tuple[float, int, float]:
-    """Median wall seconds, tokens produced and mean CPU seconds (this process) of ``repeats`` calls."""
+def _median_seconds(call: Callable[[], int], repeats: int, cpu_s: Callable[[], float]) -> tuple[float, int, float]:
+    """Median wall seconds, tokens produced and mean CPU-seconds (as ``cpu_s`` counts them) of ``repeats`` calls."""
     call()  # warm-up: sessions, allocator, caches
     walls, tokens = [], set()
-    cpu_started = time.process_time()
+    cpu_started = cpu_s()
     for _ in range(repeats):
         started = time.perf_counter()
         tokens.add(call())
         walls.append(time.perf_counter() - started)
     if len(tokens) != 1:
         raise RuntimeError(f"token counts differ between identical requests: {sorted(tokens)}")
-    return float(np.median(walls)), tokens.pop(), (time.process_time() - cpu_started) / repeats
+    return float(np.median(walls)), tokens.pop(), (cpu_s() - cpu_started) / repeats
 
 
 def served_call(url: str, features: np.ndarray, budget: int) -> Callable[[], int]:
@@ -72,8 +72,15 @@ def token_benchmark(
     clip: np.ndarray,
     budgets: Sequence[int] = (4, 36),
     repeats: int = 3,
+    server_pid: int | None = None,
 ) -> dict:
-    """Per-token decoding time served vs in-process, for one 16 kHz clip at concurrency 1."""
+    """Per-token decoding time served vs in-process, for one 16 kHz clip at concurrency 1.
+
+    With ``server_pid`` (a server on this machine) CPU-seconds per token are compared
+    too: the server's processes against this process running the graphs — the figure
+    that holds on a loaded, shared machine, where wall time depends on the neighbours.
+    """
+    from s2i.benchmarks.cpu import process_tree_cpu_s
     from s2i.stages.whisper.decoding import TranscriptionRequest
 
     runner = in_process_runner(checkpoint_dir, repository)
@@ -84,11 +91,17 @@ def token_benchmark(
         request = TranscriptionRequest(None, features=features, max_new_tokens=budget)
         return lambda: len(runner.transcribe([request])[0].token_ids)
 
-    sides = {"served": lambda budget: served_call(url, features, budget), "in_process": local}
+    def server_cpu_s() -> float:
+        return (process_tree_cpu_s(server_pid) or 0.0) if server_pid else 0.0
+
+    sides = {
+        "served": (lambda budget: served_call(url, features, budget), server_cpu_s),
+        "in_process": (local, time.process_time),
+    }
     result: dict = {"budgets": [short, long], "repeats": repeats}
-    for side, make in sides.items():
+    for side, (make, cpu_s) in sides.items():
         (short_s, short_n, short_cpu), (long_s, long_n, long_cpu) = (
-            _median_seconds(make(budget), repeats) for budget in (short, long)
+            _median_seconds(make(budget), repeats, cpu_s) for budget in (short, long)
         )
         if long_n <= short_n:
             raise RuntimeError(f"{side}: {long} tokens asked, {long_n} produced; no per-token difference")
@@ -96,10 +109,13 @@ def token_benchmark(
             "tokens": [short_n, long_n],
             "latency_ms": [1000 * short_s, 1000 * long_s],
             "ms_per_token": 1000 * (long_s - short_s) / (long_n - short_n),
-            # CPU of this process: the in-process side's compute, the served side's client only.
-            "client_cpu_ms": [1000 * short_cpu, 1000 * long_cpu],
+            "cpu_ms_per_request": [1000 * short_cpu, 1000 * long_cpu],
+            "cpu_ms_per_token": 1000 * (long_cpu - short_cpu) / (long_n - short_n) if server_pid else None,
         }
-    result["served_vs_in_process_per_token"] = result["served"]["ms_per_token"] / result["in_process"]["ms_per_token"]
+    served, local_side = result["served"], result["in_process"]
+    result["served_vs_in_process_per_token"] = served["ms_per_token"] / local_side["ms_per_token"]
+    if server_pid:
+        result["served_vs_in_process_cpu_per_token"] = served["cpu_ms_per_token"] / local_side["cpu_ms_per_token"]
     return result
 
 
@@ -107,14 +123,17 @@ def markdown(result: dict) -> str:
     """The per-token table."""
     short, long = result["budgets"]
     lines = [
-        f"| path | p50 ms at {short} tokens | p50 ms at {long} tokens | ms per token |",
-        "|---|---|---|---|",
+        f"| path | p50 ms at {short} tokens | p50 ms at {long} tokens | ms per token | CPU ms per token |",
+        "|---|---|---|---|---|",
     ]
     for side in ("served", "in_process"):
         row = result[side]
+        cpu = "–" if row["cpu_ms_per_token"] is None else f"{row['cpu_ms_per_token']:.2f}"
         lines.append(
             f"| {side.replace('_', '-')} | {row['latency_ms'][0]:.0f} | {row['latency_ms'][1]:.0f} "
-            f"| {row['ms_per_token']:.2f} |"
+            f"| {row['ms_per_token']:.2f} | {cpu} |"
         )
-    lines += ["", f"Served / in-process per token: {result['served_vs_in_process_per_token']:.2f}×"]
+    lines += ["", f"Served / in-process per token: {result['served_vs_in_process_per_token']:.2f}× wall"]
+    if "served_vs_in_process_cpu_per_token" in result:
+        lines[-1] += f", {result['served_vs_in_process_cpu_per_token']:.2f}× CPU-seconds"
     return "\n".join(lines)
