@@ -72,3 +72,31 @@ def test_in_process_decoder_keeps_cache_in_ort_and_returns_last_logits_when_prom
 
 def past_names_of(decoder: InProcessDecoder) -> list[str]:
     return [name for name in decoder.input_names[names.WHISPER_DECODER_WITH_PAST] if name.startswith("past")]
+
+
+@pytest.mark.parametrize("target", ["python-onnxruntime", "onnxruntime"])
+def test_whisper_loop_model_carries_decoder_graphs_only_when_target_runs_graphs_in_python(
+    checkpoints, model_repository, target
+):
+    from s2i.stages.base import StageExport
+    from s2i.stages.whisper.models import whisper_components
+    from s2i.stages.whisper.stage import WhisperStage
+
+    config = json.loads((checkpoints["whisper"] / "config.json").read_text())
+    components = whisper_components(config)
+    # The stage models' files, laid out as the export names them.
+    exported_dir = model_repository.repository.parent / "whisper-export-view"
+    exported_dir.mkdir(exist_ok=True)
+    for component in components:
+        link = exported_dir / component.onnx_file
+        link.unlink(missing_ok=True)
+        link.symlink_to(model_repository.repository / component.model_name / "1" / "model.onnx")
+    exported = StageExport(onnx_dir=exported_dir, components=components, max_abs_diff={})
+    *stage_models, loop = WhisperStage().repository_models(checkpoints["whisper"], exported, target)
+    decoder_files = {name for name in loop.files if name.startswith("decoder/")}
+    assert [model.spec.name for model in stage_models] == [c.model_name for c in components]
+    if target == "python-onnxruntime":
+        assert decoder_files == {"decoder/decoder_model.onnx", "decoder/decoder_with_past_model.onnx"}
+        assert loop.spec.parameters["decoder_onnx_dir"] == "decoder"
+    else:
+        assert decoder_files == set() and "decoder_onnx_dir" not in loop.spec.parameters
