@@ -47,6 +47,9 @@ def add_parser(commands) -> None:
         default=[],
         help="also run a peer in-process on the same inputs (`optimum`: Optimum's ORT pipelines); needs a preset",
     )
+    bench.add_argument(
+        "--startup-timeout-s", type=float, default=180.0, help="how long a started server may take to load its models"
+    )
     bench.add_argument("--output", type=Path, default=Path("build/bench"), help="report folder")
     bench.set_defaults(handler=run)
 
@@ -68,7 +71,8 @@ def _server(args):
     convert(checkpoints, repository, work_dir=args.build_dir / "onnx")
     options = ServerOptions(str(repository)).with_free_ports()
     print("starting tritonserver ...", file=sys.stderr, flush=True)
-    with TritonServer(options, log_file=args.build_dir / f"tritonserver-bench-{args.preset}.log") as server:
+    log_file = args.build_dir / f"tritonserver-bench-{args.preset}.log"
+    with TritonServer(options, log_file=log_file, startup_timeout_s=args.startup_timeout_s) as server:
         yield server.grpc_url, checkpoints, server.pid
 
 
