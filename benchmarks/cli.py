@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -24,7 +25,8 @@ def add_parser(commands) -> None:
     bench.add_argument(
         "--workload",
         default="pipeline",
-        help="`pipeline` (speech_to_image), `whisper`, or `model:<name>` for any model",
+        help="`pipeline` (speech_to_image), `whisper`, `model:<name>` for any model, or `whisper-tokens` "
+        "(per-token decoding time, served vs the same graphs in-process; needs a started server)",
     )
     bench.add_argument("--url", help="gRPC host:port of a running server (default: start one on --preset)")
     bench.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model sizes for a started server")
@@ -38,6 +40,16 @@ def add_parser(commands) -> None:
     bench.add_argument("--max-new-tokens", type=int, default=32, help="Whisper token budget per request")
     bench.add_argument("--steps", type=int, default=10, help="denoising steps per image (`pipeline`)")
     bench.add_argument("--dynamic-size", type=int, default=1, help="size of -1 axes for `model:` workloads")
+    bench.add_argument(
+        "--peer",
+        action="append",
+        choices=("optimum",),
+        default=[],
+        help="also run a peer in-process on the same inputs (`optimum`: Optimum's ORT pipelines); needs a preset",
+    )
+    bench.add_argument(
+        "--startup-timeout-s", type=float, default=180.0, help="how long a started server may take to load its models"
+    )
     bench.add_argument("--output", type=Path, default=Path("build/bench"), help="report folder")
     bench.set_defaults(handler=run)
 
@@ -45,7 +57,7 @@ def add_parser(commands) -> None:
 @contextlib.contextmanager
 def _server(args):
     if args.url:
-        yield args.url, None
+        yield args.url, None, None
         return
     from s2i.benchmarks.presets import PRESETS
     from s2i.conversion.convert import convert
@@ -59,8 +71,9 @@ def _server(args):
     convert(checkpoints, repository, work_dir=args.build_dir / "onnx")
     options = ServerOptions(str(repository)).with_free_ports()
     print("starting tritonserver ...", file=sys.stderr, flush=True)
-    with TritonServer(options, log_file=args.build_dir / f"tritonserver-bench-{args.preset}.log") as server:
-        yield server.grpc_url, checkpoints
+    log_file = args.build_dir / f"tritonserver-bench-{args.preset}.log"
+    with TritonServer(options, log_file=log_file, startup_timeout_s=args.startup_timeout_s) as server:
+        yield server.grpc_url, checkpoints, server.pid
 
 
 def _workload(args, url: str, checkpoints):
@@ -91,6 +104,35 @@ def _workload(args, url: str, checkpoints):
     return whisper_workload(clips, args.max_new_tokens, checkpoint)
 
 
+def _add_peers(args, workload, checkpoints) -> None:
+    """Attach the ``--peer`` runners to the workload (same inputs as the served requests)."""
+    if not args.peer:
+        return
+    if not checkpoints or args.workload not in ("whisper", "pipeline"):
+        raise ValueError("`--peer` needs a started server (`--preset`) and the `pipeline` or `whisper` workload.")
+    import soundfile
+
+    from s2i.audio import prepare_audio
+    from s2i.benchmarks.peers import optimum_pipeline_peer, optimum_whisper_peer
+    from s2i.speech import HINDI_SENTENCES
+
+    paths = [args.build_dir / "speech" / f"bench{index}.wav" for index in range(len(HINDI_SENTENCES))]
+    work_dir = args.build_dir / "optimum" / args.preset
+    if args.workload == "pipeline":
+        workload.peers["optimum"] = optimum_pipeline_peer(
+            checkpoints,
+            work_dir,
+            [path.read_bytes() for path in paths],
+            num_inference_steps=args.steps,
+            max_new_tokens=args.max_new_tokens,
+        )
+    else:
+        clips = [prepare_audio(*soundfile.read(path, dtype="float32")) for path in paths]
+        workload.peers["optimum"] = optimum_whisper_peer(
+            checkpoints["whisper"], work_dir, clips, max_new_tokens=args.max_new_tokens
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and write its report."""
     from s2i.benchmarks.report import markdown, write_report
@@ -107,12 +149,43 @@ def run(args: argparse.Namespace) -> int:
         warmup_requests=args.warmup,
         baseline_requests=args.baseline_requests,
     )
-    with _server(args) as (url, checkpoints):
+    if args.workload == "whisper-tokens":
+        return _run_tokens(args)
+    with _server(args) as (url, checkpoints, server_pid):
+        config = dataclasses.replace(config, server_pid=server_pid)
         workload = _workload(args, url, checkpoints)
+        _add_peers(args, workload, checkpoints)
         report = run_benchmark(url, workload, config)
     report["preset"] = None if args.url else args.preset
     report["command"] = "s2i " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])
     paths = write_report(report, args.output)
     print(markdown(report))
     print("wrote " + ", ".join(str(path) for path in paths.values()))
+    return 0
+
+
+def _run_tokens(args: argparse.Namespace) -> int:
+    """``--workload whisper-tokens``: per-token decoding time served vs in-process (see decoding.py)."""
+    import json
+
+    import soundfile
+
+    from s2i.audio import prepare_audio
+    from s2i.benchmarks.decoding import markdown, token_benchmark
+    from s2i.speech import HINDI_SENTENCES, synthesize
+
+    if args.url:
+        print("error: `--workload whisper-tokens` starts its own server (it reads the repository's graphs)")
+        return 2
+    path = synthesize(HINDI_SENTENCES[0], args.build_dir / "speech" / "bench0.wav", speed_wpm=140)
+    clip = prepare_audio(*soundfile.read(path, dtype="float32"))
+    with _server(args) as (url, checkpoints, server_pid):
+        repository = args.build_dir / f"model_repository-{args.preset}"
+        result = token_benchmark(
+            url, checkpoints["whisper"], repository, clip, budgets=(4, args.max_new_tokens), server_pid=server_pid
+        )
+    result["command"] = "s2i " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "tokens.json").write_text(json.dumps(result, indent=2))
+    print(markdown(result))
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from s2i.benchmarks.peers import comparison_markdown
 from s2i.benchmarks.server_stats import PHASES
 
 
@@ -43,6 +44,7 @@ def markdown(report: dict) -> str:
             if "latency_overhead_at_concurrency_1" in ratios:
                 overhead = 100 * ratios["latency_overhead_at_concurrency_1"]
                 lines.append(f"Latency overhead at concurrency 1 (p50): {overhead:+.1f}%.")
+    lines += comparison_markdown(report)
     busiest = max(report["runs"], key=lambda run: run.get("concurrency") or 0)
     if busiest.get("server"):
         lines += [

@@ -14,7 +14,9 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from s2i.benchmarks import server_stats
+from s2i.benchmarks.cpu import process_tree_cpu_s
 from s2i.benchmarks.loadgen import closed_loop, open_loop
+from s2i.benchmarks.peers import peer_ratios, run_peer
 from s2i.benchmarks.workloads import Workload
 
 
@@ -29,6 +31,8 @@ class BenchConfig:
         rates_per_s: Open-loop (Poisson) arrival rates; empty for none.
         warmup_requests: Sent first and not measured (model load, caches, thread pools).
         baseline_requests: In-process reference requests, one at a time; 0 disables the baseline.
+        server_pid: The server's process id when this machine runs it: each run then reports
+            the server's CPU-seconds per request (``/proc``); ``None`` for a remote server.
     """
 
     concurrencies: Sequence[int] = (1, 2, 4, 8)
@@ -37,6 +41,7 @@ class BenchConfig:
     rates_per_s: Sequence[float] = ()
     warmup_requests: int = 2
     baseline_requests: int = 8
+    server_pid: int | None = None
 
 
 def machine_info(url: str) -> dict:
@@ -90,6 +95,8 @@ def run_baseline(workload: Workload, requests: int) -> dict | None:
             "max": float(latencies_ms.max()),
         },
         "cpu_s": time.process_time() - cpu_started,
+        "cpu_s_per_request": (time.process_time() - cpu_started) / requests,
+        "cores": (time.process_time() - cpu_started) / wall_s,
     }
 
 
@@ -117,10 +124,21 @@ def run_benchmark(url: str, workload: Workload, config: BenchConfig) -> dict:
     for description, requests, loop, options in plan:
         with _progress(requests, description) as bar:
             before = server_stats.settled_snapshot(url)
+            cpu_before = process_tree_cpu_s(config.server_pid) if config.server_pid else None
             result = asyncio.run(loop(url, max_requests=requests, on_done=bar.update, **common, **options))
+            cpu_after = process_tree_cpu_s(config.server_pid) if config.server_pid else None
             stages = server_stats.breakdown(before, server_stats.settled_snapshot(url))
-        runs.append({**result.summary(), "server": stages})
+        summary = result.summary()
+        if cpu_before is not None and cpu_after is not None and summary["completed"]:
+            summary["server_cpu_s_per_request"] = (cpu_after - cpu_before) / summary["completed"]
+            summary["server_cores"] = (cpu_after - cpu_before) / summary["wall_s"]
+        runs.append({**summary, "server": stages})
     baseline = run_baseline(workload, config.baseline_requests)
+    peers = {
+        name: [run_peer(peer, config.baseline_requests, level) for level in sorted({1, max(config.concurrencies)})]
+        for name, peer in workload.peers.items()
+        if config.baseline_requests > 0
+    }
     for run in runs:
         run["items_per_s"] = run["throughput_per_s"] * workload.items_per_request
     return {
@@ -130,6 +148,8 @@ def run_benchmark(url: str, workload: Workload, config: BenchConfig) -> dict:
         "runs": runs,
         "baseline": baseline,
         "ratios": ratios(runs, baseline),
+        "peers": peers,
+        "peer_ratios": peer_ratios(runs, peers),
     }
 
 

@@ -23,6 +23,8 @@ class Workload:
         check: Raises when a response's content is wrong (so empty outputs count as errors).
         baseline: Runs request ``i`` in-process with the reference libraries, or ``None``.
         items_per_request: Images (or clips) a request produces, for items/s.
+        peers: Name -> runs request ``i`` in-process the way a user would instead of a
+            Triton deployment (:mod:`s2i.benchmarks.peers`).
     """
 
     name: str
@@ -30,6 +32,7 @@ class Workload:
     check: Callable[[object], None]
     baseline: Callable[[int], None] | None = None
     items_per_request: int = 1
+    peers: dict[str, Callable[[int], None]] = dataclasses.field(default_factory=dict)
 
 
 def _bytes_input(name: str, value: bytes):

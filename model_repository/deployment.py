@@ -15,6 +15,11 @@ Why these numbers:
   ran 29% slower than PyTorch in-process on 2 cores. The count is explicit and
   unpinned, never ONNX Runtime's 0, which pins every stage process's worker to
   the same core.
+* **The Whisper loop owns its decoder on ``python-onnxruntime``** (the KV cache stays bound
+  in its ONNX Runtime sessions, issue #20): the decoder sessions of each ``whisper`` instance
+  get every core the process may use (``intra_op_threads`` 0 here; a loop alternates decoder
+  calls with Python work, so two instances seldom compute at once), and cross-request batching
+  of decoding steps happens in the loop's own batch (``whisper`` ``max_batch_size`` 8).
 * **GPU**: UNet batches of 8 images are 16 UNet rows with classifier-free guidance;
   preferred sizes are the profile's ``opt`` points, so TensorRT engines are built
   for the shapes the batcher forms.

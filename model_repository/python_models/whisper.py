@@ -1,12 +1,16 @@
 """Triton Python-backend (BLS) model ``whisper``: audio in, English translation or Hindi transcript out.
 
-Features and decoding are in :mod:`s2i.stages.whisper.decoding`; the encoder and
-decoder graphs are separate stage models reached through BLS, so Triton batches
-their calls across concurrent requests. Checkpoint assets (tokenizer, feature
-extractor and generation configs) sit in ``assets/`` beside this file.
+Features and decoding are in :mod:`s2i.stages.whisper.decoding`; the encoder graph
+is a stage model reached through BLS, so Triton batches its calls across
+concurrent requests. The decoder graphs run in this process when the config names
+a ``decoder_onnx_dir`` (the ``python-onnxruntime`` target: the KV cache stays bound
+in ONNX Runtime, :mod:`s2i.stages.whisper.runtime`), otherwise through BLS too.
+Checkpoint assets (tokenizer, feature extractor and generation configs) sit in
+``assets/`` beside this file.
 """
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -22,6 +26,12 @@ from s2i.stages.whisper.decoding import (
     TranscriptionRequest,
     WhisperRunner,
 )
+from s2i.stages.whisper.runtime import (
+    DECODER_DIR_PARAMETER,
+    DECODER_THREADS_PARAMETER,
+    InProcessDecoder,
+    routed_stage_runner,
+)
 
 
 class TritonPythonModel:
@@ -29,8 +39,21 @@ class TritonPythonModel:
 
     def initialize(self, args):
         """Load tokenizer, feature extractor and decoding rules."""
-        assets = Path(args["model_repository"]) / args["model_version"] / "assets"
-        self.runner = WhisperRunner(assets, make_stage_runner(pb_utils))
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        config = json.loads(args["model_config"])
+        parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+        run_stage = make_stage_runner(pb_utils)
+        if parameters.get(DECODER_DIR_PARAMETER):
+            # 0 = every core this process may use, not divided among the loop's instances: a loop
+            # alternates decoder calls with Python work and BLS waits, so two instances seldom
+            # compute at the same moment, and a lone request's step gets the whole CPU.
+            self.decoder = InProcessDecoder(
+                version_dir / parameters[DECODER_DIR_PARAMETER],
+                int(parameters.get(DECODER_THREADS_PARAMETER, "0")),
+                instances=1,
+            )
+            run_stage = routed_stage_runner(self.decoder, run_stage)
+        self.runner = WhisperRunner(version_dir / "assets", run_stage)
 
     def _parse(self, request):
         """The request's clip and options, checked; plus whether a transcript was asked for."""

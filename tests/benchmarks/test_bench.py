@@ -7,7 +7,8 @@ from s2i.benchmarks.report import markdown, write_report
 from s2i.benchmarks.runner import BenchConfig, run_benchmark
 from s2i.benchmarks.workloads import stage_workload, whisper_workload
 
-WHISPER_MODELS = {"whisper", "whisper_encoder", "whisper_decoder", "whisper_decoder_with_past"}
+# On `python-onnxruntime` the decoder graphs run inside `whisper` (the KV cache stays in its process).
+WHISPER_MODELS = {"whisper", "whisper_encoder"}
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +39,9 @@ def test_bench_latency_percentiles_are_ordered(report):
 def test_bench_server_breakdown_has_every_whisper_stage_with_matching_request_counts(report):
     for run in report["runs"]:
         server = run["server"]
-        assert set(server) >= WHISPER_MODELS
+        assert set(server) == WHISPER_MODELS
         assert server["whisper"]["requests"] == run["completed"]
         assert server["whisper_encoder"]["requests"] == run["completed"]
-        # 4 tokens: the first from `whisper_decoder`, three more steps with the cache.
-        assert server["whisper_decoder_with_past"]["requests"] == 3 * run["completed"]
         assert all(stats["compute_infer_ms_per_request"] > 0 for stats in server.values())
 
 

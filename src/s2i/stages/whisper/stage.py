@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
+from s2i import names
+from s2i.conversion.repository import PYTHON_ONNXRUNTIME, RepositoryModel, external_data_files
 from s2i.model_repository.config import ModelSpec
+from s2i.model_repository.deployment import CPU, policy
 from s2i.stages.base import Stage, StageExport, UnsupportedCheckpointError
 from s2i.stages.whisper.decoding import DEFAULT_LANGUAGE, DecodingRules
 from s2i.stages.whisper.models import whisper_model_spec
+from s2i.stages.whisper.runtime import DECODER_DIR_PARAMETER, DECODER_FILES, DECODER_THREADS_PARAMETER
 
 # A larger init spread than transformers' 0.02 makes a random decoder's argmax
 # vary from step to step, so parity tests compare varied token sequences
@@ -84,3 +89,27 @@ class WhisperStage(Stage):
     def bls_spec(self, checkpoint: Path, exported: StageExport, device: str) -> ModelSpec:
         """The ``whisper`` loop model, for the encoder's mel-bin count."""
         return whisper_model_spec(exported.components[0].inputs[0].dims[0], device)
+
+    def repository_models(self, checkpoint: Path, exported: StageExport, target: str) -> list[RepositoryModel]:
+        """As every stage's, plus, on ``python-onnxruntime``, the decoder graphs inside the loop model.
+
+        The loop then runs the decoder in its own process with the KV cache bound in place
+        (:mod:`s2i.stages.whisper.runtime`). The decoder stage models stay in the repository:
+        the native targets' loop and direct callers use them.
+        """
+        models = super().repository_models(checkpoint, exported, target)
+        if target != PYTHON_ONNXRUNTIME:
+            return models
+        *stage_models, loop = models
+        files = dict(loop.files)
+        for file in DECODER_FILES.values():
+            graph = Path(exported.onnx_dir) / file
+            files[f"decoder/{file}"] = graph
+            files.update({f"decoder/{path.name}": path for path in external_data_files(graph)})
+        parameters = {
+            **loop.spec.parameters,
+            DECODER_DIR_PARAMETER: "decoder",
+            DECODER_THREADS_PARAMETER: str(policy(names.WHISPER, CPU).intra_op_threads),
+        }
+        spec = dataclasses.replace(loop.spec, parameters=parameters)
+        return [*stage_models, dataclasses.replace(loop, spec=spec, files=files)]

@@ -1,0 +1,363 @@
+"""A prepared GPU check: per-stage and end-to-end times of the PyTorch reference at real dimensions.
+
+Run by ``scripts/gpu-check.sh`` on an air-gapped GPU host (Python 3.12, PyTorch with
+CUDA, transformers; no diffusers, no package index: the script installs the wheels
+it carries, offline). This file imports only the standard library, torch,
+transformers and diffusers, so it runs from a bare checkout without installing the
+project. Weights are random at the real dimensions (Whisper-small, Stable Diffusion
+1.5 at 512x512): compute is what is measured, not quality. No tokenizer files are
+needed: prompts are random token ids, and the pipeline gets prompt embeddings.
+
+``--dry-run`` runs the same code with tiny dimensions on the CPU (fp32) in seconds;
+a CI test runs it so the check cannot rot before a GPU host is available.
+
+Rows of the results table (``results.md`` and ``results.json`` in ``--output``):
+
+* ``whisper_encoder`` at batch 1 and 8 (one 30 s window per row);
+* ``whisper_decode_step``: one greedy decoding step with the KV cache at batch 1 and 8,
+  after a 4-token prompt, per step and per token per sequence (the goal is <= 0.5 ms
+  per token per sequence at batch 8 on an H100);
+* ``text_encoder``, ``unet_step`` (classifier-free guidance: 2 rows per image),
+  ``vae_decode`` at batch 1 and 8;
+* ``sd_end_to_end``: ``StableDiffusionPipeline`` from prompt embeddings to an image
+  array, batch 1 at 50 steps (goal <= 0.5 s on an H100) and batch 8 at 25 steps
+  (goal >= 4 images/s), text encoder included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+LOGGER = logging.getLogger("gpu_check")
+
+
+@dataclasses.dataclass(frozen=True)
+class Dimensions:
+    """Model dimensions and workload sizes of one run."""
+
+    whisper: dict
+    text_hidden: int
+    text_layers: int
+    text_heads: int
+    unet_channels: tuple[int, ...]
+    unet_layers_per_block: int
+    attention_head_dim: int
+    vae_channels: tuple[int, ...]
+    vae_norm_groups: int
+    image_size: int
+    batches: tuple[int, ...]
+    steps_single: int
+    steps_batched: int
+    decode_tokens: int
+    repeats: int
+
+
+REAL = Dimensions(
+    # Whisper-small.
+    whisper=dict(
+        d_model=768,
+        encoder_layers=12,
+        decoder_layers=12,
+        encoder_attention_heads=12,
+        decoder_attention_heads=12,
+        encoder_ffn_dim=3072,
+        decoder_ffn_dim=3072,
+        num_mel_bins=80,
+        vocab_size=51865,
+        max_source_positions=1500,
+        max_target_positions=448,
+    ),
+    # Stable Diffusion 1.5.
+    text_hidden=768,
+    text_layers=12,
+    text_heads=12,
+    unet_channels=(320, 640, 1280, 1280),
+    unet_layers_per_block=2,
+    attention_head_dim=8,
+    vae_channels=(128, 256, 512, 512),
+    vae_norm_groups=32,
+    image_size=512,
+    batches=(1, 8),
+    steps_single=50,
+    steps_batched=25,
+    decode_tokens=32,
+    repeats=3,
+)
+
+DRY_RUN = Dimensions(
+    whisper=dict(
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        num_mel_bins=80,
+        vocab_size=51865,
+        max_source_positions=50,
+        max_target_positions=64,
+    ),
+    text_hidden=32,
+    text_layers=2,
+    text_heads=4,
+    unet_channels=(32, 64),
+    unet_layers_per_block=1,
+    attention_head_dim=8,
+    vae_channels=(32, 32),
+    vae_norm_groups=32,
+    image_size=32,
+    batches=(1, 2),
+    steps_single=2,
+    steps_batched=2,
+    decode_tokens=3,
+    repeats=1,
+)
+
+
+def row(stage: str, batch: int, seconds: float) -> dict:
+    """One line of the results table."""
+    return dict(stage=stage, batch=batch, ms=1000 * seconds, ms_per_item=1000 * seconds / batch)
+
+
+class Timer:
+    """Wall time of a callable, synchronising the GPU around it."""
+
+    def __init__(self, torch, device: str) -> None:
+        self.torch, self.device = torch, device
+
+    def _sync(self) -> None:
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+
+    def median_s(self, call: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+        """Median seconds of ``repeats`` calls after ``warmup`` unmeasured ones."""
+        with self.torch.inference_mode():
+            for _ in range(warmup):
+                call()
+            self._sync()
+            times = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                call()
+                self._sync()
+                times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
+
+def whisper_rows(torch, dims: Dimensions, device: str, dtype, timer: Timer) -> list[dict]:
+    """Encoder and KV-cache decoding step times of a random Whisper at ``dims``."""
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    config = WhisperConfig(**dims.whisper, decoder_start_token_id=50258, pad_token_id=50257)
+    with torch.device(device):
+        model = WhisperForConditionalGeneration(config).to(dtype).eval()
+    rows = []
+    for batch in dims.batches:
+        features = torch.randn(batch, config.num_mel_bins, 2 * config.max_source_positions, device=device, dtype=dtype)
+        seconds = timer.median_s(lambda features=features: model.model.encoder(features), dims.repeats)
+        rows.append(row("whisper_encoder", batch, seconds))
+        with torch.inference_mode():
+            encoder_out = model.model.encoder(features)
+        prompt = torch.tensor([[50258, 50276, 50358, 50363]] * batch, device=device)
+
+        def decode(encoder_out=encoder_out, prompt=prompt) -> None:
+            # The prompt step, then `decode_tokens` greedy steps with the cache (generate's loop, minus its rules).
+            out = model(encoder_outputs=encoder_out, decoder_input_ids=prompt, use_cache=True)
+            past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+            for _ in range(dims.decode_tokens):
+                out = model(encoder_outputs=encoder_out, decoder_input_ids=token, past_key_values=past, use_cache=True)
+                past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+
+        def prompt_only(encoder_out=encoder_out, prompt=prompt) -> None:
+            model(encoder_outputs=encoder_out, decoder_input_ids=prompt, use_cache=True)
+
+        step_s = (timer.median_s(decode, dims.repeats) - timer.median_s(prompt_only, dims.repeats)) / dims.decode_tokens
+        step_s = max(step_s, 0.0)
+        rows.append(row("whisper_decode_step", batch, step_s))
+    return rows
+
+
+def diffusion_components(torch, dims: Dimensions, device: str, dtype):
+    """Random CLIP text encoder, UNet and VAE at ``dims``, plus an SD-1.5 DDIM scheduler."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    text_config = CLIPTextConfig(
+        hidden_size=dims.text_hidden,
+        intermediate_size=4 * dims.text_hidden,
+        num_hidden_layers=dims.text_layers,
+        num_attention_heads=dims.text_heads,
+        vocab_size=49408,
+        max_position_embeddings=77,
+    )
+    levels = len(dims.unet_channels)
+    with torch.device(device):
+        text_encoder = CLIPTextModel(text_config).to(dtype).eval()
+        unet = (
+            UNet2DConditionModel(
+                sample_size=dims.image_size // 8,
+                block_out_channels=dims.unet_channels,
+                layers_per_block=dims.unet_layers_per_block,
+                down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
+                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
+                cross_attention_dim=dims.text_hidden,
+                attention_head_dim=dims.attention_head_dim,
+                norm_num_groups=min(32, dims.unet_channels[0]),
+            )
+            .to(dtype)
+            .eval()
+        )
+        vae = (
+            AutoencoderKL(
+                block_out_channels=dims.vae_channels,
+                down_block_types=("DownEncoderBlock2D",) * len(dims.vae_channels),
+                up_block_types=("UpDecoderBlock2D",) * len(dims.vae_channels),
+                latent_channels=4,
+                norm_num_groups=dims.vae_norm_groups,
+                sample_size=dims.image_size,
+            )
+            .to(dtype)
+            .eval()
+        )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return text_encoder, unet, vae, scheduler
+
+
+def diffusion_rows(torch, dims: Dimensions, device: str, dtype, timer: Timer) -> list[dict]:
+    """Text encoder, UNet step, VAE decode and end-to-end pipeline times at ``dims``."""
+    from diffusers import StableDiffusionPipeline
+
+    text_encoder, unet, vae, scheduler = diffusion_components(torch, dims, device, dtype)
+    pipeline = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=None,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    latent = dims.image_size // 8
+    # vae_scale_factor comes from the VAE's depth; real SD has 4 levels, so 8.
+    rows = []
+    timestep = torch.tensor(500, device=device)
+    for batch in dims.batches:
+        ids = torch.randint(0, 49408, (2 * batch, 77), device=device)
+        seconds = timer.median_s(lambda ids=ids: text_encoder(ids), dims.repeats)
+        rows.append(row("text_encoder", batch, seconds))
+        with torch.inference_mode():
+            embeddings = text_encoder(ids)[0]
+        sample = torch.randn(2 * batch, 4, latent, latent, device=device, dtype=dtype)
+        seconds = timer.median_s(
+            lambda sample=sample, embeddings=embeddings: unet(sample, timestep, encoder_hidden_states=embeddings),
+            dims.repeats,
+        )
+        rows.append(row("unet_step", batch, seconds))
+        latents = torch.randn(batch, 4, latent, latent, device=device, dtype=dtype)
+        seconds = timer.median_s(lambda latents=latents: vae.decode(latents / 0.18215), dims.repeats)
+        rows.append(row("vae_decode", batch, seconds))
+    for batch, steps in ((dims.batches[0], dims.steps_single), (dims.batches[-1], dims.steps_batched)):
+        ids = torch.randint(0, 49408, (batch, 77), device=device)
+
+        def end_to_end(ids=ids, batch=batch, steps=steps) -> None:
+            embeddings = text_encoder(ids)[0]
+            pipeline(
+                prompt_embeds=embeddings,
+                negative_prompt_embeds=torch.zeros_like(embeddings),
+                num_inference_steps=steps,
+                height=dims.image_size,
+                width=dims.image_size,
+                output_type="np",
+            )
+
+        seconds = timer.median_s(end_to_end, max(1, dims.repeats - 1))
+        rows.append(row(f"sd_end_to_end_{steps}_steps", batch, seconds))
+    return rows
+
+
+def markdown(results: dict) -> str:
+    """The results table."""
+    lines = [
+        f"GPU check on {results['device_name']} ({results['mode']}, {results['dtype']}), "
+        f"torch {results['versions']['torch']}, transformers {results['versions']['transformers']}, "
+        f"diffusers {results['versions']['diffusers']}, {results['total_s']:.0f} s in all.",
+        "",
+        "| stage | batch | ms per call | ms per item |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {r['stage']} | {r['batch']} | {r['ms']:.2f} | {r['ms_per_item']:.2f} |" for r in results["rows"]]
+    return "\n".join(lines) + "\n"
+
+
+def run(dry_run: bool, output: Path, device: str | None = None) -> dict:
+    """Measure every row and write ``results.json`` and ``results.md`` into ``output``."""
+    import diffusers
+    import torch
+    import transformers
+
+    started = time.perf_counter()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if not dry_run and device != "cuda":
+        raise SystemExit("no CUDA device: run with `--dry-run` (tiny dimensions, CPU) instead")
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    torch.manual_seed(0)
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    dims = DRY_RUN if dry_run else REAL
+    timer = Timer(torch, device)
+    rows = whisper_rows(torch, dims, device, dtype, timer)
+    LOGGER.info("whisper done after %.0f s", time.perf_counter() - started)
+    rows += diffusion_rows(torch, dims, device, dtype, timer)
+    results = {
+        "mode": "dry-run (tiny dimensions)" if dry_run else "Whisper-small and SD-1.5 dimensions",
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+        "dtype": str(dtype).removeprefix("torch."),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "diffusers": diffusers.__version__,
+        },
+        "rows": rows,
+        "total_s": time.perf_counter() - started,
+    }
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "results.json").write_text(json.dumps(results, indent=2))
+    (output / "results.md").write_text(markdown(results))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python benchmarks/gpu_check.py [--dry-run] [--output DIR]``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dry-run", action="store_true", help="tiny dimensions on the CPU (what CI runs)")
+    parser.add_argument("--output", type=Path, default=Path("build/gpu-check"), help="results folder")
+    parser.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    results = run(args.dry_run, args.output, args.device)
+    sys.stdout.write(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
