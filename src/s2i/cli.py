@@ -58,6 +58,26 @@ def cmd_import_whisper(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_contract(args: argparse.Namespace) -> int:
+    """Write the public contract (JSON or Markdown), or the gRPC descriptors for non-Python clients."""
+    from s2i.contract import contract, descriptor_set, render_json, render_markdown
+
+    if args.descriptor_set:
+        args.descriptor_set.write_bytes(descriptor_set())
+        print(f"gRPC descriptors (FileDescriptorSet): {args.descriptor_set}")
+        return 0
+    if not (args.model_repository / "speech_to_image" / "config.pbtxt").is_file():
+        print(f"error: `--model-repository` {args.model_repository} holds no speech_to_image model", file=sys.stderr)
+        return 2
+    data = contract(args.model_repository)
+    text = render_markdown(data) if args.format == "markdown" else render_json(data)
+    if args.output:
+        args.output.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _server_options(args: argparse.Namespace):
     from s2i.server import ServerOptions
 
@@ -383,6 +403,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_flags(serve)
     serve.add_argument("--print-args", action="store_true", help="print the tritonserver command and exit")
     serve.set_defaults(handler=cmd_serve)
+
+    contract = commands.add_parser("contract", help="the public models' inputs and outputs, for any client")
+    contract.add_argument("--model-repository", type=Path, default=DEFAULT_BUILD_DIR / "model_repository")
+    contract.add_argument("--format", choices=("json", "markdown"), default="json")
+    contract.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
+    contract.add_argument(
+        "--descriptor-set", type=Path, help="write Triton's gRPC descriptors (a FileDescriptorSet) here instead"
+    )
+    contract.set_defaults(handler=cmd_contract)
 
     translate = commands.add_parser("translate", help="Hindi speech file -> English text, through the server")
     translate.add_argument("audio", type=Path, help="WAV/FLAC/OGG file")
