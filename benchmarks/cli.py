@@ -51,7 +51,27 @@ def add_parser(commands) -> None:
         "--startup-timeout-s", type=float, default=180.0, help="how long a started server may take to load its models"
     )
     bench.add_argument("--output", type=Path, default=Path("build/bench"), help="report folder")
+    target = bench.add_argument_group("a deployed server (with --url)")
+    target.add_argument("--header", action="append", default=[], help="KEY=VALUE sent with every call (repeatable)")
+    target.add_argument("--admin-key", help="the server's admin-key, for its restricted statistics/model-config APIs")
+    target.add_argument("--ssl", action="store_true", help="TLS")
+    target.add_argument("--root-certificates", help="PEM file of the CA that signed the server's certificate")
+    target.add_argument("--no-stats", action="store_true", help="skip Triton's statistics API (no per-model breakdown)")
     bench.set_defaults(handler=run)
+
+
+def _connection(args, url: str):
+    from s2i.client.transport import Connection
+
+    headers = {}
+    for header in args.header:
+        key, separator, value = header.partition("=")
+        if not separator or not key:
+            raise ValueError(f"`--header` must be KEY=VALUE, got {header!r}.")
+        headers[key.strip().lower()] = value
+    return Connection(
+        url=url, headers=headers, admin_key=args.admin_key, ssl=args.ssl, root_certificates=args.root_certificates
+    )
 
 
 @contextlib.contextmanager
@@ -148,14 +168,16 @@ def run(args: argparse.Namespace) -> int:
         rates_per_s=tuple(args.rate),
         warmup_requests=args.warmup,
         baseline_requests=args.baseline_requests,
+        statistics=not args.no_stats,
     )
     if args.workload == "whisper-tokens":
         return _run_tokens(args)
     with _server(args) as (url, checkpoints, server_pid):
         config = dataclasses.replace(config, server_pid=server_pid)
-        workload = _workload(args, url, checkpoints)
+        connection = _connection(args, url)
+        workload = _workload(args, connection, checkpoints)
         _add_peers(args, workload, checkpoints)
-        report = run_benchmark(url, workload, config)
+        report = run_benchmark(connection, workload, config)
     report["preset"] = None if args.url else args.preset
     report["command"] = "s2i " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])
     paths = write_report(report, args.output)

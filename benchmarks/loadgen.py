@@ -17,6 +17,8 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient_aio
 from tritonclient.utils import InferenceServerException
 
+from s2i.client.transport import Connection
+
 # Builds request number i: (model name, inputs, requested outputs).
 RequestFactory = Callable[[int], tuple[str, list, list]]
 # Checks a response; raises when its content is wrong (empty outputs are errors, not successes).
@@ -66,11 +68,19 @@ class RunResult:
         }
 
 
-async def _one(client, factory: RequestFactory, index: int, check: ResponseCheck | None, timeout_s: float):
+def as_connection(target: str | Connection) -> Connection:
+    """A :class:`~s2i.client.transport.Connection` for ``host:port`` or a connection (headers, TLS, admin key)."""
+    return target if isinstance(target, Connection) else Connection(url=target)
+
+
+async def _one(
+    client, factory: RequestFactory, index: int, check: ResponseCheck | None, timeout_s: float, connection: Connection
+):
     model, inputs, outputs = factory(index)
     started = time.perf_counter()
     try:
-        response = await client.infer(model, inputs, outputs=outputs, client_timeout=timeout_s)
+        headers = connection.call_headers()
+        response = await client.infer(model, inputs, outputs=outputs, client_timeout=timeout_s, headers=headers)
         if check is not None:
             check(response)
     except (InferenceServerException, ValueError, AssertionError) as e:
@@ -79,7 +89,7 @@ async def _one(client, factory: RequestFactory, index: int, check: ResponseCheck
 
 
 async def closed_loop(
-    url: str,
+    url: str | Connection,
     factory: RequestFactory,
     *,
     concurrency: int,
@@ -94,13 +104,14 @@ async def closed_loop(
     counter = iter(range(max_requests))
     cpu_started, started = time.process_time(), time.perf_counter()
     deadline = started + max_duration_s
-    async with grpcclient_aio.InferenceServerClient(url) as client:
+    connection = as_connection(url)
+    async with grpcclient_aio.InferenceServerClient(**connection.client_kwargs()) as client:
 
         async def worker():
             for index in counter:
                 if time.perf_counter() > deadline:
                     return
-                latency, error = await _one(client, factory, index, check, timeout_s)
+                latency, error = await _one(client, factory, index, check, timeout_s, connection)
                 (errors.append(error) if error else latencies.append(latency))
                 if on_done:
                     on_done()
@@ -112,7 +123,7 @@ async def closed_loop(
 
 
 async def open_loop(
-    url: str,
+    url: str | Connection,
     factory: RequestFactory,
     *,
     rate_per_s: float,
@@ -127,10 +138,11 @@ async def open_loop(
     rng = random.Random(seed)
     latencies, errors, tasks = [], [], []
     cpu_started, started = time.process_time(), time.perf_counter()
-    async with grpcclient_aio.InferenceServerClient(url) as client:
+    connection = as_connection(url)
+    async with grpcclient_aio.InferenceServerClient(**connection.client_kwargs()) as client:
 
         async def send(index):
-            latency, error = await _one(client, factory, index, check, timeout_s)
+            latency, error = await _one(client, factory, index, check, timeout_s, connection)
             (errors.append(error) if error else latencies.append(latency))
             if on_done:
                 on_done()

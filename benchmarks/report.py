@@ -1,7 +1,8 @@
-"""Benchmark reports: JSON (everything), a Markdown table, and PNG plots."""
+"""Benchmark reports: JSON (everything), a Markdown table, a CSV in perf_analyzer's columns, and PNG plots."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -13,6 +14,8 @@ def markdown(report: dict) -> str:
     """The results table, the baseline and the ratios as Markdown."""
     lines = [
         f"### `{report['workload']}` on {report['machine']['cpu']} ({report['machine']['cpu_count']} cores)",
+        "",
+        f"Server statistics: {report.get('statistics', 'on')}.",
         "",
         "| mode | concurrency / rate | requests | errors | throughput (req/s) | p50 ms | p90 ms | p95 ms "
         "| p99 ms | max ms | client CPU ms/req |",
@@ -111,13 +114,60 @@ def plot(report: dict, output_dir: Path) -> list[Path]:
     return written
 
 
+# perf_analyzer's CSV columns (`-f`), those this load generator measures; times in microseconds.
+CSV_COLUMNS = (
+    "Concurrency",
+    "Request Rate",
+    "Inferences/Second",
+    "Server Queue",
+    "Server Compute Input",
+    "Server Compute Infer",
+    "Server Compute Output",
+    "p50 latency",
+    "p90 latency",
+    "p95 latency",
+    "p99 latency",
+    "Avg latency",
+    "Errors",
+)
+
+
+def csv_rows(report: dict) -> list[list]:
+    """One row per run in perf_analyzer's column layout; server columns from the benchmarked model's statistics."""
+    rows = []
+    for run in report["runs"]:
+        stages = run.get("server", {})
+        server = stages.get(report["workload"]) or stages.get("speech_to_image") or {}
+        latency = run["latency_ms"]
+
+        def microseconds(value):
+            return "" if value is None else round(1000 * value)
+
+        rows.append(
+            [
+                run["concurrency"] or "",
+                run["rate_per_s"] or "",
+                round(run["throughput_per_s"], 4),
+                *(microseconds(server.get(f"{phase}_ms_per_request")) for phase in PHASES),
+                *(microseconds(latency.get(f"p{p}")) for p in (50, 90, 95, 99)),
+                microseconds(latency.get("mean")),
+                run["errors"],
+            ]
+        )
+    return rows
+
+
 def write_report(report: dict, output_dir: Path) -> dict[str, Path]:
-    """Write ``report.json``, ``report.md`` and the plots into ``output_dir``."""
+    """Write ``report.json``, ``report.md``, ``report.csv`` (perf_analyzer's columns) and the plots."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": output_dir / "report.json", "markdown": output_dir / "report.md"}
+    paths = {"json": output_dir / "report.json", "markdown": output_dir / "report.md", "csv": output_dir / "report.csv"}
     paths["json"].write_text(json.dumps(report, indent=2))
     paths["markdown"].write_text(markdown(report))
+    with paths["csv"].open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(CSV_COLUMNS)
+        writer.writerows(csv_rows(report))
     for path in plot(report, output_dir):
         paths[path.stem] = path
     return paths

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import platform
 import time
@@ -12,12 +13,16 @@ from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from s2i.benchmarks import server_stats
 from s2i.benchmarks.cpu import process_tree_cpu_s
-from s2i.benchmarks.loadgen import closed_loop, open_loop
+from s2i.benchmarks.loadgen import as_connection, closed_loop, open_loop
 from s2i.benchmarks.peers import peer_ratios, run_peer
 from s2i.benchmarks.workloads import Workload
+from s2i.client.transport import Connection, wrap_error
+
+LOGGER = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +38,8 @@ class BenchConfig:
         baseline_requests: In-process reference requests, one at a time; 0 disables the baseline.
         server_pid: The server's process id when this machine runs it: each run then reports
             the server's CPU-seconds per request (``/proc``); ``None`` for a remote server.
+        statistics: Read the per-model breakdown from Triton's statistics API (restricted in a
+            hardened deployment: pass the admin key, or turn this off).
     """
 
     concurrencies: Sequence[int] = (1, 2, 4, 8)
@@ -42,9 +49,10 @@ class BenchConfig:
     warmup_requests: int = 2
     baseline_requests: int = 8
     server_pid: int | None = None
+    statistics: bool = True
 
 
-def machine_info(url: str) -> dict:
+def machine_info(url: str | Connection) -> dict:
     """Host, CPU, package versions and the server's version."""
     cpu = platform.processor()
     try:
@@ -58,8 +66,10 @@ def machine_info(url: str) -> dict:
             versions[package] = version(package)
         except PackageNotFoundError:
             versions[package] = None
-    with grpcclient.InferenceServerClient(url) as client:
-        versions["tritonserver"] = client.get_server_metadata(as_json=True).get("version")
+    connection = as_connection(url)
+    with grpcclient.InferenceServerClient(**connection.client_kwargs()) as client:
+        metadata = client.get_server_metadata(as_json=True, headers=connection.call_headers())
+        versions["tritonserver"] = metadata.get("version")
     return {"hostname": platform.node(), "cpu": cpu, "cpu_count": os.cpu_count(), "versions": versions}
 
 
@@ -100,8 +110,23 @@ def run_baseline(workload: Workload, requests: int) -> dict | None:
     }
 
 
-def run_benchmark(url: str, workload: Workload, config: BenchConfig) -> dict:
+def _statistics_state(url: Connection, wanted: bool) -> str:
+    """``on``, ``off``, or why Triton's statistics API cannot be read (the run goes on without it)."""
+    if not wanted:
+        return "off"
+    try:
+        server_stats.snapshot(url)
+    except InferenceServerException as e:
+        reason = str(wrap_error(e))
+        LOGGER.warning("Server statistics unavailable, benchmarking without the per-model breakdown: %s", reason)
+        return f"unavailable: {reason}"
+    return "on"
+
+
+def run_benchmark(url: str | Connection, workload: Workload, config: BenchConfig) -> dict:
     """Run everything ``config`` asks for against the server at ``url``; return the report dict."""
+    url = as_connection(url)
+    statistics = _statistics_state(url, config.statistics)
     asyncio.run(
         closed_loop(
             url,
@@ -123,11 +148,11 @@ def run_benchmark(url: str, workload: Workload, config: BenchConfig) -> dict:
     runs = []
     for description, requests, loop, options in plan:
         with _progress(requests, description) as bar:
-            before = server_stats.settled_snapshot(url)
+            before = server_stats.settled_snapshot(url) if statistics == "on" else {}
             cpu_before = process_tree_cpu_s(config.server_pid) if config.server_pid else None
             result = asyncio.run(loop(url, max_requests=requests, on_done=bar.update, **common, **options))
             cpu_after = process_tree_cpu_s(config.server_pid) if config.server_pid else None
-            stages = server_stats.breakdown(before, server_stats.settled_snapshot(url))
+            stages = server_stats.breakdown(before, server_stats.settled_snapshot(url)) if statistics == "on" else {}
         summary = result.summary()
         if cpu_before is not None and cpu_after is not None and summary["completed"]:
             summary["server_cpu_s_per_request"] = (cpu_after - cpu_before) / summary["completed"]
@@ -143,6 +168,7 @@ def run_benchmark(url: str, workload: Workload, config: BenchConfig) -> dict:
         run["items_per_s"] = run["throughput_per_s"] * workload.items_per_request
     return {
         "workload": workload.name,
+        "statistics": statistics,
         "config": dataclasses.asdict(config),
         "machine": machine_info(url),
         "runs": runs,

@@ -6,13 +6,17 @@ import time
 
 import tritonclient.grpc as grpcclient
 
+from s2i.benchmarks.loadgen import as_connection
+from s2i.client.transport import Connection
+
 PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
 
 
-def snapshot(url: str) -> dict[str, dict]:
+def snapshot(url: str | Connection) -> dict[str, dict]:
     """Cumulative statistics of every model: counts and nanoseconds per phase."""
-    with grpcclient.InferenceServerClient(url) as client:
-        stats = client.get_inference_statistics(as_json=True)
+    connection = as_connection(url)
+    with grpcclient.InferenceServerClient(**connection.client_kwargs()) as client:
+        stats = client.get_inference_statistics(as_json=True, headers=connection.call_headers())
     models = {}
     for model in stats.get("model_stats", []):
         inference = model.get("inference_stats", {})
@@ -26,7 +30,7 @@ def snapshot(url: str) -> dict[str, dict]:
     return models
 
 
-def settled_snapshot(url: str, timeout_s: float = 2.0, poll_s: float = 0.05) -> dict[str, dict]:
+def settled_snapshot(url: str | Connection, timeout_s: float = 2.0, poll_s: float = 0.05) -> dict[str, dict]:
     """A snapshot taken once the counters stop moving.
 
     Triton updates a model's statistics just after it sends the response, so a

@@ -132,14 +132,20 @@ def pipeline_workload(
     return Workload(names.SPEECH_TO_IMAGE, factory, check, baseline)
 
 
-def stage_workload(url: str, model_name: str, dynamic_size: int = 1, seed: int = 0) -> Workload:
-    """Random inputs for any one model, shaped from its config (``-1`` axes become ``dynamic_size``)."""
+def stage_workload(url, model_name: str, dynamic_size: int = 1, seed: int = 0) -> Workload:
+    """Random inputs for any one model, shaped from its config (``-1`` axes become ``dynamic_size``).
+
+    ``url`` is ``host:port`` or a :class:`~s2i.client.transport.Connection` (headers, TLS, admin key:
+    the model-config API is restricted in a hardened deployment).
+    """
     import tritonclient.grpc.aio as aio
 
+    from s2i.benchmarks.loadgen import as_connection
     from s2i.model_repository.config import TRITON_TO_NUMPY
 
-    with grpcclient.InferenceServerClient(url) as client:
-        config = client.get_model_config(model_name, as_json=True)["config"]
+    connection = as_connection(url)
+    with grpcclient.InferenceServerClient(**connection.client_kwargs()) as client:
+        config = client.get_model_config(model_name, as_json=True, headers=connection.call_headers())["config"]
     batched = int(config.get("max_batch_size", 0)) > 0
     rng = np.random.default_rng(seed)
     tensors = []

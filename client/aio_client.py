@@ -3,36 +3,91 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
 
 import grpc
+import numpy as np
 import tritonclient.grpc.aio as aio
 from tritonclient.grpc._utils import get_error_grpc
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, serialize_byte_tensor, serialized_byte_size
 
 from s2i import names
 from s2i.client import operations
-from s2i.client.errors import ClientError, ServerUnavailableError
+from s2i.client.errors import ClientError, RestrictedApiError, ServerUnavailableError
+from s2i.client.grpc_client import SHARED_MEMORY_INITIAL_BYTES, SHARED_MEMORY_MIN_BYTES
 from s2i.client.operations import AudioInput, Operation, parse_speech_to_image
 from s2i.client.results import EmotionResult, GeneratedImage, SpeechToImageResult, StreamEvent, Translation
-from s2i.client.transport import Connection, wrap_error
+from s2i.client.transport import CallOptions, Connection, RetryBudget, should_retry, wrap_error
+
+
+class AsyncSharedMemoryRegion:
+    """The asyncio twin of :class:`~s2i.client.grpc_client.SharedMemoryRegion`: one region per client, reused."""
+
+    def __init__(self, client, connection: Connection) -> None:
+        self._client = client
+        self._connection = connection
+        self.name: str | None = None
+        self.handle = None
+        self.size = 0
+        self.lock = asyncio.Lock()
+
+    async def ensure(self, size: int) -> None:
+        """Make the region at least ``size`` bytes."""
+        import tritonclient.utils.shared_memory as shm
+
+        if size <= self.size:
+            return
+        await self.close()
+        new_size = max(SHARED_MEMORY_INITIAL_BYTES, 1 << (size - 1).bit_length())
+        name = f"s2i-{uuid.uuid4().hex[:12]}"
+        handle = shm.create_shared_memory_region(name, f"/{name}", new_size)
+        try:
+            await self._client.register_system_shared_memory(
+                name, f"/{name}", new_size, headers=self._connection.call_headers()
+            )
+        except InferenceServerException:
+            shm.destroy_shared_memory_region(handle)
+            raise
+        self.name, self.handle, self.size = name, handle, new_size
+
+    async def close(self) -> None:
+        """Unregister and free the region."""
+        import tritonclient.utils.shared_memory as shm
+
+        if self.handle is None:
+            return
+        with contextlib.suppress(InferenceServerException):
+            await self._client.unregister_system_shared_memory(self.name, headers=self._connection.call_headers())
+        shm.destroy_shared_memory_region(self.handle)
+        self.name, self.handle, self.size = None, None, 0
 
 
 class AsyncClient:
     """Non-blocking client; ``async with AsyncClient(url) as client: ...``.
 
-    Keyword options are those of :class:`~s2i.client.transport.Connection` (``timeout_s``,
-    ``headers``, ``ssl`` and its PEM files, ``retry``), as for :class:`~s2i.client.Client`.
+    Keyword options are those of :class:`~s2i.client.transport.Connection`, as for
+    :class:`~s2i.client.Client`, and ``use_shared_memory`` (large audio in, pixels out, through
+    one registered region reused by every call; same host only). Calls take ``call=CallOptions(...)``.
     """
 
-    def __init__(self, url: str = "localhost:8001", **options) -> None:
+    def __init__(self, url: str = "localhost:8001", *, use_shared_memory: bool = False, **options) -> None:
         self.connection = Connection(url=url, **options)
+        self.use_shared_memory = use_shared_memory
         self._client = aio.InferenceServerClient(**self.connection.client_kwargs())
+        self._budget = RetryBudget(self.connection.retry)
+        self._shared_memory = AsyncSharedMemoryRegion(self._client, self.connection)
+
+    @property
+    def shared_memory_region(self) -> str | None:
+        """Name of the client's registered shared-memory region, once a call has used it."""
+        return self._shared_memory.name
 
     async def close(self) -> None:
-        """Close the channel."""
+        """Unregister the client's shared-memory region and close the channel."""
+        await self._shared_memory.close()
         await self._client.close()
 
     async def __aenter__(self) -> AsyncClient:
@@ -45,11 +100,15 @@ class AsyncClient:
         """Poll until the server (and ``model``) is ready, or raise :class:`ServerUnavailableError`."""
         deadline = time.monotonic() + timeout_s
         while True:
+            headers = self.connection.call_headers()
             try:
-                if await self._client.is_server_ready() and (model is None or await self._client.is_model_ready(model)):
+                if await self._client.is_server_ready(headers=headers) and (
+                    model is None or await self._client.is_model_ready(model, headers=headers)
+                ):
                     return
-            except InferenceServerException:
-                pass
+            except InferenceServerException as e:
+                if isinstance(wrap_error(e), RestrictedApiError):
+                    raise wrap_error(e) from e
             if time.monotonic() > deadline:
                 raise ServerUnavailableError(
                     f"Server at {self.connection.url} not ready after {timeout_s:.0f} s.", "UNAVAILABLE"
@@ -65,48 +124,114 @@ class AsyncClient:
             inputs.append(tensor)
         return inputs
 
-    async def execute(self, operation: Operation, timeout_s: float | None = None):
-        """Run an operation, retrying on ``UNAVAILABLE``; return its result."""
-        outputs = [aio.InferRequestedOutput(name) for name in operation.outputs]
+    async def _infer_with_shared_memory(self, operation: Operation, **kwargs) -> dict:
+        """One call with large inputs and the known-size outputs in the client's shared-memory region."""
+        import tritonclient.utils.shared_memory as shm
+
+        inputs, outputs, placed = [], [], []
+        for name, datatype, value in operation.inputs:
+            tensor = aio.InferInput(name, list(value.shape), datatype)
+            payload = serialize_byte_tensor(value) if datatype == "BYTES" else value
+            size = serialized_byte_size(payload) if datatype == "BYTES" else value.nbytes
+            if size >= SHARED_MEMORY_MIN_BYTES:
+                placed.append((tensor, size, payload))
+            else:
+                tensor.set_data_from_numpy(value)
+            inputs.append(tensor)
+        for name in operation.outputs:
+            output = aio.InferRequestedOutput(name)
+            if name in operation.shared_memory_outputs:
+                shape, dtype = operation.shared_memory_outputs[name]
+                placed.append((output, int(np.prod(shape)) * np.dtype(dtype).itemsize, (name, shape, dtype)))
+            outputs.append(output)
+        region = self._shared_memory
+        async with region.lock:
+            await region.ensure(max(1, sum(size for _, size, _ in placed)))
+            offset, readers = 0, {}
+            for tensor, size, what in placed:
+                tensor.set_shared_memory(region.name, size, offset=offset)
+                if isinstance(tensor, aio.InferInput):
+                    shm.set_shared_memory_region(region.handle, [what], offset=offset)
+                else:
+                    readers[what[0]] = (offset, what[1], what[2])
+                offset += size
+            result = await self._client.infer(operation.model, inputs, outputs=outputs, **kwargs)
+            values = {
+                name: np.array(shm.get_contents_as_numpy(region.handle, dtype, shape, offset=at))
+                for name, (at, shape, dtype) in readers.items()
+            }
+        values.update({name: result.as_numpy(name) for name in operation.outputs if name not in values})
+        return values
+
+    async def execute(self, operation: Operation, timeout_s: float | None = None, call: CallOptions | None = None):
+        """Run an operation and return its result; retries as :meth:`s2i.client.Client.execute`."""
+        call = call or CallOptions()
+        request_id = call.resolved_request_id()
         policy = self.connection.retry
-        for attempt in range(1, policy.max_attempts + 1):
+        attempt = 0
+        while True:
+            attempt += 1
+            kwargs = {
+                "client_timeout": timeout_s or self.connection.timeout_s,
+                **self.connection.infer_kwargs(call, request_id),
+            }
             try:
-                result = await self._client.infer(
-                    operation.model,
-                    self._inputs(operation),
-                    outputs=outputs,
-                    client_timeout=timeout_s or self.connection.timeout_s,
-                    headers=self.connection.headers or None,
-                )
+                if self.use_shared_memory:
+                    values = await self._infer_with_shared_memory(operation, **kwargs)
+                else:
+                    outputs = [aio.InferRequestedOutput(name) for name in operation.outputs]
+                    result = await self._client.infer(
+                        operation.model, self._inputs(operation), outputs=outputs, **kwargs
+                    )
+                    values = {name: result.as_numpy(name) for name in operation.outputs}
                 break
             except InferenceServerException as e:
                 error = wrap_error(e)
-                if not isinstance(error, ServerUnavailableError) or attempt == policy.max_attempts:
+                if not should_retry(error, operation.idempotent, attempt, policy, self._budget):
                     raise error from e
                 await asyncio.sleep(policy.backoff_s(attempt))
-        return operation.parse({name: result.as_numpy(name) for name in operation.outputs})
+        self._budget.on_success()
+        return operation.parse(values)
 
-    async def translate(self, audio: AudioInput, sample_rate_hz: int | None = None, **options) -> Translation:
+    async def translate(
+        self, audio: AudioInput, sample_rate_hz: int | None = None, *, call: CallOptions | None = None, **options
+    ) -> Translation:
         """As :meth:`s2i.client.Client.translate`."""
         timeout_s = options.pop("timeout_s", None)
-        return await self.execute(operations.translate(audio, sample_rate_hz, **options), timeout_s)
+        return await self.execute(operations.translate(audio, sample_rate_hz, **options), timeout_s, call)
 
     async def classify_emotion(
-        self, audio: AudioInput, sample_rate_hz: int | None = None, *, timeout_s: float | None = None
+        self,
+        audio: AudioInput,
+        sample_rate_hz: int | None = None,
+        *,
+        timeout_s: float | None = None,
+        call: CallOptions | None = None,
     ) -> EmotionResult:
         """As :meth:`s2i.client.Client.classify_emotion`."""
-        return await self.execute(operations.classify_emotion(audio, sample_rate_hz), timeout_s)
+        return await self.execute(operations.classify_emotion(audio, sample_rate_hz), timeout_s, call)
 
-    async def text_to_image(self, prompt: str, *, timeout_s: float | None = None, **options) -> GeneratedImage:
+    async def text_to_image(
+        self, prompt: str, *, timeout_s: float | None = None, call: CallOptions | None = None, **options
+    ) -> GeneratedImage:
         """As :meth:`s2i.client.Client.text_to_image`."""
-        return await self.execute(operations.text_to_image(prompt, **options), timeout_s)
+        return await self.execute(operations.text_to_image(prompt, **options), timeout_s, call)
 
     async def speech_to_image(
-        self, audio: AudioInput, sample_rate_hz: int | None = None, *, timeout_s: float | None = None, **options
+        self,
+        audio: AudioInput,
+        sample_rate_hz: int | None = None,
+        *,
+        timeout_s: float | None = None,
+        call: CallOptions | None = None,
+        **options,
     ) -> SpeechToImageResult:
         """As :meth:`s2i.client.Client.speech_to_image`."""
         started = time.perf_counter()
-        result = await self.execute(operations.speech_to_image(audio, sample_rate_hz, **options), timeout_s)
+        operation = operations.speech_to_image(
+            audio, sample_rate_hz, pixels_via_shared_memory=self.use_shared_memory, **options
+        )
+        result = await self.execute(operation, timeout_s, call)
         result.timings_ms["total"] = 1000 * (time.perf_counter() - started)
         return result
 
@@ -117,29 +242,38 @@ class AsyncClient:
         *,
         preview_every: int = 0,
         timeout_s: float | None = None,
+        call: CallOptions | None = None,
         **options,
     ) -> AsyncIterator[StreamEvent]:
         """Stream ``speech_to_image_stream``: the texts first, previews every ``preview_every`` steps, the image.
 
         Yields:
             :class:`~s2i.client.results.StreamEvent` in the order the server sends them.
+
+        Not retried: a broken stream is the caller's to restart (events already received stay valid).
         """
+        call = call or CallOptions()
         operation = operations.speech_to_image(audio, sample_rate_hz, model=names.SPEECH_TO_IMAGE_STREAM, **options)
         operation.inputs.append(operations._int32(names.PREVIEW_EVERY, preview_every))
         outputs = [aio.InferRequestedOutput(name) for name in [*operation.outputs, names.EVENT, names.STEP]]
-        request_id = uuid.uuid4().hex
+        request_id = call.resolved_request_id()
 
         async def requests():
             yield {
                 "model_name": operation.model,
+                "model_version": call.model_version,
                 "inputs": self._inputs(operation),
                 "outputs": outputs,
                 "request_id": request_id,
+                "priority": call.priority,
                 "enable_empty_final_response": True,
             }
 
         stream = self._client.stream_infer(
-            requests(), stream_timeout=timeout_s or self.connection.timeout_s, headers=self.connection.headers or None
+            requests(),
+            stream_timeout=timeout_s or self.connection.timeout_s,
+            headers=self.connection.call_headers(call),
+            compression_algorithm=self.connection.compression,
         )
         finished = False
         try:

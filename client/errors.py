@@ -21,3 +21,18 @@ class InvalidRequestError(ClientError):
 
 class ServerUnavailableError(ClientError):
     """The server could not be reached or is not ready (``UNAVAILABLE``); retrying may help."""
+
+
+class RestrictedApiError(ClientError):
+    """The server restricts this API (``--grpc-restricted-protocol``) to callers sending its key header.
+
+    Triton answers ``UNAVAILABLE``, but retrying cannot help, so this is never retried: pass the
+    key (``admin_key=...`` for the server's ``admin-key``, or the header the message names).
+
+    Attributes:
+        header: The header the server expects (``triton-grpc-protocol-<key>`` over gRPC).
+    """
+
+    def __init__(self, message: str, status: str | None = None, header: str | None = None) -> None:
+        super().__init__(message, status)
+        self.header = header

@@ -42,6 +42,8 @@ class Operation:
     Attributes:
         shared_memory_outputs: Outputs whose shape is known before the call (name -> (shape,
             numpy dtype)); a client with shared memory enabled receives them there.
+        idempotent: Running the call twice gives the same result, so a retry is safe (it
+            still costs the server the work twice).
     """
 
     model: str
@@ -49,6 +51,7 @@ class Operation:
     outputs: list[str]
     parse: Callable[[Mapping[str, np.ndarray]], object]
     shared_memory_outputs: dict[str, tuple[tuple[int, ...], type]] = dataclasses.field(default_factory=dict)
+    idempotent: bool = True
 
 
 def _text(name: str, value: str) -> tuple[str, str, np.ndarray]:
@@ -180,7 +183,8 @@ def text_to_image(
             raise ClientError(f"`{names.DIFFUSION}` returned no image; is the server's Python environment set up?")
         return GeneratedImage(image=image[0], seed=int(used_seed.reshape(-1)[0]))
 
-    return Operation(names.DIFFUSION, inputs, [names.IMAGE, names.SEED], parse)
+    # Without a seed the server draws one: a second run would make another image.
+    return Operation(names.DIFFUSION, inputs, [names.IMAGE, names.SEED], parse, idempotent=seed is not None)
 
 
 SPEECH_TO_IMAGE_OUTPUTS = [
@@ -258,7 +262,11 @@ def speech_to_image(
     if return_transcript:
         inputs.append((names.RETURN_TRANSCRIPT, "BOOL", np.array([[True]])))
     operation = Operation(
-        model, inputs, list(SPEECH_TO_IMAGE_OUTPUTS), lambda outputs: parse_speech_to_image(outputs, model)
+        model,
+        inputs,
+        list(SPEECH_TO_IMAGE_OUTPUTS),
+        lambda outputs: parse_speech_to_image(outputs, model),
+        idempotent=seed is not None,  # without a seed the server draws one
     )
     if pixels_via_shared_memory and height is not None and width is not None:
         operation.outputs.append(names.IMAGE)

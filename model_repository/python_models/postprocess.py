@@ -15,12 +15,15 @@ class TritonPythonModel:
 
     def _respond(self, request):
         started = time.perf_counter()
-        png = encode_png(pb_utils.get_input_tensor_by_name(request, names.IMAGE).as_numpy()[0])
+        image = pb_utils.get_input_tensor_by_name(request, names.IMAGE).as_numpy()
+        png = encode_png(image[0])
         elapsed_ms = np.array([[1000 * (time.perf_counter() - started)]], dtype=np.float32)
         return pb_utils.InferenceResponse(
             output_tensors=[
                 pb_utils.Tensor(names.PNG, np.array([[png]], dtype=np.object_)),
                 pb_utils.Tensor(names.COMPUTE_MS, elapsed_ms),
+                # The ensemble's copy of the pixels it encoded (s2i.pipeline.models).
+                pb_utils.Tensor(names.IMAGE, image),
             ]
         )
 

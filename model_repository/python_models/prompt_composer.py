@@ -28,9 +28,11 @@ class TritonPythonModel:
 
     def _respond(self, request):
         started = time.perf_counter()
+        text = scalar(optional_input(pb_utils, request, names.TEXT), names.TEXT, "")
+        detected = scalar(optional_input(pb_utils, request, names.EMOTION_LABEL), names.EMOTION_LABEL, "neutral")
         composed = compose_prompt(
-            scalar(optional_input(pb_utils, request, names.TEXT), names.TEXT, ""),
-            scalar(optional_input(pb_utils, request, names.EMOTION_LABEL), names.EMOTION_LABEL, "neutral"),
+            text,
+            detected,
             self.templates,
             emotion_override=scalar(optional_input(pb_utils, request, names.EMOTION_OVERRIDE), names.EMOTION_OVERRIDE),
             template_name=scalar(optional_input(pb_utils, request, names.STYLE_TEMPLATE), names.STYLE_TEMPLATE),
@@ -42,6 +44,11 @@ class TritonPythonModel:
                 pb_utils.Tensor(names.NEGATIVE_PROMPT, _text(composed.negative_prompt)),
                 pb_utils.Tensor(names.EMOTION, _text(composed.emotion)),
                 pb_utils.Tensor(names.COMPUTE_MS, elapsed_ms),
+                # What it composed from, and the prompts again: the ensemble's copies (s2i.pipeline.models).
+                pb_utils.Tensor(names.TEXT, _text(text)),
+                pb_utils.Tensor(names.EMOTION_LABEL, _text(detected)),
+                pb_utils.Tensor(names.DIFFUSION_PROMPT, _text(composed.prompt)),
+                pb_utils.Tensor(names.DIFFUSION_NEGATIVE_PROMPT, _text(composed.negative_prompt)),
             ]
         )
 

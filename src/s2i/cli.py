@@ -15,7 +15,6 @@ from s2i import __version__
 LOGGER = logging.getLogger("s2i")
 
 DEFAULT_BUILD_DIR = Path("build")
-DEFAULT_URL = "localhost:8001"
 
 
 def _checkpoints_dir(build_dir: Path) -> Path:
@@ -56,6 +55,26 @@ def cmd_import_whisper(args: argparse.Namespace) -> int:
     # A malformed folder raises CTranslate2FormatError (a ValueError): main() prints it, exit code 2.
     output = import_whisper_ctranslate2(args.ctranslate2, args.output, dtype=args.dtype)
     print(f"checkpoint: {output} (convert with `s2i convert --whisper {output}`)")
+    return 0
+
+
+def cmd_contract(args: argparse.Namespace) -> int:
+    """Write the public contract (JSON or Markdown), or the gRPC descriptors for non-Python clients."""
+    from s2i.contract import contract, descriptor_set, render_json, render_markdown
+
+    if args.descriptor_set:
+        args.descriptor_set.write_bytes(descriptor_set())
+        print(f"gRPC descriptors (FileDescriptorSet): {args.descriptor_set}")
+        return 0
+    if not (args.model_repository / "speech_to_image" / "config.pbtxt").is_file():
+        print(f"error: `--model-repository` {args.model_repository} holds no speech_to_image model", file=sys.stderr)
+        return 2
+    data = contract(args.model_repository)
+    text = render_markdown(data) if args.format == "markdown" else render_json(data)
+    if args.output:
+        args.output.write_text(text)
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -132,65 +151,6 @@ def cmd_health(args: argparse.Namespace) -> int:
     for result in results:
         print(f"{result.model}: {'ok' if result.healthy else 'UNHEALTHY'} ({result.seconds:.2f} s) {result.detail}")
     return 0 if results and all(result.healthy for result in results) else 1
-
-
-def cmd_translate(args: argparse.Namespace) -> int:
-    """Send a speech file to the ``whisper`` model and print the text."""
-    from s2i.client import Client, ClientError
-
-    with Client(args.url, timeout_s=args.timeout_s) as client:
-        try:
-            result = client.translate(
-                args.audio, task=args.task, language=args.language, max_new_tokens=args.max_new_tokens
-            )
-        except ClientError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-    print(result.text)
-    return 0
-
-
-def cmd_imagine(args: argparse.Namespace) -> int:
-    """Send a prompt to the ``diffusion`` model and write the image as PNG."""
-    from PIL import Image
-
-    from s2i.client import Client, ClientError
-
-    with Client(args.url, timeout_s=args.timeout_s) as client:
-        try:
-            result = client.text_to_image(
-                args.prompt,
-                negative_prompt=args.negative_prompt,
-                num_inference_steps=args.steps,
-                guidance_scale=args.guidance_scale,
-                height=args.height,
-                width=args.width,
-                seed=args.seed,
-                scheduler=args.scheduler,
-            )
-        except ClientError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(result.image).save(args.output)
-    print(f"{args.output} ({result.image.shape[1]}x{result.image.shape[0]}, seed {result.seed})")
-    return 0
-
-
-def cmd_emotion(args: argparse.Namespace) -> int:
-    """Send a speech file to the ``emotion_classifier`` model and print the emotion and probabilities."""
-    from s2i.client import Client, ClientError
-
-    with Client(args.url, timeout_s=args.timeout_s) as client:
-        try:
-            result = client.classify_emotion(args.audio)
-        except ClientError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-    print(result.label)
-    for label, probability in sorted(result.scores.items(), key=lambda item: -item[1]):
-        print(f"  {label:<10} {probability:.4f}")
-    return 0
 
 
 def cmd_train_emotion(args: argparse.Namespace) -> int:
@@ -274,44 +234,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_new_tokens=args.max_new_tokens,
     )
-
-
-def cmd_generate(args: argparse.Namespace) -> int:
-    """Send a speech file through the ``speech_to_image`` ensemble; write the PNG, print texts and timings."""
-    from s2i.client import Client, ClientError
-
-    options = {
-        "seed": args.seed,
-        "num_inference_steps": args.steps,
-        "guidance_scale": args.guidance_scale,
-        "height": args.height,
-        "width": args.width,
-        "scheduler": args.scheduler,
-        "emotion_override": args.emotion,
-        "style_template": args.style,
-        "max_new_tokens": args.max_new_tokens,
-    }
-    with Client(args.url, timeout_s=args.timeout_s) as client:
-        try:
-            result = client.speech_to_image(
-                args.audio,
-                return_transcript=args.transcript,
-                **{key: value for key, value in options.items() if value is not None},
-            )
-        except ClientError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_bytes(result.png)
-    if args.transcript:
-        print(f"transcript: {result.transcript}")
-    print(f"translation: {result.text}")
-    detected = result.detected_emotion
-    print(f"emotion: {result.emotion} (detected {detected}, p={result.emotion_scores[detected]:.2f})")
-    print(f"prompt: {result.prompt}")
-    print("timings: " + ", ".join(f"{step} {ms:.0f} ms" for step, ms in result.timings_ms.items()))
-    print(f"image: {args.output} (seed {result.seed})")
-    return 0
 
 
 def cmd_web(args: argparse.Namespace) -> int:
@@ -417,6 +339,8 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``s2i``."""
+    from s2i.client.cli import DEFAULT_URL, add_client_commands
+
     parser = argparse.ArgumentParser(prog="s2i", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and library warnings")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -457,34 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--timeout-s", type=float, default=30.0, help="per-call deadline")
     health.set_defaults(handler=cmd_health)
 
-    translate = commands.add_parser("translate", help="Hindi speech file -> English text, through the server")
-    translate.add_argument("audio", type=Path, help="WAV/FLAC/OGG file")
-    translate.add_argument("--url", default=DEFAULT_URL, help="gRPC host:port")
-    translate.add_argument("--task", choices=("translate", "transcribe"), default="translate")
-    translate.add_argument("--language", default="hi")
-    translate.add_argument("--max-new-tokens", type=int)
-    translate.add_argument("--timeout-s", type=float, default=120.0)
-    translate.set_defaults(handler=cmd_translate)
-
-    imagine = commands.add_parser("imagine", help="English prompt -> PNG image, through the server")
-    imagine.add_argument("prompt")
-    imagine.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write")
-    imagine.add_argument("--url", default=DEFAULT_URL, help="gRPC host:port")
-    imagine.add_argument("--negative-prompt")
-    imagine.add_argument("--steps", type=int, help="denoising steps (server default: 50)")
-    imagine.add_argument("--guidance-scale", type=float, help="classifier-free guidance (server default: 7.5)")
-    imagine.add_argument("--height", type=int, help="pixels (default: the checkpoint's size)")
-    imagine.add_argument("--width", type=int, help="pixels (default: the checkpoint's size)")
-    imagine.add_argument("--seed", type=int, help="seed of the initial noise (server picks one if left out)")
-    imagine.add_argument("--scheduler", help="ddim, euler, euler_ancestral, dpmsolver++ or pndm")
-    imagine.add_argument("--timeout-s", type=float, default=300.0)
-    imagine.set_defaults(handler=cmd_imagine)
-
-    emotion = commands.add_parser("emotion", help="speech file -> emotion and probabilities, through the server")
-    emotion.add_argument("audio", type=Path, help="WAV/FLAC/OGG file")
-    emotion.add_argument("--url", default=DEFAULT_URL, help="gRPC host:port")
-    emotion.add_argument("--timeout-s", type=float, default=60.0)
-    emotion.set_defaults(handler=cmd_emotion)
+    contract = commands.add_parser("contract", help="the public models' inputs and outputs, for any client")
+    contract.add_argument("--model-repository", type=Path, default=DEFAULT_BUILD_DIR / "model_repository")
+    contract.add_argument("--format", choices=("json", "markdown"), default="json")
+    contract.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
+    contract.add_argument(
+        "--descriptor-set", type=Path, help="write Triton's gRPC descriptors (a FileDescriptorSet) here instead"
+    )
+    contract.set_defaults(handler=cmd_contract)
 
     # `s2i train <model>`: one subcommand per trainer (`_add_train_<model>(train_commands)`).
     train = commands.add_parser("train", help="train or fine-tune a pipeline model")
@@ -515,23 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-new-tokens", type=int, default=16, help="Whisper token budget (random models never stop)")
     demo.set_defaults(handler=cmd_demo)
 
-    generate = commands.add_parser("generate", help="speech file -> emotion-aware image, through the server")
-    generate.add_argument("audio", type=Path, help="WAV/FLAC/OGG file")
-    generate.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write")
-    generate.add_argument("--url", default=DEFAULT_URL, help="gRPC host:port")
-    generate.add_argument("--seed", type=int)
-    generate.add_argument("--steps", type=int, help="denoising steps")
-    generate.add_argument("--guidance-scale", type=float)
-    generate.add_argument("--height", type=int)
-    generate.add_argument("--width", type=int)
-    generate.add_argument("--scheduler", help="ddim, euler, euler_ancestral, dpmsolver++ or pndm")
-    generate.add_argument("--emotion", help="use this emotion instead of the detected one")
-    generate.add_argument("--style", help="style template (see styles.toml)")
-    generate.add_argument("--transcript", action="store_true", help="also print the Hindi transcript")
-    generate.add_argument("--max-new-tokens", type=int)
-    generate.add_argument("--timeout-s", type=float, default=600.0)
-    generate.set_defaults(handler=cmd_generate)
-
+    add_client_commands(commands)
     _add_web(commands)
     return parser
 

@@ -64,6 +64,7 @@ LAYER_OF: tuple[tuple[str, str], ...] = (
     ("s2i.conversion.*", BUILD),
     ("s2i.tiny", BUILD),
     ("s2i.speech", BUILD),
+    ("s2i.contract", BUILD),
     ("s2i.client", CLIENT),
     ("s2i.client.*", CLIENT),
     ("s2i.pipeline.reference", APP),

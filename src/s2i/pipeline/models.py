@@ -104,6 +104,11 @@ def prompt_composer_spec(device: str = CPU) -> ModelSpec:
             TensorSpec(names.NEGATIVE_PROMPT, "BYTES", (1,)),
             TensorSpec(names.EMOTION, "BYTES", (1,)),
             TensorSpec(names.COMPUTE_MS, "FP32", (1,)),
+            # Copies for the ensemble (see `ensemble_spec`): the inputs it composed from, and its prompts again.
+            TensorSpec(names.TEXT, "BYTES", (1,)),
+            TensorSpec(names.EMOTION_LABEL, "BYTES", (1,)),
+            TensorSpec(names.DIFFUSION_PROMPT, "BYTES", (1,)),
+            TensorSpec(names.DIFFUSION_NEGATIVE_PROMPT, "BYTES", (1,)),
         ),
         max_batch_size=chosen.max_batch_size,
         instance_groups=(InstanceGroup(chosen.instances),),
@@ -111,19 +116,37 @@ def prompt_composer_spec(device: str = CPU) -> ModelSpec:
 
 
 def postprocess_spec(device: str = CPU) -> ModelSpec:
-    """The RGB image in, PNG bytes out."""
+    """The RGB image in, PNG bytes out (and the image itself, for the ensemble; see `ensemble_spec`)."""
     chosen = _step_policy(names.POSTPROCESS, device)
     return ModelSpec(
         name=names.POSTPROCESS,
         inputs=(TensorSpec(names.IMAGE, "UINT8", (-1, -1, 3)),),
-        outputs=(TensorSpec(names.PNG, "BYTES", (1,)), TensorSpec(names.COMPUTE_MS, "FP32", (1,))),
+        outputs=(
+            TensorSpec(names.PNG, "BYTES", (1,)),
+            TensorSpec(names.COMPUTE_MS, "FP32", (1,)),
+            TensorSpec(names.IMAGE, "UINT8", (-1, -1, 3)),
+        ),
         max_batch_size=chosen.max_batch_size,
         instance_groups=(InstanceGroup(chosen.instances),),
     )
 
 
+def internal(model: str, tensor: str) -> str:
+    """The ensemble's name for ``tensor`` of ``model`` passed to a later step: never an ensemble output's name."""
+    return f"{model}.{tensor}"
+
+
 def ensemble_spec(repository: Path, step_specs: dict[str, ModelSpec]) -> ModelSpec:
-    """The ``speech_to_image`` ensemble over the models in ``repository`` and the pipeline steps."""
+    """The ``speech_to_image`` ensemble over the models in ``repository`` and the pipeline steps.
+
+    Any subset of the outputs may be requested. Triton (2.51, and its current ensemble
+    scheduler) prunes the steps a request does not need by counting, per step, the outputs
+    nobody wants; it miscounts a tensor that is both an ensemble output and another step's
+    input, and charges the optional inputs nobody reads to the *first* step. So here no
+    tensor is both (a value a later step reads is passed under an internal name, and the
+    client's copy comes from the step that read it), and the first step is `postprocess`,
+    which needs every other step anyway. :func:`check_prunable` enforces both.
+    """
     composed = {model: read_tensor_specs(repository, model) for model in COMPOSED}
     inputs_of = {model: specs[0] for model, specs in composed.items()}
     outputs_of = {model: specs[1] for model, specs in composed.items()}
@@ -150,11 +173,11 @@ def ensemble_spec(repository: Path, step_specs: dict[str, ModelSpec]) -> ModelSp
     out = outputs_of
     outputs = (
         out[names.POSTPROCESS][names.PNG],
-        out[names.DIFFUSION][names.IMAGE],
+        out[names.POSTPROCESS][names.IMAGE],
         renamed(out[names.DIFFUSION][names.SEED], names.IMAGE_SEED),
-        out[names.WHISPER][names.TEXT],
+        out[names.PROMPT_COMPOSER][names.TEXT],
         out[names.WHISPER][names.TRANSCRIPT],
-        out[names.EMOTION_CLASSIFIER][names.EMOTION_LABEL],
+        out[names.PROMPT_COMPOSER][names.EMOTION_LABEL],
         out[names.EMOTION_CLASSIFIER][names.EMOTION_PROBABILITIES],
         out[names.PROMPT_COMPOSER][names.EMOTION],
         out[names.PROMPT_COMPOSER][names.PROMPT],
@@ -162,67 +185,103 @@ def ensemble_spec(repository: Path, step_specs: dict[str, ModelSpec]) -> ModelSp
         *(renamed(out[model][names.COMPUTE_MS], timing) for timing, model in TIMINGS.items()),
     )
 
-    def identity(model: str, tensor_names) -> dict[str, str]:
-        return {name: name for name in tensor_names if name in inputs_of[model] or name in outputs_of[model]}
+    def identity(*tensor_names: str) -> dict[str, str]:
+        return {name: name for name in tensor_names}
 
+    features = internal(names.PREPROCESS, names.INPUT_FEATURES)
+    emotion_features = internal(names.PREPROCESS, names.EMOTION_FEATURES)
+    text, label = internal(names.WHISPER, names.TEXT), internal(names.EMOTION_CLASSIFIER, names.EMOTION_LABEL)
+    prompt = internal(names.PROMPT_COMPOSER, names.DIFFUSION_PROMPT)
+    negative_prompt = internal(names.PROMPT_COMPOSER, names.DIFFUSION_NEGATIVE_PROMPT)
+    image = internal(names.DIFFUSION, names.IMAGE)
     steps = (
+        # First: Triton charges unread optional inputs to step 0 (see the docstring).
+        EnsembleStep(
+            names.POSTPROCESS,
+            {names.IMAGE: image},
+            {names.PNG: names.PNG, names.COMPUTE_MS: "postprocess_ms", names.IMAGE: names.IMAGE},
+        ),
         EnsembleStep(
             names.PREPROCESS,
-            identity(names.PREPROCESS, preprocess_in),
+            identity(*preprocess_in),
             {
-                names.INPUT_FEATURES: names.INPUT_FEATURES,
-                names.EMOTION_FEATURES: names.EMOTION_FEATURES,
+                names.INPUT_FEATURES: features,
+                names.EMOTION_FEATURES: emotion_features,
                 names.COMPUTE_MS: "preprocess_ms",
             },
         ),
         # Whisper and the emotion classifier both wait only on `preprocess`: they run in parallel.
         EnsembleStep(
             names.WHISPER,
-            identity(names.WHISPER, (names.INPUT_FEATURES, names.RETURN_TRANSCRIPT, names.MAX_NEW_TOKENS)),
-            {names.TEXT: names.TEXT, names.TRANSCRIPT: names.TRANSCRIPT, names.COMPUTE_MS: "whisper_ms"},
+            {names.INPUT_FEATURES: features, **identity(names.RETURN_TRANSCRIPT, names.MAX_NEW_TOKENS)},
+            {names.TEXT: text, names.TRANSCRIPT: names.TRANSCRIPT, names.COMPUTE_MS: "whisper_ms"},
         ),
         EnsembleStep(
             names.EMOTION_CLASSIFIER,
-            {names.INPUT_FEATURES: names.EMOTION_FEATURES},
+            {names.INPUT_FEATURES: emotion_features},
             {
-                names.EMOTION_LABEL: names.EMOTION_LABEL,
+                names.EMOTION_LABEL: label,
                 names.EMOTION_PROBABILITIES: names.EMOTION_PROBABILITIES,
                 names.COMPUTE_MS: "emotion_ms",
             },
         ),
         EnsembleStep(
             names.PROMPT_COMPOSER,
-            identity(
-                names.PROMPT_COMPOSER, (names.TEXT, names.EMOTION_LABEL, names.EMOTION_OVERRIDE, names.STYLE_TEMPLATE)
-            ),
             {
-                names.PROMPT: names.PROMPT,
-                names.NEGATIVE_PROMPT: names.NEGATIVE_PROMPT,
-                names.EMOTION: names.EMOTION,
+                names.TEXT: text,
+                names.EMOTION_LABEL: label,
+                **identity(names.EMOTION_OVERRIDE, names.STYLE_TEMPLATE),
+            },
+            {
+                **identity(names.PROMPT, names.NEGATIVE_PROMPT, names.EMOTION, names.TEXT, names.EMOTION_LABEL),
                 names.COMPUTE_MS: "prompt_ms",
+                names.DIFFUSION_PROMPT: prompt,
+                names.DIFFUSION_NEGATIVE_PROMPT: negative_prompt,
             },
         ),
         EnsembleStep(
             names.DIFFUSION,
-            identity(names.DIFFUSION, (names.PROMPT, names.NEGATIVE_PROMPT, *diffusion_options)),
-            {names.IMAGE: names.IMAGE, names.SEED: names.IMAGE_SEED, names.COMPUTE_MS: "diffusion_ms"},
-        ),
-        EnsembleStep(
-            names.POSTPROCESS, {names.IMAGE: names.IMAGE}, {names.PNG: names.PNG, names.COMPUTE_MS: "postprocess_ms"}
+            {names.PROMPT: prompt, names.NEGATIVE_PROMPT: negative_prompt, **identity(*diffusion_options)},
+            {names.IMAGE: image, names.SEED: names.IMAGE_SEED, names.COMPUTE_MS: "diffusion_ms"},
         ),
     )
-    max_batch_size = min(
-        [batch for _, _, batch in composed.values()] + [spec.max_batch_size for spec in step_specs.values()]
-    )
+    check_prunable(inputs, outputs, steps)
+    # One clip per request: the models batch concurrent requests (dynamic batching), but a
+    # request's rows would not be answered row by row, so the pipeline does not take client batches.
     return ModelSpec(
         name=names.SPEECH_TO_IMAGE,
         inputs=inputs,
         outputs=outputs,
-        max_batch_size=max_batch_size,
+        max_batch_size=1,
         backend="",
         platform="ensemble",
         ensemble_steps=steps,
     )
+
+
+def check_prunable(
+    inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...], steps: tuple[EnsembleStep, ...]
+) -> None:
+    """Raise unless Triton's ensemble pruning keeps every step a request for any output subset needs.
+
+    Two rules (see :func:`ensemble_spec`): no ensemble output is read by a step, and the first
+    step depends, directly or not, on every other step (so it is never needed while another is not).
+    """
+    output_names = {tensor.name for tensor in outputs}
+    read = {tensor for step in steps for tensor in step.input_map.values()}
+    both = sorted(output_names & read)
+    if both:
+        raise ValueError(f"Ensemble tensors {both} are both outputs and step inputs; pass them under internal names.")
+    producer = {tensor: index for index, step in enumerate(steps) for tensor in step.output_map.values()}
+    needed, frontier = {0}, [0]
+    while frontier:
+        for tensor in steps[frontier.pop()].input_map.values():
+            if tensor in producer and producer[tensor] not in needed:
+                needed.add(producer[tensor])
+                frontier.append(producer[tensor])
+    if len(needed) != len(steps):
+        missing = sorted(steps[index].model_name for index in set(range(len(steps))) - needed)
+        raise ValueError(f"The first ensemble step `{steps[0].model_name}` does not depend on steps {missing}.")
 
 
 def stream_spec(ensemble: ModelSpec, device: str = CPU) -> ModelSpec:

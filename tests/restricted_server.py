@@ -1,0 +1,42 @@
+"""A small real server with restricted gRPC APIs: one echo model; health, shared memory and statistics need a key."""
+
+from s2i.server import ServerOptions, TritonServer
+
+ADMIN_KEY = "test-admin-key"
+ECHO_MODEL = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse([pb_utils.Tensor("y", pb_utils.get_input_tensor_by_name(r, "x").as_numpy())])
+            for r in requests
+        ]
+"""
+ECHO_CONFIG = """name: "echo"
+backend: "python"
+max_batch_size: 0
+input { name: "x" data_type: TYPE_FP32 dims: [ -1 ] }
+output { name: "y" data_type: TYPE_FP32 dims: [ -1 ] }
+"""
+
+
+class HealthRestrictedServer(TritonServer):
+    """A server whose gRPC health, shared-memory and statistics APIs need the admin key."""
+
+    def command(self, backend_directory):
+        restriction = f"health,shared-memory,statistics:admin-key={ADMIN_KEY}"
+        return [*super().command(backend_directory), f"--grpc-restricted-protocol={restriction}"]
+
+
+def serve_restricted(tmp_path_factory):
+    """Start the server, yield it, stop it: the body of a module-scoped fixture."""
+    repository = tmp_path_factory.mktemp("echo-repository")
+    (repository / "echo" / "1").mkdir(parents=True)
+    (repository / "echo" / "config.pbtxt").write_text(ECHO_CONFIG)
+    (repository / "echo" / "1" / "model.py").write_text(ECHO_MODEL)
+    server = HealthRestrictedServer(ServerOptions(str(repository)).with_free_ports())
+    server.start()
+    yield server
+    server.stop()
