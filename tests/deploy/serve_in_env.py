@@ -10,11 +10,13 @@ until standard input closes (so the server never outlives the test), then stops.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import secrets
 import sys
 from pathlib import Path
 
-from s2i.server import ServerError, ServerOptions, TritonServer
+from s2i.server import ServerError, TritonServer, pod_server_options
 
 
 class ImageServer(TritonServer):
@@ -32,7 +34,9 @@ class ImageServer(TritonServer):
 
 def main(repository: str, log_file: str) -> int:
     """Serve ``repository`` until stdin closes; ``log_file`` gets the server log."""
-    options = ServerOptions(model_repository=repository).with_free_ports()
+    # The pods' flags (HTTP on, admin APIs behind a key), bound to loopback for the test.
+    key = secrets.token_hex(16)
+    options = dataclasses.replace(pod_server_options(repository, key), host="127.0.0.1").with_free_ports()
     # A bound, not a speed check: 18 stubs load in ~3.5 min on an idle 2-core machine, and
     # took over 10 min with several test suites sharing it.
     try:
@@ -42,7 +46,12 @@ def main(repository: str, log_file: str) -> int:
         print(json.dumps({"error": str(e)}), flush=True)
         return 1
     try:
-        ready = {"grpc": server.grpc_url, "http": server.http_url, "python": sys.executable}
+        ready = {
+            "grpc": server.grpc_url,
+            "http": server.http_url,
+            "python": sys.executable,
+            "http_admin_headers": server.http_admin_headers,
+        }
         print(json.dumps(ready), flush=True)
         sys.stdin.read()
     finally:

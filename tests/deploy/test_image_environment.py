@@ -53,8 +53,8 @@ def converter_env(server_env) -> ImageEnv:
     return build_stage_env("converter", base=server_env)
 
 
-def _post_json(url: str, body: dict | None = None) -> object:
-    request = urllib.request.Request(url, data=json.dumps(body or {}).encode(), method="POST")
+def _post_json(url: str, body: dict | None = None, headers: dict | None = None) -> object:
+    request = urllib.request.Request(url, data=json.dumps(body or {}).encode(), method="POST", headers=headers or {})
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
@@ -107,7 +107,7 @@ def test_server_runs_environment_python_when_started(server_env, image_server):
 
 
 def test_every_model_loads_when_served_in_image_environment(image_server, model_repository):
-    index = _post_json(f"http://{image_server['http']}/v2/repository/index")
+    index = _post_json(f"http://{image_server['http']}/v2/repository/index", headers=image_server["http_admin_headers"])
     expected = {path.name for path in model_repository.repository.iterdir() if path.is_dir()}
 
     assert {entry["name"]: entry.get("state") for entry in index} == dict.fromkeys(expected, "READY")
