@@ -93,6 +93,8 @@ def _server(args):
     print("starting tritonserver ...", file=sys.stderr, flush=True)
     log_file = args.build_dir / f"tritonserver-bench-{args.preset}.log"
     with TritonServer(options, log_file=log_file, startup_timeout_s=args.startup_timeout_s) as server:
+        # The started server locks its admin APIs (statistics included) with a key of its own.
+        args.admin_key = args.admin_key or server.options.restricted_api_key
         yield server.grpc_url, checkpoints, server.pid
 
 

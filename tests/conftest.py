@@ -58,12 +58,16 @@ def hindi_clips() -> list[SpeechClip]:
 
 # The session server's admin key; tests of admin APIs (shared memory) send it.
 ADMIN_KEY = "test-admin-key"
+# gRPC metadata that opens the session server's admin APIs (statistics, shared memory, ...).
+ADMIN_HEADERS = {"triton-grpc-protocol-admin-key": ADMIN_KEY}
 
 
 @pytest.fixture(scope="session")
 def triton_server(model_repository):
-    # HTTP on (its tests need it; HTTP inference then needs the admin key too).
-    options = ServerOptions(str(model_repository.repository), http=True, restricted_api_key=ADMIN_KEY)
+    # HTTP on for its tests, inference open as in the pods (loopback only); admin APIs behind ADMIN_KEY.
+    options = ServerOptions(
+        str(model_repository.repository), http=True, http_inference_restricted=False, restricted_api_key=ADMIN_KEY
+    )
     server = TritonServer(options.with_free_ports(), log_file=BUILD_DIR / "tritonserver.log")
     server.start()
     yield server

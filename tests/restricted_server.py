@@ -1,6 +1,8 @@
 """A small real server with restricted gRPC APIs: one echo model; health, shared memory and statistics need a key."""
 
-from s2i.server import ServerOptions, TritonServer
+import dataclasses
+
+from s2i.server import RESTRICTED_CATEGORIES, ServerOptions, TritonServer
 
 ADMIN_KEY = "test-admin-key"
 ECHO_MODEL = """
@@ -26,8 +28,10 @@ class HealthRestrictedServer(TritonServer):
     """A server whose gRPC health, shared-memory and statistics APIs need the admin key."""
 
     def command(self, backend_directory):
-        restriction = f"health,shared-memory,statistics:admin-key={ADMIN_KEY}"
-        return [*super().command(backend_directory), f"--grpc-restricted-protocol={restriction}"]
+        # The server already restricts the admin protocols (behind ADMIN_KEY); health joins them here.
+        restriction = f"--grpc-restricted-protocol=health,{RESTRICTED_CATEGORIES}:admin-key={ADMIN_KEY}"
+        command = super().command(backend_directory)
+        return [restriction if arg.startswith("--grpc-restricted-protocol=") else arg for arg in command]
 
 
 def serve_restricted(tmp_path_factory):
@@ -36,7 +40,8 @@ def serve_restricted(tmp_path_factory):
     (repository / "echo" / "1").mkdir(parents=True)
     (repository / "echo" / "config.pbtxt").write_text(ECHO_CONFIG)
     (repository / "echo" / "1" / "model.py").write_text(ECHO_MODEL)
-    server = HealthRestrictedServer(ServerOptions(str(repository)).with_free_ports())
+    options = dataclasses.replace(ServerOptions(str(repository)), restricted_api_key=ADMIN_KEY).with_free_ports()
+    server = HealthRestrictedServer(options)
     server.start()
     yield server
     server.stop()

@@ -425,7 +425,8 @@ class TritonServer:
 
         try:
             with grpcclient.InferenceServerClient(self.grpc_url) as client:
-                return bool(client.is_server_ready(client_timeout=2))
+                # The admin key too: a deployment may restrict even the health protocol.
+                return bool(client.is_server_ready(headers=self.admin_headers, client_timeout=2))
         except (InferenceServerException, ConnectionError, TimeoutError):
             return False
 

@@ -6,6 +6,8 @@ from PIL import Image
 from s2i.benchmarks.report import markdown, write_report
 from s2i.benchmarks.runner import BenchConfig, run_benchmark
 from s2i.benchmarks.workloads import stage_workload, whisper_workload
+from s2i.client.transport import Connection
+from tests.conftest import ADMIN_KEY
 
 # On `python-onnxruntime` the decoder graphs run inside `whisper` (the KV cache stays in its process).
 WHISPER_MODELS = {"whisper", "whisper_encoder"}
@@ -18,7 +20,7 @@ def report(triton_server, hindi_clips, checkpoints):
     config = BenchConfig(
         concurrencies=(1, 3), requests_per_level=4, max_duration_s=60, rates_per_s=(4.0,), baseline_requests=2
     )
-    return run_benchmark(triton_server.grpc_url, workload, config)
+    return run_benchmark(Connection(triton_server.grpc_url, admin_key=ADMIN_KEY), workload, config)
 
 
 def test_bench_counts_add_up_and_nothing_failed(report):
@@ -75,7 +77,7 @@ def test_bench_writes_json_markdown_and_png_plots(report, tmp_path):
 def test_bench_stage_workload_drives_any_single_model(triton_server):
     workload = stage_workload(triton_server.grpc_url, "whisper_encoder")
     config = BenchConfig(concurrencies=(2,), requests_per_level=2, baseline_requests=0, warmup_requests=1)
-    report = run_benchmark(triton_server.grpc_url, workload, config)
+    report = run_benchmark(Connection(triton_server.grpc_url, admin_key=ADMIN_KEY), workload, config)
     (run,) = report["runs"]
     assert run["completed"] == 2 and run["errors"] == 0
     assert set(run["server"]) == {"whisper_encoder"}
@@ -88,7 +90,18 @@ def test_bench_cli_writes_a_report_against_a_running_server(triton_server, tmp_p
     import sys
 
     completed = subprocess.run(
-        [sys.executable, "-m", "s2i.cli", "bench", "--url", triton_server.grpc_url, "--concurrency", "1,2"]
+        [
+            sys.executable,
+            "-m",
+            "s2i.cli",
+            "bench",
+            "--url",
+            triton_server.grpc_url,
+            "--admin-key",
+            ADMIN_KEY,
+            "--concurrency",
+            "1,2",
+        ]
         + ["--requests", "2", "--baseline-requests", "0", "--max-new-tokens", "2", "--steps", "2"]
         + ["--workload", "pipeline", "--build-dir", str(tmp_path)]
         + ["--output", str(tmp_path / "bench")],

@@ -14,6 +14,7 @@ from s2i.client import AsyncClient, Client, ClientError, RestrictedApiError, Ret
 from s2i.client.operations import Operation
 from s2i.client.transport import ADMIN_KEY_HEADER, CallOptions, Connection
 from s2i.server import free_ports
+from tests.conftest import ADMIN_KEY as SESSION_ADMIN_KEY
 from tests.restricted_server import ADMIN_KEY, serve_restricted
 
 OPTIONS = dict(seed=4, num_inference_steps=2, max_new_tokens=4)
@@ -77,7 +78,7 @@ def registered_regions(triton_server) -> set[str]:
 def test_client_registers_one_shared_memory_region_and_reuses_it_for_every_call(triton_server, client, hindi_clips):
     clip = hindi_clips[0]
     expected = client.speech_to_image(clip.samples, clip.sample_rate_hz, height=64, width=48, **OPTIONS)
-    with Client(triton_server.grpc_url, use_shared_memory=True) as shm_client:
+    with Client(triton_server.grpc_url, use_shared_memory=True, admin_key=SESSION_ADMIN_KEY) as shm_client:
         first = shm_client.speech_to_image(clip.samples, clip.sample_rate_hz, height=64, width=48, **OPTIONS)
         region = shm_client.shared_memory_region
         assert region in registered_regions(triton_server)
@@ -94,7 +95,9 @@ def test_async_client_uses_shared_memory_with_the_same_result(triton_server, cli
     expected = client.speech_to_image(clip.samples, clip.sample_rate_hz, height=64, width=48, **OPTIONS)
 
     async def run():
-        async with AsyncClient(triton_server.grpc_url, use_shared_memory=True) as async_client:
+        async with AsyncClient(
+            triton_server.grpc_url, use_shared_memory=True, admin_key=SESSION_ADMIN_KEY
+        ) as async_client:
             result = await async_client.speech_to_image(
                 clip.samples, clip.sample_rate_hz, height=64, width=48, **OPTIONS
             )

@@ -188,6 +188,13 @@ def providing_distributions(top_level: str) -> set[str]:
 # Installed in the server image for the pods' probes (`s2i health --deep` is a gRPC client),
 # but never what a served model may import: serving must not depend on the client.
 CLIENT_ONLY_MODULES = frozenset({"tritonclient", "grpc"})
+# Imports that run only on the `python-onnxruntime` target (stage graphs in ONNX Runtime for
+# Python), never on the image's native-backend targets: (importer, top-level module). Both
+# sit inside functions that only that target's configs reach (`OnnxStage`, the whisper loop's
+# in-process decoder, enabled by its `decoder_onnx_dir` parameter).
+PYTHON_ONNXRUNTIME_TARGET_ONLY = frozenset(
+    {("s2i.model_repository.onnx_stage", "onnxruntime"), ("s2i.stages.whisper.runtime", "onnxruntime")}
+)
 
 
 def missing_imports(closure: Closure, installed: AbstractSet[str]) -> list[str]:
@@ -199,6 +206,8 @@ def missing_imports(closure: Closure, installed: AbstractSet[str]) -> list[str]:
     for site in closure.external:
         top = site.module.split(".")[0]
         if top in sys.stdlib_module_names or top in BACKEND_MODULES:
+            continue
+        if (site.importer, top) in PYTHON_ONNXRUNTIME_TARGET_ONLY:
             continue
         if top in CLIENT_ONLY_MODULES:
             problems.append(f"{site} (a client package), which served models must not import")

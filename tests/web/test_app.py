@@ -370,7 +370,7 @@ def _unet_rows(triton_server) -> int:
     import tritonclient.grpc as grpcclient
 
     with grpcclient.InferenceServerClient(triton_server.grpc_url) as client:
-        stats = client.get_inference_statistics(names.UNET, as_json=True)
+        stats = client.get_inference_statistics(names.UNET, as_json=True, headers=triton_server.admin_headers)
     return int(stats["model_stats"][0].get("inference_count", 0))
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from s2i.client import Client, InvalidRequestError
 from s2i.stages.diffusion.sampling import SCHEDULERS
+from tests.conftest import ADMIN_HEADERS
 from tests.stages.diffusion.conftest import PARITY_REQUEST
 
 # Eight requests that differ in every option; two sizes, so two UNet shape groups.
@@ -28,7 +29,8 @@ def max_abs_diff(a: np.ndarray, b: np.ndarray) -> int:
 
 
 def unet_executions(client: Client) -> int:
-    stats = client._client.get_inference_statistics("unet", as_json=True)
+    # Statistics are an admin API: the session server's key opens it.
+    stats = client._client.get_inference_statistics("unet", as_json=True, headers=ADMIN_HEADERS)
     return int(stats["model_stats"][0].get("execution_count", 0))
 
 

@@ -114,7 +114,7 @@ def test_dynamic_batcher_merges_requests_when_a_full_batch_queues(batching_serve
             _, result, error = done.get(timeout=600)
             assert error is None, error
             np.testing.assert_allclose(result.as_numpy("emotion_probabilities")[0], expected[1], atol=PARITY_ATOL)
-        stats = raw.get_inference_statistics("emotion_classifier").model_stats[0]
+        stats = raw.get_inference_statistics("emotion_classifier", headers=batching_server.admin_headers).model_stats[0]
     finally:
         raw.close()
     assert stats.inference_count == requests
