@@ -28,8 +28,10 @@ class HealthRestrictedServer(TritonServer):
     """A server whose gRPC health, shared-memory and statistics APIs need the admin key."""
 
     def command(self, backend_directory):
-        # The server already restricts the admin protocols (behind ADMIN_KEY); health joins them here.
-        restriction = f"--grpc-restricted-protocol=health,{RESTRICTED_CATEGORIES}:admin-key={ADMIN_KEY}"
+        # The admin protocols behind ADMIN_KEY, health too; model-config stays open so a `model:`
+        # bench workload can shape its inputs while statistics are refused without the key.
+        categories = ",".join(["health", *(c for c in RESTRICTED_CATEGORIES.split(",") if c != "model-config")])
+        restriction = f"--grpc-restricted-protocol={categories}:admin-key={ADMIN_KEY}"
         command = super().command(backend_directory)
         return [restriction if arg.startswith("--grpc-restricted-protocol=") else arg for arg in command]
 

@@ -75,7 +75,7 @@ def test_bench_writes_json_markdown_and_png_plots(report, tmp_path):
 
 
 def test_bench_stage_workload_drives_any_single_model(triton_server):
-    workload = stage_workload(triton_server.grpc_url, "whisper_encoder")
+    workload = stage_workload(Connection(triton_server.grpc_url, admin_key=ADMIN_KEY), "whisper_encoder")
     config = BenchConfig(concurrencies=(2,), requests_per_level=2, baseline_requests=0, warmup_requests=1)
     report = run_benchmark(Connection(triton_server.grpc_url, admin_key=ADMIN_KEY), workload, config)
     (run,) = report["runs"]

@@ -71,7 +71,10 @@ def test_restricted_shared_memory_is_refused_without_retries_and_works_with_the_
 
 
 def registered_regions(triton_server) -> set[str]:
-    with urllib.request.urlopen(f"http://{triton_server.http_url}/v2/systemsharedmemory/status", timeout=30) as r:
+    request = urllib.request.Request(
+        f"http://{triton_server.http_url}/v2/systemsharedmemory/status", headers=triton_server.http_admin_headers
+    )
+    with urllib.request.urlopen(request, timeout=30) as r:
         return {region["name"] for region in json.loads(r.read())}
 
 
