@@ -187,12 +187,16 @@ def run_peer(run: Callable[[int], None], requests: int, concurrency: int = 1) ->
     cpu_started, started = time.process_time(), time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         list(pool.map(timed, range(requests)))
-    wall_s = time.perf_counter() - started
-    cpu_s = time.process_time() - cpu_started
-    latencies_ms = np.asarray(latencies) * 1000
+    summary = in_process_summary(latencies, time.perf_counter() - started, time.process_time() - cpu_started)
+    return {**summary, "concurrency": concurrency}
+
+
+def in_process_summary(latencies_s: Sequence[float], wall_s: float, cpu_s: float) -> dict:
+    """Throughput, latency (ms) and CPU use of requests run in this process (baseline or peer)."""
+    requests = len(latencies_s)
+    latencies_ms = np.asarray(latencies_s) * 1000
     return {
         "requests": requests,
-        "concurrency": concurrency,
         "wall_s": wall_s,
         "throughput_per_s": requests / wall_s,
         "latency_ms": {

@@ -11,14 +11,13 @@ import time
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from s2i.benchmarks import server_stats
 from s2i.benchmarks.cpu import process_tree_cpu_s
 from s2i.benchmarks.loadgen import as_connection, closed_loop, open_loop
-from s2i.benchmarks.peers import peer_ratios, run_peer
+from s2i.benchmarks.peers import in_process_summary, peer_ratios, run_peer
 from s2i.benchmarks.workloads import Workload
 from s2i.client.transport import Connection, wrap_error
 
@@ -92,22 +91,7 @@ def run_baseline(workload: Workload, requests: int) -> dict | None:
             workload.baseline(index)
             latencies.append(time.perf_counter() - began)
             bar.update()
-    wall_s = time.perf_counter() - started
-    latencies_ms = np.asarray(latencies) * 1000
-    return {
-        "requests": requests,
-        "wall_s": wall_s,
-        "throughput_per_s": requests / wall_s,
-        "latency_ms": {
-            "p50": float(np.percentile(latencies_ms, 50)),
-            "p90": float(np.percentile(latencies_ms, 90)),
-            "mean": float(latencies_ms.mean()),
-            "max": float(latencies_ms.max()),
-        },
-        "cpu_s": time.process_time() - cpu_started,
-        "cpu_s_per_request": (time.process_time() - cpu_started) / requests,
-        "cores": (time.process_time() - cpu_started) / wall_s,
-    }
+    return in_process_summary(latencies, time.perf_counter() - started, time.process_time() - cpu_started)
 
 
 def _statistics_state(url: Connection, wanted: bool) -> str:
