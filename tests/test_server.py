@@ -164,3 +164,17 @@ def test_server_start_refuses_tensorrt_engines_when_no_gpu_can_run_them(tmp_path
     manifest().write(version_dir / "engine_manifest.json")
     with pytest.raises(ServerError, match="needs (the `tensorrt` package|an NVIDIA GPU)"):
         TritonServer(ServerOptions(str(tmp_path)).with_free_ports()).start()
+
+
+def test_server_is_not_ready_until_http_listens_when_only_grpc_answers(monkeypatch):
+    # Triton opens gRPC before HTTP; readiness over gRPC alone raced the first HTTP request.
+    options = ServerOptions(model_repository="unused", http=True).with_free_ports()
+    server = TritonServer(options)
+    with socket.socket() as metrics:
+        metrics.bind(("127.0.0.1", options.metrics_port))
+        metrics.listen()
+        assert not server._other_endpoints_listening()
+        with socket.socket() as http:
+            http.bind(("127.0.0.1", options.http_port))
+            http.listen()
+            assert server._other_endpoints_listening()

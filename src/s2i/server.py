@@ -430,6 +430,15 @@ class TritonServer:
         except (InferenceServerException, ConnectionError, TimeoutError):
             return False
 
+    def _other_endpoints_listening(self) -> bool:
+        ports = [self.options.metrics_port] + ([self.options.http_port] if self.options.http else [])
+        for port in ports:
+            try:
+                socket.create_connection((self._connect_host, port), timeout=2).close()
+            except OSError:
+                return False
+        return True
+
     def wait_until_ready(self, timeout_s: float) -> None:
         """Poll readiness until ``timeout_s`` passes; raise with the log tail if it does."""
         deadline = time.monotonic() + timeout_s
@@ -440,7 +449,9 @@ class TritonServer:
                     f"tritonserver exited with code {self._process.returncode if self._process else '?'} "
                     f"before it was ready.{self._failure_summary()} Last lines of its log:\n{self._log_tail()}"
                 )
-            if self.is_ready():
+            # Triton starts gRPC before HTTP and metrics: ready over gRPC alone let the
+            # first HTTP request of a busy machine meet a refused connection.
+            if self.is_ready() and self._other_endpoints_listening():
                 LOGGER.info("tritonserver ready (gRPC %s, HTTP %s)", self.grpc_url, self.http_url)
                 return
             time.sleep(0.25)
