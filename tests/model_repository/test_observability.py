@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import re
+import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from s2i.client import AsyncClient, InvalidRequestError
 from s2i.model_repository.observability import request_log_line, tensor_size, trace_id_of
-from tests.conftest import MAX_NEW_TOKENS, TRACE_DIR
+from s2i.server import TraceOptions
+from tests.conftest import BUILD_DIR, MAX_NEW_TOKENS, TRACE_DIR, started_server, sub_repository
 
 STEPS = 3
 TOKENS = MAX_NEW_TOKENS // 3
@@ -270,6 +274,85 @@ def test_trace_files_stay_unwritten_when_tracing_is_off(triton_server, client, h
     client.translate(hindi_clips[1].wav_bytes, max_new_tokens=2)
 
     assert set(TRACE_DIR.glob("trace.json*")) == before
+
+
+# --------------------------------------------------------------------------- OpenTelemetry (the pods' mode)
+
+WHISPER_MODELS = ["whisper", "whisper_encoder", "whisper_decoder", "whisper_decoder_with_past"]
+TRACEPARENT_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+CLIENT_SPAN_ID = "00f067aa0ba902b7"
+
+
+@contextlib.contextmanager
+def otlp_collector() -> Iterator[tuple[str, list[dict]]]:
+    """An OTLP/HTTP endpoint on loopback that keeps the JSON bodies Triton's exporter posts."""
+    bodies: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.path == "/v1/traces" and self.headers.get("Content-Type") == "application/json":
+                bodies.append(json.loads(body))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/v1/traces", bodies
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+def spans_of(bodies: list[dict]) -> list[dict]:
+    return [
+        span
+        for body in bodies
+        for resource in body.get("resourceSpans", [])
+        for scope in resource.get("scopeSpans", [])
+        for span in scope.get("spans", [])
+    ]
+
+
+def test_otel_trace_continues_the_clients_traceparent_through_bls_calls_when_exported_by_env(
+    model_repository, hindi_clips, monkeypatch
+):
+    from s2i.client import Client
+
+    clip = hindi_clips[0]
+    repository = sub_repository(model_repository.repository, BUILD_DIR / "otel-repository", WHISPER_MODELS)
+    with otlp_collector() as (url, bodies):
+        # As in the pods: the endpoint comes from the environment, not from a flag.
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url)
+        with started_server(repository, "otel", trace=TraceOptions(level="TIMESTAMPS", rate=1)) as server:
+            traceparent = f"00-{TRACEPARENT_ID}-{CLIENT_SPAN_ID}-01"
+            with Client(server.grpc_url, timeout_s=120, headers={"traceparent": traceparent}) as traced:
+                tokens = len(traced.translate(clip.wav_bytes, max_new_tokens=TOKENS).token_ids)
+
+            def whisper_span_exported():
+                spans = spans_of(bodies)
+                return spans if any(span["name"] == "whisper" for span in spans) else None
+
+            spans = wait_for(whisper_span_exported, "the exported whisper span")
+            (record,) = log_records(server, "whisper")
+    # Triton adds a frontend span (InferRequest) and one `compute` span per model execution.
+    models = collections.Counter(span["name"] for span in spans if span["name"] not in ("compute", "InferRequest"))
+    (frontend,) = [span for span in spans if span["name"] == "InferRequest"]
+    (whisper,) = [span for span in spans if span["name"] == "whisper"]
+    whisper_ids = {whisper["spanId"]} | {span["spanId"] for span in spans if span["parentSpanId"] == whisper["spanId"]}
+
+    assert {span["traceId"] for span in spans} == {TRACEPARENT_ID}
+    assert frontend["parentSpanId"] == CLIENT_SPAN_ID and whisper["parentSpanId"] == frontend["spanId"]
+    assert models == {"whisper": 1, "whisper_encoder": 1, "whisper_decoder": 1, "whisper_decoder_with_past": tokens - 1}
+    assert all(span["parentSpanId"] in whisper_ids for span in spans if span["name"].startswith("whisper_"))
+    assert record["trace_id"] == TRACEPARENT_ID and record["outcome"] == "ok"
 
 
 # --------------------------------------------------------------------------- metrics
