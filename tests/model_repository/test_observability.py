@@ -209,7 +209,10 @@ def traced_request(new_files, root_model: str) -> list[dict]:
     """The nodes of the (single) trace rooted at ``root_model``, once its file is written."""
 
     def complete():
-        nodes = trace_trees(new_files())
+        try:
+            nodes = trace_trees(new_files())
+        except ValueError:  # a file Triton is still writing
+            return None
         roots = [node for node in nodes if node.get("model") == root_model and node.get("parent") is None]
         return nodes if roots and "REQUEST_END" in roots[0]["timestamps"] else None
 
