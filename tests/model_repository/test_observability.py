@@ -32,7 +32,8 @@ PIPELINE_STEPS = ("preprocess", "whisper", "emotion_classifier", "prompt_compose
 # Prometheus text format: name{labels} value (no timestamps in Triton's output).
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
 LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-DEADLINE_S = 60
+# Waits for files and samples the server writes after answering; generous, as the full suite runs on a busy host.
+DEADLINE_S = 300
 
 
 # --------------------------------------------------------------------------- helpers
