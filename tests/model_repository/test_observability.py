@@ -215,7 +215,11 @@ def traced_request(new_files, root_model: str) -> list[dict]:
         except ValueError:  # a file Triton is still writing
             return None
         roots = [node for node in nodes if node.get("model") == root_model and node.get("parent") is None]
-        return nodes if roots and "REQUEST_END" in roots[0]["timestamps"] else None
+        ids = {node["id"] for node in nodes}
+        # Triton writes each trace of the tree as it ends (one file per trace): wait for all of them.
+        ended = all("REQUEST_END" in node["timestamps"] and "model" in node for node in nodes)
+        linked = all(node.get("parent") in ids for node in nodes if node.get("parent") is not None)
+        return nodes if roots and ended and linked else None
 
     return wait_for(complete, f"the trace of `{root_model}`")
 
