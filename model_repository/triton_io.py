@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 
 from s2i.audio import InvalidInputError, RequestCancelledError, bounded_message
+from s2i.stages.runner import StageRunner
 
 # How an InvalidInputError reads: "`field`: what is wrong".
 INVALID_INPUT_MESSAGE = re.compile(r"^`[a-z_]+`: ")
@@ -117,9 +118,24 @@ class BlsStageRunner:
         try:
             response = request.exec()
         finally:
-            self._calls[model_name] = self._calls.get(model_name, 0) + 1
-            self._seconds[model_name] = self._seconds.get(model_name, 0.0) + time.perf_counter() - started
+            self._record(model_name, started)
         return _outputs_of(pb_utils, model_name, response, output_names)
+
+    def counted(self, run_stage: StageRunner) -> StageRunner:
+        """``run_stage`` (a stage run in this process, not through BLS) with its calls in :meth:`stats` too."""
+
+        def run(model_name: str, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]):
+            started = time.perf_counter()
+            try:
+                return run_stage(model_name, inputs, output_names)
+            finally:
+                self._record(model_name, started)
+
+        return run
+
+    def _record(self, model_name: str, started: float) -> None:
+        self._calls[model_name] = self._calls.get(model_name, 0) + 1
+        self._seconds[model_name] = self._seconds.get(model_name, 0.0) + time.perf_counter() - started
 
 
 def _outputs_of(pb_utils, model_name: str, response, output_names: Sequence[str]) -> dict[str, np.ndarray]:

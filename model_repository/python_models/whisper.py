@@ -55,7 +55,8 @@ class TritonPythonModel:
                 int(parameters.get(DECODER_THREADS_PARAMETER, "0")),
                 instances=1,
             )
-            run_stage = routed_stage_runner(self.decoder, run_stage)
+            # Counted like BLS calls, so the request's log line shows the decoder's steps and time.
+            run_stage = routed_stage_runner(self.bls.counted(self.decoder.run_stage), run_stage)
         self.runner = WhisperRunner(version_dir / "assets", run_stage)
         self.observer = RequestObserver(pb_utils, args["model_name"], self.bls, counters=("tokens_generated",))
 
