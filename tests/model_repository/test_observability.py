@@ -74,11 +74,11 @@ def value(samples, name: str, **labels) -> float:
 
 
 def set_tracing(server, **settings) -> dict:
-    """POST Triton's global trace settings; return the settings it reports."""
+    """POST Triton's global trace settings (an admin API: the server's key); return the settings it reports."""
     request = urllib.request.Request(
         f"http://{server.http_url}/v2/trace/setting",
         data=json.dumps(settings).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **server.http_admin_headers},
         method="POST",
     )
     with urllib.request.urlopen(request, timeout=10) as response:
@@ -330,7 +330,7 @@ def spans_of(bodies: list[dict]) -> list[dict]:
 def test_otel_trace_continues_the_clients_traceparent_through_bls_calls_when_exported_by_env(
     model_repository, hindi_clips, monkeypatch
 ):
-    from s2i.client import Client
+    from s2i.client import CallOptions, Client
 
     clip = hindi_clips[0]
     repository = sub_repository(model_repository.repository, BUILD_DIR / "otel-repository", WHISPER_MODELS)
@@ -338,9 +338,9 @@ def test_otel_trace_continues_the_clients_traceparent_through_bls_calls_when_exp
         # As in the pods: the endpoint comes from the environment, not from a flag.
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url)
         with started_server(repository, "otel", trace=TraceOptions(level="TIMESTAMPS", rate=1)) as server:
-            traceparent = f"00-{TRACEPARENT_ID}-{CLIENT_SPAN_ID}-01"
-            with Client(server.grpc_url, timeout_s=120, headers={"traceparent": traceparent}) as traced:
-                tokens = len(traced.translate(clip.wav_bytes, max_new_tokens=TOKENS).token_ids)
+            call = CallOptions(traceparent=f"00-{TRACEPARENT_ID}-{CLIENT_SPAN_ID}-01")
+            with Client(server.grpc_url, timeout_s=120) as traced:
+                tokens = len(traced.translate(clip.wav_bytes, max_new_tokens=TOKENS, call=call).token_ids)
 
             def whisper_span_exported():
                 spans = spans_of(bodies)
