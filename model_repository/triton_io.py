@@ -70,8 +70,10 @@ class BlsStageRunner:
     Calls made inside :meth:`parent` carry that request's trace (``trace=request.trace()``),
     which is what makes Triton record them as children of the request: without it a
     pipeline trace would stop at the BLS model and hide every UNet step and decoder token.
-    A batched model shares one call among its requests; Triton gives a call one parent, so
-    the batch's calls join the first request's trace (the others' traces end at the model).
+    They carry its request id too, so the called models' log lines (and errors) name the
+    request that caused them even with tracing off. A batched model shares one call among
+    its requests; Triton gives a call one parent, so the batch's calls join the first
+    request's trace and id (the others' traces end at the model).
 
     The runner also counts calls and their time per stage model since :meth:`reset_stats`,
     for the per-request log line.
@@ -80,18 +82,20 @@ class BlsStageRunner:
     def __init__(self, pb_utils) -> None:
         self._pb_utils = pb_utils
         self._trace = None
+        self._request_id = ""
         self._calls: dict[str, int] = {}
         self._seconds: dict[str, float] = {}
 
     @contextlib.contextmanager
     def parent(self, request) -> Iterator[None]:
-        """Attach the calls made in this block to ``request``'s trace."""
-        previous = self._trace
+        """Attach the calls made in this block to ``request``'s trace and request id."""
+        previous = self._trace, self._request_id
         self._trace = request.trace() if request is not None and hasattr(request, "trace") else None
+        self._request_id = _request_id_of(request)
         try:
             yield
         finally:
-            self._trace = previous
+            self._trace, self._request_id = previous
 
     def reset_stats(self) -> None:
         """Start counting calls and time per stage model afresh."""
@@ -108,6 +112,8 @@ class BlsStageRunner:
         """Run ``model_name`` on ``inputs``; return the requested outputs as numpy arrays."""
         pb_utils = self._pb_utils
         extra = {} if self._trace is None else {"trace": self._trace}
+        if self._request_id:
+            extra["request_id"] = self._request_id
         request = pb_utils.InferenceRequest(
             model_name=model_name,
             inputs=[pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in inputs.items()],
@@ -136,6 +142,13 @@ class BlsStageRunner:
     def _record(self, model_name: str, started: float) -> None:
         self._calls[model_name] = self._calls.get(model_name, 0) + 1
         self._seconds[model_name] = self._seconds.get(model_name, 0.0) + time.perf_counter() - started
+
+
+def _request_id_of(request) -> str:
+    try:
+        return str(request.request_id() or "") if request is not None else ""
+    except Exception:  # noqa: BLE001 - an id is for the logs; it must never fail the request
+        return ""
 
 
 def _outputs_of(pb_utils, model_name: str, response, output_names: Sequence[str]) -> dict[str, np.ndarray]:

@@ -536,14 +536,18 @@ def test_generate_sends_the_jobs_request_id_and_trace_to_triton_when_served(trit
     with TestClient(create_app(config)) as http:
         response = http.post("/api/generate?seed=3&steps=2", content=hindi_clips[0].wav_bytes, headers=headers)
     events = parse_events(response.text)
-    # The stream model logs the request id the web app sent on the gRPC stream.
+
+    def logged(model: str) -> list[dict]:
+        return [record for record in log_records(triton_server, model) if record["request_id"] == request_id]
+
+    # The stream model logs the request id the web app sent, and its BLS calls pass it on.
     deadline = time.monotonic() + 120
-    while not (
-        records := [r for r in log_records(triton_server, "speech_to_image_stream") if r["request_id"] == request_id]
-    ):
+    while not logged("speech_to_image_stream"):
         assert time.monotonic() < deadline, "the server never logged the web app's request"
         time.sleep(0.1)
+    stream_records = logged("speech_to_image_stream")
 
     assert [kind for kind, _ in events][-1] == "image" and response.headers["traceparent"] == TRACEPARENT
-    assert [record["outcome"] for record in records] == ["ok"]
-    assert records[0]["counts"]["image"] == 1
+    assert [record["outcome"] for record in stream_records] == ["ok"] and stream_records[0]["counts"]["image"] == 1
+    assert [record["outcome"] for record in logged("whisper")] == ["ok"]
+    assert [record["outcome"] for record in logged("emotion_classifier")] == ["ok"]
