@@ -272,13 +272,26 @@ def test_generate_passes_the_callers_ids_to_triton_and_logs_the_job_when_audio_i
         f"{TRACEPARENT}\n",
         TRACEPARENT[:-1],
         "00-" + "a" * 600,
+        [TRACEPARENT, f"00-{'1' * 32}-00f067aa0ba902b7-01"],
     ],
-    ids=["absent", "uppercase", "zero-trace", "zero-parent", "version-ff", "v00-extra", "newline", "short", "long"],
+    ids=[
+        "absent",
+        "uppercase",
+        "zero-trace",
+        "zero-parent",
+        "version-ff",
+        "v00-extra",
+        "newline",
+        "short",
+        "long",
+        "twice",
+    ],
 )
 def test_generate_starts_a_new_trace_when_the_traceparent_is_absent_or_invalid(config, caplog, traceparent):
     caplog.set_level("INFO", logger=LOGGER_NAME)
     stream = FakeStream()
-    headers = {} if traceparent is None else {"traceparent": traceparent}
+    values = [] if traceparent is None else traceparent if isinstance(traceparent, list) else [traceparent]
+    headers = [("traceparent", value) for value in values]
     with TestClient(create_app(config, stream)) as http:
         response = http.post("/api/generate", content=wav(1.0), headers=headers)
     (line,) = job_lines(caplog)
@@ -286,6 +299,7 @@ def test_generate_starts_a_new_trace_when_the_traceparent_is_absent_or_invalid(c
     sent = response.headers["traceparent"]
 
     assert valid_traceparent(sent) == sent and sent.endswith("-01") and TRACE_ID not in sent
+    assert all(value.split("-")[1] not in sent for value in values if value.count("-") >= 1)
     assert call.traceparent == sent and line["trace_id"] == sent.split("-")[1]
     assert len(response.headers["x-request-id"]) == 32 and call.request_id == response.headers["x-request-id"]
 

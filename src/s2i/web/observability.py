@@ -89,10 +89,12 @@ class JobRecord:
 
     @classmethod
     def from_headers(cls, headers) -> JobRecord:
-        """The record of a request with these headers (``traceparent``, ``x-request-id``)."""
+        """The record of a request with these (Starlette) headers: ``traceparent``, ``x-request-id``."""
         from s2i.client.transport import new_traceparent
 
-        traceparent = valid_traceparent(headers.get("traceparent")) or new_traceparent()
+        # Two traceparent headers are as invalid as a malformed one (W3C: which parent would win?).
+        values = headers.getlist("traceparent")
+        traceparent = (valid_traceparent(values[0]) if len(values) == 1 else None) or new_traceparent()
         return cls(request_id=request_id_from(headers.get("x-request-id")), traceparent=traceparent)
 
     @property
