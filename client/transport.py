@@ -131,7 +131,8 @@ class Connection:
         keepalive_permit_without_calls: Ping even with no call in flight.
         channel_args: Further gRPC channel arguments, e.g. ``("grpc.max_receive_message_length", n)``.
         trace_context: Send a W3C ``traceparent`` header with each call (Triton's OpenTelemetry
-            tracing joins it).
+            tracing joins it): the call's :attr:`CallOptions.traceparent`, else one in ``headers``,
+            else a new sampled trace per call.
     """
 
     url: str = "localhost:8001"
@@ -186,7 +187,8 @@ class Connection:
             raise ValueError(
                 f"`traceparent` must be a W3C trace context (00-<32 hex>-<16 hex>-<2 hex>), got {traceparent!r}."
             )
-        if traceparent or self.trace_context:
+        # A traceparent the caller put in the connection's headers is theirs: keep it.
+        if traceparent or (self.trace_context and "traceparent" not in headers):
             headers["traceparent"] = traceparent or new_traceparent()
         return headers or None
 

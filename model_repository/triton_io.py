@@ -7,13 +7,15 @@ the package stays importable (and testable) anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
 from s2i.audio import InvalidInputError, RequestCancelledError, bounded_message
+from s2i.stages.runner import StageRunner
 
 # How an InvalidInputError reads: "`field`: what is wrong".
 INVALID_INPUT_MESSAGE = re.compile(r"^`[a-z_]+`: ")
@@ -62,32 +64,114 @@ def scalar(value: np.ndarray | None, name: str, default=None, *, text: bool = Tr
     return item.item() if hasattr(item, "item") else item
 
 
-def make_stage_runner(pb_utils):
-    """A stage runner that calls other models of the server through BLS."""
+class BlsStageRunner:
+    """A :data:`~s2i.stages.runner.StageRunner` that calls other models of the server through BLS.
 
-    def run_stage(model_name: str, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]):
+    Calls made inside :meth:`parent` carry that request's trace (``trace=request.trace()``),
+    which is what makes Triton record them as children of the request: without it a
+    pipeline trace would stop at the BLS model and hide every UNet step and decoder token.
+    They carry its request id too, so the called models' log lines (and errors) name the
+    request that caused them even with tracing off. A batched model shares one call among
+    its requests; Triton gives a call one parent, so the batch's calls join the first
+    request's trace and id (the others' traces end at the model).
+
+    The runner also counts calls and their time per stage model since :meth:`reset_stats`,
+    for the per-request log line.
+    """
+
+    def __init__(self, pb_utils) -> None:
+        self._pb_utils = pb_utils
+        self._trace = None
+        self._request_id = ""
+        self._calls: dict[str, int] = {}
+        self._seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def parent(self, request) -> Iterator[None]:
+        """Attach the calls made in this block to ``request``'s trace and request id."""
+        previous = self._trace, self._request_id
+        self._trace = request.trace() if request is not None and hasattr(request, "trace") else None
+        self._request_id = _request_id_of(request)
+        try:
+            yield
+        finally:
+            self._trace, self._request_id = previous
+
+    def reset_stats(self) -> None:
+        """Start counting calls and time per stage model afresh."""
+        self._calls.clear()
+        self._seconds.clear()
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        """``{model: {"calls": n, "ms": total}}`` since :meth:`reset_stats`."""
+        return {
+            name: {"calls": calls, "ms": round(1000 * self._seconds[name], 3)} for name, calls in self._calls.items()
+        }
+
+    def __call__(self, model_name: str, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]):
+        """Run ``model_name`` on ``inputs``; return the requested outputs as numpy arrays."""
+        pb_utils = self._pb_utils
+        extra = {} if self._trace is None else {"trace": self._trace}
+        if self._request_id:
+            extra["request_id"] = self._request_id
         request = pb_utils.InferenceRequest(
             model_name=model_name,
             inputs=[pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in inputs.items()],
             requested_output_names=list(output_names),
+            **extra,
         )
-        response = request.exec()
-        if response.has_error():
-            error = response.error()
-            code = error.code() if hasattr(error, "code") else None
-            # BLS does not always carry the stage's code through; the message format does.
-            code = stage_error_code(pb_utils, code, error.message())
-            invalid = code == pb_utils.TritonError.INVALID_ARG
-            raise StageError(model_name, error.message(), code, invalid_input=invalid)
-        outputs = {}
-        for name in output_names:
-            tensor = pb_utils.get_output_tensor_by_name(response, name)
-            if tensor is None:
-                raise StageError(model_name, f"returned no `{name}` output", None)
-            outputs[name] = tensor.as_numpy()
-        return outputs
+        started = time.perf_counter()
+        try:
+            response = request.exec()
+        finally:
+            self._record(model_name, started)
+        return _outputs_of(pb_utils, model_name, response, output_names)
 
-    return run_stage
+    def counted(self, run_stage: StageRunner) -> StageRunner:
+        """``run_stage`` (a stage run in this process, not through BLS) with its calls in :meth:`stats` too."""
+
+        def run(model_name: str, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]):
+            started = time.perf_counter()
+            try:
+                return run_stage(model_name, inputs, output_names)
+            finally:
+                self._record(model_name, started)
+
+        return run
+
+    def _record(self, model_name: str, started: float) -> None:
+        self._calls[model_name] = self._calls.get(model_name, 0) + 1
+        self._seconds[model_name] = self._seconds.get(model_name, 0.0) + time.perf_counter() - started
+
+
+def _request_id_of(request) -> str:
+    try:
+        return str(request.request_id() or "") if request is not None else ""
+    except Exception:  # noqa: BLE001 - an id is for the logs; it must never fail the request
+        return ""
+
+
+def _outputs_of(pb_utils, model_name: str, response, output_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The requested outputs of a BLS response; a failed call becomes a :class:`StageError`."""
+    if response.has_error():
+        error = response.error()
+        code = error.code() if hasattr(error, "code") else None
+        # BLS does not always carry the stage's code through; the message format does.
+        code = stage_error_code(pb_utils, code, error.message())
+        invalid = code == pb_utils.TritonError.INVALID_ARG
+        raise StageError(model_name, error.message(), code, invalid_input=invalid)
+    outputs = {}
+    for name in output_names:
+        tensor = pb_utils.get_output_tensor_by_name(response, name)
+        if tensor is None:
+            raise StageError(model_name, f"returned no `{name}` output", None)
+        outputs[name] = tensor.as_numpy()
+    return outputs
+
+
+def make_stage_runner(pb_utils) -> BlsStageRunner:
+    """A stage runner that calls other models of the server through BLS (see :class:`BlsStageRunner`)."""
+    return BlsStageRunner(pb_utils)
 
 
 def error_response(pb_utils, error: Exception):

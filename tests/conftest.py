@@ -13,7 +13,7 @@ import pytest
 import soundfile
 
 from s2i.conversion.convert import convert
-from s2i.server import ServerOptions, TritonServer
+from s2i.server import ServerOptions, TraceOptions, TritonServer
 from s2i.speech import HINDI_SENTENCES, synthesize
 from s2i.tiny import build_tiny_checkpoints
 
@@ -62,11 +62,27 @@ ADMIN_KEY = "test-admin-key"
 ADMIN_HEADERS = {"triton-grpc-protocol-admin-key": ADMIN_KEY}
 
 
+# Triton's file mode, off until a test turns it on through the trace API (tests/model_repository/test_observability.py).
+TRACE_DIR = BUILD_DIR / "traces"
+
+
+def session_trace_options() -> TraceOptions:
+    """Tracing of the session server: JSON files under :data:`TRACE_DIR`, one per trace, level OFF."""
+    if TRACE_DIR.exists():
+        shutil.rmtree(TRACE_DIR)
+    TRACE_DIR.mkdir(parents=True)
+    return TraceOptions(mode="triton", level="OFF", rate=1, file=str(TRACE_DIR / "trace.json"), log_frequency=1)
+
+
 @pytest.fixture(scope="session")
 def triton_server(model_repository):
     # HTTP on for its tests, inference open as in the pods (loopback only); admin APIs behind ADMIN_KEY.
     options = ServerOptions(
-        str(model_repository.repository), http=True, http_inference_restricted=False, restricted_api_key=ADMIN_KEY
+        str(model_repository.repository),
+        http=True,
+        http_inference_restricted=False,
+        restricted_api_key=ADMIN_KEY,
+        trace=session_trace_options(),
     )
     server = TritonServer(options.with_free_ports(), log_file=BUILD_DIR / "tritonserver.log")
     server.start()
@@ -98,9 +114,11 @@ def sub_repository(source: Path, destination: Path, models: list[str], edit=None
 
 
 @contextlib.contextmanager
-def started_server(repository: Path, log_name: str):
-    """A real tritonserver on ``repository`` (free ports), stopped on exit."""
-    server = TritonServer(ServerOptions(str(repository)).with_free_ports(), log_file=BUILD_DIR / f"{log_name}.log")
+def started_server(repository: Path, log_name: str, **options):
+    """A real tritonserver on ``repository`` (free ports; other ``ServerOptions`` fields from ``options``)."""
+    server = TritonServer(
+        ServerOptions(str(repository), **options).with_free_ports(), log_file=BUILD_DIR / f"{log_name}.log"
+    )
     server.start()
     try:
         yield server

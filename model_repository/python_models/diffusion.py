@@ -13,6 +13,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from s2i import names
+from s2i.model_repository.observability import RequestObserver
 from s2i.model_repository.triton_io import answer_batch, make_stage_runner, optional_input, scalar
 from s2i.stages.diffusion.sampling import image_request_from
 
@@ -25,23 +26,39 @@ class TritonPythonModel:
         from s2i.stages.diffusion.sampling import DiffusionRunner
 
         assets = Path(args["model_repository"]) / args["model_version"] / "assets"
-        self.runner = DiffusionRunner(assets, make_stage_runner(pb_utils))
+        self.run_stage = make_stage_runner(pb_utils)
+        self.runner = DiffusionRunner(assets, self.run_stage)
+        self.observer = RequestObserver(
+            pb_utils, args["model_name"], self.run_stage, counters=("denoising_steps", "images")
+        )
 
     def _parse(self, request):
         return self.runner.check(image_request_from(lambda name: scalar(optional_input(pb_utils, request, name), name)))
 
+    def _generate(self, items, cancelled):
+        """The batch's images; counts every denoising step of every request."""
+        steps = []
+        # A request whose client left (deadline, cancel) stops within one denoising step.
+        results = self.runner.generate(items, on_step=lambda *_: steps.append(1), cancelled=cancelled)
+        self.observer.count("denoising_steps", len(steps))
+        self.observer.count("images", sum(not isinstance(result, Exception) for result in results))
+        return results
+
     def execute(self, requests):
         """Answer every request; a bad one gets its own error and never fails its neighbours."""
-        return answer_batch(
-            pb_utils,
-            requests,
-            self._parse,
-            # A request whose client left (deadline, cancel) stops within one denoising step.
-            lambda items, cancelled: self.runner.generate(items, cancelled=cancelled),
-            lambda result, compute_ms: [
-                pb_utils.Tensor(names.IMAGE, result.image[None]),
-                pb_utils.Tensor(names.SEED, np.array([[result.seed]], dtype=np.int64)),
-                pb_utils.Tensor(names.COMPUTE_MS, compute_ms),
-            ],
-            cancellable=True,
-        )
+        started = self.observer.start()
+        with self.run_stage.parent(requests[0]):
+            responses = answer_batch(
+                pb_utils,
+                requests,
+                self._parse,
+                self._generate,
+                lambda result, compute_ms: [
+                    pb_utils.Tensor(names.IMAGE, result.image[None]),
+                    pb_utils.Tensor(names.SEED, np.array([[result.seed]], dtype=np.int64)),
+                    pb_utils.Tensor(names.COMPUTE_MS, compute_ms),
+                ],
+                cancellable=True,
+            )
+        self.observer.finish_responses(requests, responses, started)
+        return responses

@@ -16,6 +16,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from s2i import names
+from s2i.model_repository.observability import RequestObserver
 from s2i.model_repository.triton_io import answer_batch, make_stage_runner, optional_input
 from s2i.stages.emotion.runtime import GRAPH_MAX_BATCH_SIZE, EmotionRunner, parse_request_inputs
 
@@ -28,7 +29,9 @@ class TritonPythonModel:
         assets = Path(args["model_repository"]) / args["model_version"] / "assets"
         parameters = json.loads(args["model_config"]).get("parameters", {})
         graph_max_batch_size = int(parameters[GRAPH_MAX_BATCH_SIZE]["string_value"])
-        self.runner = EmotionRunner(assets, make_stage_runner(pb_utils), graph_max_batch_size)
+        self.run_stage = make_stage_runner(pb_utils)
+        self.runner = EmotionRunner(assets, self.run_stage, graph_max_batch_size)
+        self.observer = RequestObserver(pb_utils, args["model_name"], self.run_stage)
 
     def _parse(self, request):
         return parse_request_inputs(
@@ -41,14 +44,18 @@ class TritonPythonModel:
 
     def execute(self, requests):
         """Answer every request; a bad one gets its own error and never fails its neighbours."""
-        return answer_batch(
-            pb_utils,
-            requests,
-            self._parse,
-            self.runner.classify_features,
-            lambda result, compute_ms: [
-                pb_utils.Tensor(names.EMOTION_LABEL, np.array([[result.label.encode("utf-8")]], dtype=np.object_)),
-                pb_utils.Tensor(names.EMOTION_PROBABILITIES, result.probabilities[None, :].astype(np.float32)),
-                pb_utils.Tensor(names.COMPUTE_MS, compute_ms),
-            ],
-        )
+        started = self.observer.start()
+        with self.run_stage.parent(requests[0]):
+            responses = answer_batch(
+                pb_utils,
+                requests,
+                self._parse,
+                self.runner.classify_features,
+                lambda result, compute_ms: [
+                    pb_utils.Tensor(names.EMOTION_LABEL, np.array([[result.label.encode("utf-8")]], dtype=np.object_)),
+                    pb_utils.Tensor(names.EMOTION_PROBABILITIES, result.probabilities[None, :].astype(np.float32)),
+                    pb_utils.Tensor(names.COMPUTE_MS, compute_ms),
+                ],
+            )
+        self.observer.finish_responses(requests, responses, started)
+        return responses

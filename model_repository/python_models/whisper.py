@@ -19,6 +19,7 @@ import triton_python_backend_utils as pb_utils
 
 from s2i import names
 from s2i.audio import InvalidInputError, load_request_audio
+from s2i.model_repository.observability import RequestObserver
 from s2i.model_repository.triton_io import error_response, make_stage_runner, optional_input, scalar
 from s2i.stages.whisper.decoding import (
     DEFAULT_LANGUAGE,
@@ -42,7 +43,9 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         config = json.loads(args["model_config"])
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
-        run_stage = make_stage_runner(pb_utils)
+        # Calls through BLS join the request's trace and are counted for its log line.
+        self.bls = make_stage_runner(pb_utils)
+        run_stage = self.bls
         if parameters.get(DECODER_DIR_PARAMETER):
             # 0 = every core this process may use, not divided among the loop's instances: a loop
             # alternates decoder calls with Python work and BLS waits, so two instances seldom
@@ -52,8 +55,10 @@ class TritonPythonModel:
                 int(parameters.get(DECODER_THREADS_PARAMETER, "0")),
                 instances=1,
             )
-            run_stage = routed_stage_runner(self.decoder, run_stage)
+            # Counted like BLS calls, so the request's log line shows the decoder's steps and time.
+            run_stage = routed_stage_runner(self.bls.counted(self.decoder.run_stage), run_stage)
         self.runner = WhisperRunner(version_dir / "assets", run_stage)
+        self.observer = RequestObserver(pb_utils, args["model_name"], self.bls, counters=("tokens_generated",))
 
     def _parse(self, request):
         """The request's clip and options, checked; plus whether a transcript was asked for."""
@@ -87,6 +92,13 @@ class TritonPythonModel:
 
     def execute(self, requests):
         """Answer every request; a bad one gets its own error and never fails its neighbours."""
+        started = self.observer.start()
+        with self.bls.parent(requests[0]):
+            responses = self._answer(requests)
+        self.observer.finish_responses(requests, responses, started)
+        return responses
+
+    def _answer(self, requests):
         started = time.perf_counter()
         responses = [None] * len(requests)
         jobs = []  # (request index, kind, TranscriptionRequest)
@@ -111,6 +123,10 @@ class TritonPythonModel:
             for index, _, _ in jobs:
                 responses[index] = error_response(pb_utils, error)
             return responses
+        self.observer.count(
+            "tokens_generated",
+            sum(len(result.token_ids) for result in results if not isinstance(result, Exception)),
+        )
         by_request = {}
         for (index, kind, _), result in zip(jobs, results, strict=True):
             by_request.setdefault(index, {})[kind] = result

@@ -78,6 +78,19 @@ def cmd_contract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trace_options(args: argparse.Namespace):
+    """Tracing flags as ``TraceOptions`` (raises ``ValueError`` naming the flag's field)."""
+    from s2i.server import TraceOptions
+
+    return TraceOptions(
+        mode=args.trace_mode,
+        level=args.trace_level,
+        rate=args.trace_rate,
+        file=None if args.trace_file is None else str(args.trace_file),
+        url=args.trace_url,
+    )
+
+
 def _server_options(args: argparse.Namespace):
     import os
 
@@ -93,6 +106,7 @@ def _server_options(args: argparse.Namespace):
         host=args.host,
         http=args.http,
         restricted_api_key=args.admin_key or os.environ.get(ADMIN_KEY_ENV) or None,
+        trace=_trace_options(args),
     )
 
 
@@ -100,7 +114,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the embedded server in the foreground until SIGINT/SIGTERM."""
     from s2i.server import TritonServer, tritonserver_args
 
-    options = _server_options(args)
+    try:
+        options = _server_options(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.print_args:
         print(" ".join(["tritonserver", *tritonserver_args(options)]))
         return 0
@@ -335,6 +353,18 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--log-verbose", type=int, default=0)
     parser.add_argument("--log-file", type=Path, help="write the server log here instead of stderr")
+    from s2i.server import DEFAULT_TRACE, TRACE_LEVELS, TRACE_MODES
+
+    tracing = parser.add_argument_group("tracing (switch on and off at run time through Triton's trace API)")
+    tracing.add_argument("--trace-mode", choices=TRACE_MODES, default=DEFAULT_TRACE.mode)
+    tracing.add_argument("--trace-level", choices=TRACE_LEVELS, default=DEFAULT_TRACE.level)
+    tracing.add_argument("--trace-rate", type=int, default=DEFAULT_TRACE.rate, help="trace one request in N")
+    tracing.add_argument("--trace-file", type=Path, help="JSON trace file (`triton` mode)")
+    tracing.add_argument(
+        "--trace-url",
+        help="OTLP/HTTP endpoint (`opentelemetry` mode; default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "
+        "else http://localhost:4318/v1/traces)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

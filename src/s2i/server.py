@@ -86,6 +86,7 @@ class ServerOptions:
             key (Triton checks the header before it parses the body, so the crashing
             request is refused unparsed). Pods turn it off: their ingress serves HTTP
             inference and a gateway in front is what must check declared sizes there.
+        trace: Request tracing; ``None`` keeps the default, :data:`DEFAULT_TRACE`.
     """
 
     model_repository: str
@@ -99,11 +100,90 @@ class ServerOptions:
     host: str = DEFAULT_HOST
     http: bool = False
     http_inference_restricted: bool = True
+    trace: TraceOptions | None = None
 
     def with_free_ports(self) -> ServerOptions:
         """Return a copy whose three ports are free on this host."""
         http_port, grpc_port, metrics_port = free_ports(3)
         return dataclasses.replace(self, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
+
+
+TRACE_MODES = ("triton", "opentelemetry")
+# TENSORS would copy request contents (speech, prompts) into the traces: never offered.
+TRACE_LEVELS = ("OFF", "TIMESTAMPS")
+# Triton's default quantiles (value:allowed error); p50/p95/p99 are what the dashboard plots.
+SUMMARY_QUANTILES = "0.5:0.05,0.9:0.01,0.95:0.001,0.99:0.001"
+
+
+@dataclasses.dataclass(frozen=True)
+class TraceOptions:
+    """Triton request tracing (``--trace-config``), rendered by :func:`observability_args`.
+
+    Tracing is switched on and off at run time through Triton's trace API (an admin API when
+    ``restricted_api_key`` is set): ``level`` and ``rate`` here are only the starting values.
+    BLS calls of the Python models join the trace of the request that made them, so one
+    pipeline request is one trace tree (ensemble -> steps -> UNet/decoder loop calls).
+
+    Attributes:
+        mode: ``"opentelemetry"`` (spans to an OTLP/HTTP collector) or ``"triton"`` (JSON file).
+        level: ``"OFF"`` or ``"TIMESTAMPS"``.
+        rate: Trace one request in ``rate``.
+        count: Stop after this many traces; ``-1``: never.
+        file: Where ``triton`` mode writes its JSON (one file per ``log_frequency`` traces,
+            suffixed ``.0``, ``.1``, ...).
+        log_frequency: Traces per file in ``triton`` mode; 0 writes only at shutdown.
+        url: OTLP/HTTP endpoint in ``opentelemetry`` mode; ``None`` leaves it to the
+            exporter, which reads ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` (the pods set it).
+    """
+
+    mode: str = "opentelemetry"
+    level: str = "OFF"
+    rate: int = 1000
+    count: int = -1
+    file: str | None = None
+    log_frequency: int = 1
+    url: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in TRACE_MODES:
+            raise ValueError(f"`trace.mode` must be one of {list(TRACE_MODES)}, got {self.mode!r}.")
+        if self.level not in TRACE_LEVELS:
+            raise ValueError(f"`trace.level` must be one of {list(TRACE_LEVELS)}, got {self.level!r}.")
+        if self.rate < 1:
+            raise ValueError(f"`trace.rate` must be at least 1, got {self.rate}.")
+        if self.mode == "triton" and not self.file:
+            raise ValueError("`trace.file` is required in `triton` mode.")
+
+
+# Off until an operator turns it on through the trace API; OpenTelemetry so spans reach a collector.
+DEFAULT_TRACE = TraceOptions()
+
+
+def trace_args(trace: TraceOptions) -> list[str]:
+    """The ``--trace-config`` flags for ``trace``."""
+    args = [
+        f"--trace-config=mode={trace.mode}",
+        f"--trace-config=level={trace.level}",
+        f"--trace-config=rate={trace.rate}",
+        f"--trace-config=count={trace.count}",
+    ]
+    if trace.mode == "triton":
+        args += [
+            f"--trace-config=triton,file={trace.file}",
+            f"--trace-config=triton,log-frequency={trace.log_frequency}",
+        ]
+    elif trace.url:
+        args.append(f"--trace-config=opentelemetry,url={trace.url}")
+    return args
+
+
+def observability_args(options: ServerOptions) -> list[str]:
+    """Metrics and tracing flags: latency summaries (p50/p95/p99 per model) and request tracing."""
+    return [
+        "--metrics-config=summary_latencies=true",
+        f"--metrics-config=summary_quantiles={SUMMARY_QUANTILES}",
+        *trace_args(options.trace or DEFAULT_TRACE),
+    ]
 
 
 RESTRICTED_CATEGORIES = "model-repository,model-config,shared-memory,statistics,trace,logging"
@@ -149,6 +229,7 @@ def tritonserver_args(options: ServerOptions, backend_directory: str | None = No
         "--allow-metrics=true",
         f"--backend-config=python,shm-default-byte-size={SHM_DEFAULT_BYTE_SIZE}",
         f"--backend-config=python,shm-growth-byte-size={SHM_GROWTH_BYTE_SIZE}",
+        *observability_args(options),
     ]
     if options.shm_region_prefix:
         args.append(f"--backend-config=python,shm-region-prefix-name={options.shm_region_prefix}")

@@ -47,6 +47,7 @@ LAYER_OF: tuple[tuple[str, str], ...] = (
     ("s2i.pipeline.streaming", RUNTIME),
     ("s2i.model_repository", RUNTIME),
     ("s2i.model_repository.triton_io", RUNTIME),
+    ("s2i.model_repository.observability", RUNTIME),
     ("s2i.model_repository.onnx_stage", RUNTIME),
     ("s2i.model_repository.python_models", RUNTIME),
     ("s2i.model_repository.python_models.*", RUNTIME),

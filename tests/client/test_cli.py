@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from s2i.server import ServerOptions, tritonserver_args
+from s2i.server import ServerOptions, TraceOptions, tritonserver_args
 
 S2I = [sys.executable, "-m", "s2i.cli"]
 
@@ -40,6 +40,25 @@ def test_cli_serve_print_args_matches_tritonserver_args():
     completed = run_s2i("serve", "--model-repository", "/models", "--print-args")
     assert completed.returncode == 0
     assert completed.stdout.split() == ["tritonserver", *tritonserver_args(ServerOptions("/models"))]
+
+
+def test_cli_serve_print_args_carries_trace_flags_when_tracing_to_a_file(tmp_path):
+    trace_file = tmp_path / "trace.json"
+    completed = run_s2i(
+        *("serve", "--model-repository", "/models", "--print-args", "--trace-mode", "triton"),
+        *("--trace-file", str(trace_file), "--trace-level", "TIMESTAMPS", "--trace-rate", "1"),
+    )
+    trace = TraceOptions(mode="triton", level="TIMESTAMPS", rate=1, file=str(trace_file))
+
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split() == ["tritonserver", *tritonserver_args(ServerOptions("/models", trace=trace))]
+
+
+def test_cli_serve_exits_2_naming_the_field_when_file_mode_has_no_file():
+    completed = run_s2i("serve", "--model-repository", "/models", "--print-args", "--trace-mode", "triton")
+
+    assert completed.returncode == 2
+    assert "`trace.file`" in completed.stderr
 
 
 def test_cli_convert_exits_2_naming_the_stages_when_none_given(tmp_path):

@@ -157,6 +157,15 @@ def test_call_headers_carry_a_w3c_trace_context_new_per_call_or_the_callers():
         connection.call_headers(CallOptions(traceparent="not-a-trace"))
 
 
+def test_call_headers_keep_a_traceparent_from_the_connection_headers_unless_the_call_has_one():
+    fixed = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    call = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    connection = Connection(headers={"traceparent": fixed})
+
+    assert connection.call_headers()["traceparent"] == fixed
+    assert connection.call_headers(CallOptions(traceparent=call))["traceparent"] == call
+
+
 def test_retry_budget_stops_retries_across_calls_during_an_outage(monkeypatch):
     sleeps = []
     monkeypatch.setattr("s2i.client.grpc_client.time.sleep", sleeps.append)

@@ -61,6 +61,7 @@ KUBERNETES_VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
 # Kinds from CRDs: kubernetes-validate has no schema for them.
 CRD_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
     # Gateway API (structural tests in test_gateway.py).
     ("gateway.networking.k8s.io/v1", "Gateway"),
     ("gateway.networking.k8s.io/v1", "HTTPRoute"),
@@ -86,10 +87,26 @@ PIPELINE_MODELS = (
 DASHBOARD_METRICS = [
     "nv_inference_queue_duration_us",
     "nv_inference_request_success",
-    "nv_inference_compute_infer_duration_us",
-    "nv_inference_request_duration_us",
+    "nv_inference_request_failure",
+    "nv_inference_request_summary_us",
+    "nv_inference_count",
+    "nv_inference_exec_count",
+    "nv_inference_pending_request_count",
+    "nv_cpu_utilization",
+    "nv_cpu_memory_used_bytes",
     "nv_gpu_utilization",
+    "nv_gpu_memory_used_bytes",
+    "s2i_requests_total",
+    "s2i_request_duration_seconds_bucket",
+    "s2i_denoising_steps_total",
+    "s2i_tokens_generated_total",
+    "s2i_images_total",
+    "s2i_previews_total",
+    "s2i_requests_cancelled_total",
+    "s2i_time_to_first_preview_seconds_bucket",
 ]
+# Every dashboard selector filters on both template variables.
+DASHBOARD_SELECTION = 'namespace="$namespace",pod=~"$pod"'
 PORT_FLAGS = {"http": "--http-port", "grpc": "--grpc-port", "metrics": "--metrics-port"}
 WRITABLE_PATH_ENV = ("HOME", "HF_HOME", "TRITON_AWS_MOUNT_DIRECTORY", "TRITON_GCS_MOUNT_DIRECTORY")
 QUANTITY_SUFFIXES = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9}
@@ -731,13 +748,14 @@ def test_hpa_metric_is_per_pod_when_adapter_maps_pods(overlay: str) -> None:
     assert overrides == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
 
 
-def test_adapter_rule_divides_queue_time_by_requests_when_queried() -> None:
+def test_adapter_rule_sums_pending_requests_of_entry_models_when_queried() -> None:
     rule = adapter_rule(hpa_metric_name("gpu"))
     query = squash(rule["metricsQuery"])
 
-    assert "nv_inference_queue_duration_us" in rule["seriesQuery"]
-    assert re.search(r"rate\(nv_inference_queue_duration_us\{<<\.LabelMatchers>>\}.*\)/", query)
-    assert re.search(r"/clamp_min\(.*rate\(nv_inference_request_success\{<<\.LabelMatchers>>\}", query)
+    assert "nv_inference_pending_request_count" in rule["seriesQuery"]
+    assert query.startswith("sumby(<<.GroupBy>>)(avg_over_time(nv_inference_pending_request_count{<<.LabelMatchers>>,")
+    (models,) = re.findall(r'model=~"([^"]+)"', query)
+    assert set(models.split("|")) == {"speech_to_image", "speech_to_image_stream", "diffusion"}
 
 
 def test_adapter_helm_values_use_rendered_config_map_when_installed() -> None:
@@ -844,15 +862,22 @@ def test_dashboard_panels_have_unique_ids_when_loaded() -> None:
     assert len(ids) == len(set(ids)) == len(dashboard()["panels"])
 
 
-def test_dashboard_queries_use_selected_namespace_when_loaded() -> None:
+def test_dashboard_queries_use_selected_namespace_and_pods_when_loaded() -> None:
     for expr in dashboard_exprs():
-        for selector in re.findall(r"\bnv_\w+\{([^}]*)\}", expr):
-            assert 'namespace="$namespace"' in selector, expr
+        for selector in re.findall(r"\b(?:nv|s2i)_\w+\{([^}]*)\}", expr):
+            assert selector.startswith(DASHBOARD_SELECTION), expr
+
+
+def test_dashboard_offers_pod_variable_of_selected_namespace_when_loaded() -> None:
+    (pod,) = [variable for variable in dashboard()["templating"]["list"] if variable["name"] == "pod"]
+
+    assert pod["multi"] and pod["includeAll"] and pod["allValue"] == ".*"
+    assert 'namespace="$namespace"' in pod["definition"]
 
 
 def test_dashboard_autoscaling_panel_matches_adapter_query_when_loaded() -> None:
     query = adapter_rule(hpa_metric_name("gpu"))["metricsQuery"]
-    expected = query.replace("<<.GroupBy>>", "pod").replace("<<.LabelMatchers>>", 'namespace="$namespace"')
+    expected = query.replace("<<.GroupBy>>", "pod").replace("<<.LabelMatchers>>", DASHBOARD_SELECTION)
 
     assert squash(expected) in {squash(expr) for expr in dashboard_exprs()}
 

@@ -18,13 +18,17 @@ from starlette.testclient import TestClient
 
 from s2i import names
 from s2i.audio import sine
+from s2i.client import CallOptions
 from s2i.client.results import SpeechToImageResult, StreamEvent
 from s2i.web import WebConfig, create_app
 from s2i.web.config import SCHEDULERS, parse_sizes
 from s2i.web.limits import BusyError, JobLimiter
+from s2i.web.observability import LOG_EVENT, LOGGER_NAME, valid_traceparent
 from s2i.web.options import OptionError, parse_options
 from tests.web.conftest import serve_app, web_config
 
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 SCORES = dict(zip(names.EMOTION_LABELS, [0.05, 0.05, 0.5, 0.1, 0.1, 0.1, 0.05, 0.05], strict=True))
 
 
@@ -47,13 +51,13 @@ class FakeStream:
     """Stands in for Triton where the test controls timing: records calls; may hang after the text."""
 
     def __init__(self, hang_after_text: bool = False) -> None:
-        self.calls: list[tuple[bytes, object]] = []
+        self.calls: list[tuple[bytes, object, CallOptions]] = []
         self.hang_after_text = hang_after_text
         self.cancelled = asyncio.Event()
         self.closed = asyncio.Event()
 
-    async def __call__(self, wav: bytes, options):
-        self.calls.append((wav, options))
+    async def __call__(self, wav: bytes, options, call: CallOptions):
+        self.calls.append((wav, options, call))
         try:
             yield StreamEvent("text", 0, result())
             if self.hang_after_text:
@@ -79,6 +83,13 @@ def parse_events(body: str) -> list[tuple[str, dict]]:
         lines = dict(line.split(": ", 1) for line in block.split("\n"))
         events.append((lines["event"], json.loads(lines["data"])))
     return events
+
+
+def job_lines(caplog) -> list[dict]:
+    """The web app's job log lines so far, parsed (each must be one JSON object)."""
+    lines = [record.getMessage() for record in caplog.records if record.name == LOGGER_NAME]
+    assert all("\n" not in line for line in lines)
+    return [json.loads(line) for line in lines]
 
 
 @pytest.fixture()
@@ -213,13 +224,103 @@ def test_generate_streams_audio_text_preview_and_image_events_when_audio_is_good
     assert [kind for kind, _ in events] == ["audio", "text", "preview", "image"]
     audio = events[0][1]
     assert audio["container"] == "wav" and abs(audio["duration_s"] - 1.0) < 0.01
-    sent_wav, options = stream.calls[0]
+    sent_wav, options, _ = stream.calls[0]
     assert base64.b64decode(audio["wav"].split(",", 1)[1]) == sent_wav
     assert options.client_kwargs() == {"seed": 7, "num_inference_steps": 2, "emotion_override": "sad"}
     assert events[1][1]["text"] == "a child plays" and events[1][1]["scores"] == SCORES
     assert events[2][1]["png"] == "data:image/png;base64," + base64.b64encode(b"\x89PNG-preview").decode()
     assert events[3][1]["seed"] == 7 and events[3][1]["step"] == 2
     assert health["jobs"]["active"] == 0 and health["jobs"]["cancelled"] == 0 and health["jobs"]["finished"] == 1
+
+
+def test_generate_passes_the_callers_ids_to_triton_and_logs_the_job_when_audio_is_good(config, caplog):
+    caplog.set_level("INFO", logger=LOGGER_NAME)
+    stream, body = FakeStream(), wav(1.0)
+    headers = {"traceparent": TRACEPARENT, "x-request-id": "ingress-42"}
+    with TestClient(create_app(config, stream)) as http:
+        response = http.post("/api/generate?steps=2", content=body, headers=headers)
+    (line,) = job_lines(caplog)
+    _, _, call = stream.calls[0]
+
+    assert response.headers["traceparent"] == TRACEPARENT and response.headers["x-request-id"] == "ingress-42"
+    assert (call.traceparent, call.request_id) == (TRACEPARENT, "ingress-42")
+    assert {key: line[key] for key in ("event", "request_id", "trace_id", "outcome", "reason", "status")} == {
+        "event": LOG_EVENT,
+        "request_id": "ingress-42",
+        "trace_id": TRACE_ID,
+        "outcome": "ok",
+        "reason": None,
+        "status": 200,
+    }
+    assert (line["upload_bytes"], line["audio_duration_s"], line["previews"]) == (len(body), 1.0, 1)
+    times = [line[key] for key in ("intake_ms", "first_text_ms", "first_preview_ms", "image_ms", "duration_ms")]
+    assert all(t is not None for t in times) and times == sorted(times) and times[0] > 0
+    # Sizes only: neither the transcript, the translation nor the prompt reaches the log.
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert "a child plays" not in text and "blurry" not in text
+
+
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        None,
+        TRACEPARENT.upper(),
+        f"00-{'0' * 32}-00f067aa0ba902b7-01",
+        f"00-{TRACE_ID}-{'0' * 16}-01",
+        f"ff-{TRACE_ID}-00f067aa0ba902b7-01",
+        f"{TRACEPARENT}-extra",
+        f"{TRACEPARENT}\n",
+        TRACEPARENT[:-1],
+        "00-" + "a" * 600,
+        [TRACEPARENT, f"00-{'1' * 32}-00f067aa0ba902b7-01"],
+    ],
+    ids=[
+        "absent",
+        "uppercase",
+        "zero-trace",
+        "zero-parent",
+        "version-ff",
+        "v00-extra",
+        "newline",
+        "short",
+        "long",
+        "twice",
+    ],
+)
+def test_generate_starts_a_new_trace_when_the_traceparent_is_absent_or_invalid(config, caplog, traceparent):
+    caplog.set_level("INFO", logger=LOGGER_NAME)
+    stream = FakeStream()
+    values = [] if traceparent is None else traceparent if isinstance(traceparent, list) else [traceparent]
+    headers = [("traceparent", value) for value in values]
+    with TestClient(create_app(config, stream)) as http:
+        response = http.post("/api/generate", content=wav(1.0), headers=headers)
+    (line,) = job_lines(caplog)
+    _, _, call = stream.calls[0]
+    sent = response.headers["traceparent"]
+
+    assert valid_traceparent(sent) == sent and sent.endswith("-01") and TRACE_ID not in sent
+    assert all(value.split("-")[1] not in sent for value in values if value.count("-") >= 1)
+    assert call.traceparent == sent and line["trace_id"] == sent.split("-")[1]
+    assert len(response.headers["x-request-id"]) == 32 and call.request_id == response.headers["x-request-id"]
+
+
+def test_valid_traceparent_keeps_ids_and_sampled_bit_when_the_version_is_later():
+    later = f"cc-{TRACE_ID}-00f067aa0ba902b7-03-what-comes-next"
+
+    assert valid_traceparent(later) == f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+    assert valid_traceparent(TRACEPARENT) == TRACEPARENT
+
+
+@pytest.mark.parametrize(
+    "request_id", [b"a b", "caf\u00e9".encode("latin-1"), b"x" * 65, b"-leading-dash", b"id;drop"], ids=repr
+)
+def test_generate_makes_a_new_request_id_when_the_callers_is_not_a_plain_token(config, request_id):
+    stream = FakeStream()
+    with TestClient(create_app(config, stream)) as http:
+        response = http.post("/api/generate", content=wav(1.0), headers={"x-request-id": request_id})
+
+    assert response.headers["x-request-id"] == stream.calls[0][2].request_id
+    assert len(response.headers["x-request-id"]) == 32 and response.headers["x-request-id"].isalnum()
 
 
 @pytest.mark.parametrize(
@@ -241,6 +342,30 @@ def test_generate_refuses_before_triton_and_serves_the_next_request(config, path
         assert http.post("/api/generate", content=wav(1.0)).status_code == 200
         assert http.get("/healthz").json()["jobs"]["active"] == 0
     assert len(stream.calls) == 1
+
+
+def test_generate_logs_refused_jobs_with_their_reason_and_ids_when_refused_before_triton(config, caplog):
+    caplog.set_level("INFO", logger=LOGGER_NAME)
+    app = create_app(config, FakeStream())
+    with TestClient(app) as http:
+        option = http.post("/api/generate?steps=0", content=wav(1.0), headers={"traceparent": TRACEPARENT})
+        too_long = http.post("/api/generate", content=wav(6.0))
+        mine = app.state.web.limiter.acquire("testclient")
+        busy = http.post("/api/generate", content=wav(1.0))
+        mine.release()
+    lines = job_lines(caplog)
+
+    assert [(line["outcome"], line["reason"], line["status"]) for line in lines] == [
+        ("invalid", "bad_option", 400),
+        ("invalid", "too_long", 413),
+        ("busy", "busy", 429),
+    ]
+    assert [line["request_id"] for line in lines] == [r.headers["x-request-id"] for r in (option, too_long, busy)]
+    assert lines[0]["trace_id"] == TRACE_ID and option.headers["traceparent"] == TRACEPARENT
+    assert busy.headers["retry-after"] == "10"
+    for line in lines:
+        assert line["upload_bytes"] is None and line["audio_duration_s"] is None
+        assert line["first_text_ms"] is None and line["image_ms"] is None and line["duration_ms"] >= 0
 
 
 def test_generate_refuses_by_content_length_when_the_upload_is_over_the_limit(tmp_path):
@@ -286,7 +411,8 @@ def _generate_scope(body: bytes, query: str = "") -> dict:
     }
 
 
-def test_generate_cancels_the_stream_and_frees_the_slot_when_the_browser_disconnects(config):
+def test_generate_cancels_the_stream_and_frees_the_slot_when_the_browser_disconnects(config, caplog):
+    caplog.set_level("INFO", logger=LOGGER_NAME)
     stream = FakeStream(hang_after_text=True)
     app = create_app(config, stream)
     body = wav(1.0)
@@ -319,9 +445,15 @@ def test_generate_cancels_the_stream_and_frees_the_slot_when_the_browser_disconn
     assert stream.cancelled.is_set() and stream.closed.is_set()
     counts = app.state.web.limiter.counts
     assert (counts.active, counts.cancelled, counts.finished) == (0, 1, 1)
+    (line,) = job_lines(caplog)
+    assert (line["outcome"], line["reason"], line["status"]) == ("cancelled", "disconnected", 200)
+    assert line["first_text_ms"] is not None and line["first_preview_ms"] is None and line["image_ms"] is None
+    assert line["upload_bytes"] == len(body) and line["audio_duration_s"] == 1.0
+    assert line["duration_ms"] >= line["first_text_ms"]
 
 
-def test_generate_sends_a_server_down_message_when_triton_is_unreachable(tmp_path):
+def test_generate_sends_a_server_down_message_when_triton_is_unreachable(tmp_path, caplog):
+    caplog.set_level("INFO", logger=LOGGER_NAME)
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -336,6 +468,8 @@ def test_generate_sends_a_server_down_message_when_triton_is_unreachable(tmp_pat
         "reason": "server_down",
     }
     assert ready.status_code == 503 and health.status_code == 200
+    (line,) = job_lines(caplog)
+    assert (line["outcome"], line["reason"], line["first_text_ms"]) == ("server_down", "server_down", None)
 
 
 def test_sample_is_spoken_once_into_the_cache_and_then_served_from_it(config):
@@ -405,3 +539,29 @@ def test_browser_disconnect_cancels_the_triton_stream_and_frees_the_server(trito
     assert b"event: image" not in received
     # Classifier-free guidance runs 2 UNet rows per step; the loop stopped long before its 150 steps.
     assert _unet_rows(triton_server) - rows_before < 2 * steps
+
+
+def test_generate_sends_the_jobs_request_id_and_trace_to_triton_when_served(triton_server, hindi_clips, tmp_path):
+    from tests.model_repository.test_observability import log_records
+
+    config = web_config(triton_server.grpc_url, tmp_path)
+    request_id = f"web-{time.time_ns()}"
+    headers = {"traceparent": TRACEPARENT, "x-request-id": request_id}
+    with TestClient(create_app(config)) as http:
+        response = http.post("/api/generate?seed=3&steps=2", content=hindi_clips[0].wav_bytes, headers=headers)
+    events = parse_events(response.text)
+
+    def logged(model: str) -> list[dict]:
+        return [record for record in log_records(triton_server, model) if record["request_id"] == request_id]
+
+    # The stream model logs the request id the web app sent, and its BLS calls pass it on.
+    deadline = time.monotonic() + 120
+    while not logged("speech_to_image_stream"):
+        assert time.monotonic() < deadline, "the server never logged the web app's request"
+        time.sleep(0.1)
+    stream_records = logged("speech_to_image_stream")
+
+    assert [kind for kind, _ in events][-1] == "image" and response.headers["traceparent"] == TRACEPARENT
+    assert [record["outcome"] for record in stream_records] == ["ok"] and stream_records[0]["counts"]["image"] == 1
+    assert [record["outcome"] for record in logged("whisper")] == ["ok"]
+    assert [record["outcome"] for record in logged("emotion_classifier")] == ["ok"]

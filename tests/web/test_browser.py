@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import socket
 import subprocess
 import time
@@ -203,6 +204,7 @@ def test_browser_shows_a_message_for_a_bad_file_and_still_works_after_it(browser
     browser.find_element("id", "sample").click()
     wait_for_image(browser)
     assert browser.find_element("id", "error").get_attribute("hidden") is not None
+    assert browser.find_element("id", "job-ref").get_attribute("hidden") is not None
     assert text_of(browser, "status").startswith("Done")
 
 
@@ -234,3 +236,6 @@ def test_browser_says_the_server_is_down_when_triton_is_unreachable(browser, tmp
         wait_for(browser, "!document.getElementById('error').hidden", 60)
         assert text_of(browser, "error") == "The image server is not reachable right now; try again in a minute."
         assert text_of(browser, "status") == "Nothing was made."
+        # The job's x-request-id, shown so a person can quote it (32 hex: the app made it).
+        reference = text_of(browser, "job-ref")
+        assert re.fullmatch(r"Job reference \(for a support request\): [0-9a-f]{32}", reference), reference

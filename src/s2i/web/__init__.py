@@ -41,9 +41,14 @@ def run(config: WebConfig, *, forwarded_allow_ips: str | None = None, log_level:
         forwarded_allow_ips: Proxies whose ``X-Forwarded-For`` is trusted (uvicorn's option;
             the per-client job limit then counts the forwarded address).
         log_level: uvicorn's log level.
+
+    Each job's JSON line goes to stderr bare (:func:`s2i.web.observability.configure_job_log`).
     """
     import uvicorn
 
+    from s2i.web.observability import configure_job_log
+
+    configure_job_log()
     uvicorn.run(
         create_app(config),
         host=config.host,

@@ -10,6 +10,11 @@ then does the response start: ``text/event-stream`` events ``audio``, ``text``,
 Triton through :class:`s2i.client.AsyncClient`'s decoupled stream with the job's
 deadline; when the browser goes away the stream is cancelled (see
 :class:`EventStream`), which cancels the gRPC call.
+
+Every ``/api/generate`` answer carries the job's ``x-request-id`` and ``traceparent``
+(the caller's W3C context when valid, else a new trace), the same ones the gRPC stream
+sends to Triton, and every job ends with one JSON line on the ``s2i.web.jobs`` logger
+(:mod:`s2i.web.observability`).
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -36,13 +42,18 @@ from s2i import names
 from s2i.web.config import SCHEDULERS, WebConfig
 from s2i.web.intake import AudioLimits, ReceivedAudio, RejectedAudioError, check_size, convert_upload
 from s2i.web.limits import BusyError, JobLimiter, Slot
+from s2i.web.observability import JobRecord, response_headers
 from s2i.web.options import GenerationOptions, OptionError, parse_options
+
+if TYPE_CHECKING:
+    from s2i.client import CallOptions
 
 LOGGER = logging.getLogger(__name__)
 
-# StreamFactory(wav_bytes, options) -> the client's stream events. The default is
-# AsyncClient.stream_speech_to_image; tests substitute one to control timing.
-StreamFactory = Callable[[bytes, GenerationOptions], AsyncIterator]
+# StreamFactory(wav_bytes, options, call) -> the client's stream events; ``call`` holds the
+# job's request id and traceparent. The default is AsyncClient.stream_speech_to_image;
+# tests substitute one to control timing.
+StreamFactory = Callable[[bytes, GenerationOptions, "CallOptions"], AsyncIterator]
 # Server messages shown to people are cut to this many characters.
 MAX_MESSAGE_CHARS = 300
 SAMPLE_SENTENCE_INDEX = 1  # "एक बच्चा पार्क में खेल रहा है" (a child is playing in the park)
@@ -86,19 +97,21 @@ def _bounded(message: str) -> str:
     return message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
-def error_event(error: BaseException) -> bytes:
-    """The ``error`` event for a failed generation: a message for people, a reason for scripts."""
+def error_message(error: BaseException) -> tuple[str, str]:
+    """A failed generation's message for people and reason for scripts."""
     from s2i.client import ClientError, InvalidRequestError, ServerUnavailableError
 
     if isinstance(error, ServerUnavailableError):
-        message, reason = "The image server is not reachable right now; try again in a minute.", "server_down"
-    elif isinstance(error, InvalidRequestError):
-        message, reason = f"The server refused this clip: {_bounded(str(error))}", "invalid"
-    elif isinstance(error, ClientError) and error.status == "DEADLINE_EXCEEDED":
-        message, reason = "The image took too long and was stopped; try fewer steps or a smaller size.", "timeout"
-    else:
-        message, reason = "The image server failed on this clip; try again.", "server_error"
-    return sse("error", {"message": message, "reason": reason})
+        return "The image server is not reachable right now; try again in a minute.", "server_down"
+    if isinstance(error, InvalidRequestError):
+        return f"The server refused this clip: {_bounded(str(error))}", "invalid"
+    if isinstance(error, ClientError) and error.status == "DEADLINE_EXCEEDED":
+        return "The image took too long and was stopped; try fewer steps or a smaller size.", "timeout"
+    return "The image server failed on this clip; try again.", "server_error"
+
+
+# The job log's outcome of each error reason; the rest are "error".
+_OUTCOME_OF_REASON = {"server_down": "server_down", "invalid": "invalid"}
 
 
 def _text_fields(result) -> dict:
@@ -114,19 +127,24 @@ def _text_fields(result) -> dict:
 
 
 async def generation_events(
-    audio: ReceivedAudio, options: GenerationOptions, stream: StreamFactory, config: WebConfig
+    audio: ReceivedAudio, options: GenerationOptions, stream: StreamFactory, config: WebConfig, record: JobRecord
 ) -> AsyncIterator[bytes]:
-    """The events of one job: the audio as sent, then the stream's messages as they come."""
+    """The events of one job: the audio as sent, then the stream's messages as they come.
+
+    ``record`` gets the time of each event and the job's outcome.
+    """
     started = time.perf_counter()
     accepted = {"duration_s": round(audio.duration_s, 3), "container": audio.container}
     if config.expose_audio:
         accepted["wav"] = data_url(audio.wav, "audio/wav")
     yield sse("audio", accepted)
-    from s2i.client import ClientError
+    from s2i.client import CallOptions, ClientError
 
+    call = CallOptions(request_id=record.request_id, traceparent=record.traceparent)
     try:
-        async with contextlib.aclosing(stream(audio.wav, options)) as events:
+        async with contextlib.aclosing(stream(audio.wav, options, call)) as events:
             async for event in events:
+                record.event(event.kind)
                 elapsed = {"elapsed_s": round(time.perf_counter() - started, 3)}
                 if event.kind == "text":
                     yield sse("text", {**_text_fields(event.result), **elapsed})
@@ -138,11 +156,15 @@ async def generation_events(
                     image = {"png": data_url(event.result.png, "image/png"), "seed": event.result.seed}
                     details = {"step": event.step, "timings_ms": event.result.timings_ms}
                     yield sse("image", {**image, **details, **_text_fields(event.result), **elapsed})
+                    record.end("ok")
                     return
     except ClientError as error:
         LOGGER.info("generation failed: %s (%s)", error, error.status)
-        yield error_event(error)
+        message, reason = error_message(error)
+        record.end(_OUTCOME_OF_REASON.get(reason, "error"), reason)
+        yield sse("error", {"message": message, "reason": reason})
         return
+    record.end("error", "no_image")
     yield sse("error", {"message": "The image server ended the job without an image; try again.", "reason": "no_image"})
 
 
@@ -151,12 +173,14 @@ class EventStream:
 
     The producer and a watcher of ``http.disconnect`` run side by side; whichever
     ends first cancels the other, so an abandoned job's gRPC stream is cancelled at
-    once rather than at the next event. The job's slot is released in every case.
+    once rather than at the next event. The job's slot is released and its log line
+    written in every case.
     """
 
-    def __init__(self, events: AsyncIterator[bytes], slot: Slot) -> None:
+    def __init__(self, events: AsyncIterator[bytes], slot: Slot, record: JobRecord) -> None:
         self.events = events
         self.slot = slot
+        self.record = record
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Stream the events until they end or the browser disconnects; release the slot."""
@@ -164,6 +188,7 @@ class EventStream:
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-store"),
             (b"x-accel-buffering", b"no"),  # nginx: pass events through as they come
+            *[(name.encode(), value.encode()) for name, value in response_headers(self.record).items()],
         ]
         finished = False
         try:
@@ -185,10 +210,14 @@ class EventStream:
                     pass
                 if not finished:
                     self.slot.cancelled = True
+                    self.record.end("cancelled", "disconnected")
                     LOGGER.info("browser disconnected; cancelling its job")
                 group.cancel_scope.cancel()
         finally:
             self.slot.release()
+            # Ended without an outcome: the producer failed (the server logs the exception).
+            self.record.end("error", "app_error")
+            self.record.log()
 
 
 async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes:
@@ -255,19 +284,20 @@ class WebApp:
             await self._client.close()
             self._client = None
 
-    def stream(self, wav: bytes, options: GenerationOptions) -> AsyncIterator:
+    def stream(self, wav: bytes, options: GenerationOptions, call: CallOptions) -> AsyncIterator:
         """The decoupled stream for one job (or the substitute given to the app)."""
         if self._stream is not None:
-            return self._stream(wav, options)
-        return self._triton_stream(wav, options)
+            return self._stream(wav, options, call)
+        return self._triton_stream(wav, options, call)
 
-    async def _triton_stream(self, wav: bytes, options: GenerationOptions) -> AsyncIterator:
+    async def _triton_stream(self, wav: bytes, options: GenerationOptions, call: CallOptions) -> AsyncIterator:
         client = await self.client()
         extra = {} if self.config.max_new_tokens is None else {"max_new_tokens": self.config.max_new_tokens}
         async for event in client.stream_speech_to_image(
             wav,
             preview_every=self.config.preview_every,
             timeout_s=self.config.job_timeout_s,
+            call=call,
             **options.client_kwargs(),
             **extra,
         ):
@@ -316,26 +346,30 @@ class WebApp:
 
     async def generate(self, request: Request) -> Response:
         """Check everything, then stream the job's events (see the module docstring)."""
+        record = JobRecord.from_headers(request.headers)
         try:
             slot = self.limiter.acquire(_client_key(request))
         except BusyError as busy:
-            return JSONResponse(
-                {"error": str(busy), "reason": "busy"}, status_code=busy.status, headers={"retry-after": "10"}
-            )
+            return _refusal(record, str(busy), "busy", busy.status, outcome="busy", headers={"retry-after": "10"})
         try:
             options = parse_options(request.query_params, self.config, self.styles)
             body = await read_body(request, self.config.max_upload_bytes, self.config.upload_timeout_s)
             audio = await convert_upload(body, self.limits)
         except OptionError as e:
             slot.release()
-            return JSONResponse({"error": str(e), "reason": "bad_option"}, status_code=400)
+            return _refusal(record, str(e), "bad_option", 400)
         except RejectedAudioError as e:
             slot.release()
-            return JSONResponse({"error": str(e), "reason": e.reason}, status_code=e.status)
-        except BaseException:
+            # 5xx (no ffmpeg here) is the app's fault, not the upload's.
+            return _refusal(record, str(e), e.reason, e.status, outcome="error" if e.status >= 500 else "invalid")
+        except BaseException as e:
             slot.release()
+            record.end("cancelled" if isinstance(e, ClientDisconnect) else "error", type(e).__name__)
+            record.log()
             raise
-        return EventStream(generation_events(audio, options, self.stream, self.config), slot)
+        record.received(len(body), audio.duration_s)
+        events = generation_events(audio, options, self.stream, self.config, record)
+        return EventStream(events, slot, record)
 
     async def health(self, request: Request) -> Response:
         """Liveness of the app itself (not of Triton, so the page can still say that Triton is down)."""
@@ -364,6 +398,16 @@ class WebApp:
         except ClientError:
             return JSONResponse({"status": "triton unavailable"}, status_code=503)
         return JSONResponse({"status": "ready"})
+
+
+def _refusal(
+    record: JobRecord, message: str, reason: str, status: int, outcome: str = "invalid", headers=None
+) -> JSONResponse:
+    """A job refused before Triton: log it, answer ``status`` with the message and the job's ids."""
+    record.end(outcome, reason, status)
+    record.log()
+    headers = {**response_headers(record), **(headers or {})}
+    return JSONResponse({"error": message, "reason": reason}, status_code=status, headers=headers)
 
 
 async def _security_headers(scope: Scope, receive: Receive, send: Send, app) -> None:

@@ -23,7 +23,7 @@ def decoder(model_repository):
 def runner(checkpoints, model_repository, decoder):
     encoder = OnnxStage(model_repository.repository / "whisper_encoder" / "1" / "model.onnx")
     fallback = onnx_stage_runner({names.WHISPER_ENCODER: encoder})
-    return WhisperRunner(checkpoints["whisper"], routed_stage_runner(decoder, fallback))
+    return WhisperRunner(checkpoints["whisper"], routed_stage_runner(decoder.run_stage, fallback))
 
 
 @pytest.mark.parametrize("task", ["translate", "transcribe"])

@@ -122,12 +122,15 @@ class InProcessDecoder:
         return outputs
 
 
-def routed_stage_runner(decoder: InProcessDecoder, fallback: StageRunner) -> StageRunner:
-    """Decoder graphs in this process, every other stage graph through ``fallback`` (BLS)."""
+def routed_stage_runner(in_process: StageRunner, fallback: StageRunner) -> StageRunner:
+    """Decoder graphs through ``in_process``, every other stage graph through ``fallback`` (BLS).
+
+    ``in_process`` is an :class:`InProcessDecoder`'s ``run_stage``, possibly wrapped (counted).
+    """
 
     def run_stage(model_name: str, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]):
         if model_name in DECODER_FILES:
-            return decoder.run_stage(model_name, inputs, output_names)
+            return in_process(model_name, inputs, output_names)
         return fallback(model_name, inputs, output_names)
 
     return run_stage

@@ -5,7 +5,7 @@
 const $ = (id) => document.getElementById(id);
 const GALLERY_KEY = "s2i-gallery";
 const GALLERY_MAX = 12;
-const state = { options: null, recorder: null, lastAudio: null, controller: null, gallery: [], autoStop: null };
+const state = { options: null, recorder: null, lastAudio: null, controller: null, gallery: [], autoStop: null, jobId: null };
 
 function setStatus(text) { $("status").textContent = text; }
 
@@ -13,6 +13,10 @@ function showError(text) {
   const box = $("error");
   box.textContent = text;
   box.hidden = !text;
+  // The app's x-request-id for this job: what an operator searches the logs for.
+  const ref = $("job-ref");
+  ref.textContent = text && state.jobId ? `Job reference (for a support request): ${state.jobId}` : "";
+  ref.hidden = !ref.textContent;
 }
 
 function setBusy(busy) {
@@ -91,6 +95,7 @@ async function toggleRecording() {
 
 // One job: upload, then read the event stream.
 async function submit(blob, what) {
+  state.jobId = null;
   showError("");
   if (blob.size > state.options.max_upload_bytes) {
     showError(`The file is ${(blob.size / 1e6).toFixed(1)} MB; the limit is ${(state.options.max_upload_bytes / 1e6).toFixed(1)} MB.`);
@@ -110,6 +115,7 @@ async function submit(blob, what) {
       headers: { "content-type": blob.type || "application/octet-stream" },
       signal: controller.signal,
     });
+    state.jobId = response.headers.get("x-request-id");
     if (!response.ok) {
       const body = await response.json().catch(() => ({}));
       showError(body.error || `The app refused the request (HTTP ${response.status}).`);
