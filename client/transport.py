@@ -215,7 +215,8 @@ def should_retry(error: ClientError, idempotent: bool, attempt: int, policy: Ret
 
 _RESTRICTED = re.compile(r"This protocol is restricted, expecting header '([^']+)'")
 # The server's refusals read "`field`: what is wrong" (s2i.audio.InvalidInputError).
-_INVALID_INPUT_MESSAGE = re.compile(r"^`[a-z_]+`: ")
+# Triton prefixes errors it raises for a request that has an id with "[request id: <id>] ".
+_INVALID_INPUT_MESSAGE = re.compile(r"^(?:\[request id: [^\]]*\] )?`[a-z_]+`: ")
 
 
 def wrap_error(error: InferenceServerException) -> ClientError:

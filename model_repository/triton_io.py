@@ -18,7 +18,8 @@ from s2i.audio import InvalidInputError, RequestCancelledError, bounded_message
 from s2i.stages.runner import StageRunner
 
 # How an InvalidInputError reads: "`field`: what is wrong".
-INVALID_INPUT_MESSAGE = re.compile(r"^`[a-z_]+`: ")
+# Triton prefixes errors it raises for a request that has an id with "[request id: <id>] ".
+INVALID_INPUT_MESSAGE = re.compile(r"^(?:\[request id: [^\]]*\] )?`[a-z_]+`: ")
 # Stage failures another replica (or this one after a restart) could serve: a dead or
 # stopping stub, a model being unloaded. Reported as UNAVAILABLE, which clients retry.
 RETRYABLE_MESSAGE = re.compile(r"is not healthy|Stub process|not ready|unavailable|is stopping|exiting", re.IGNORECASE)

@@ -199,3 +199,16 @@ def test_raw_tritonclient_sees_the_restricted_header_name(restricted_server):
     # What the admin key header is over gRPC, independent of this client: Triton's own answer.
     with grpcclient.InferenceServerClient(restricted_server.grpc_url) as raw:
         assert raw.is_server_ready(headers={ADMIN_KEY_HEADER: ADMIN_KEY})
+
+
+@pytest.mark.parametrize("prefix", ["", "[request id: 3f2a] "])
+def test_stream_error_is_invalid_request_when_message_names_a_field_with_or_without_request_id(prefix):
+    from tritonclient.utils import InferenceServerException
+
+    from s2i.client import InvalidRequestError
+    from s2i.client.transport import wrap_error
+
+    wrapped = wrap_error(InferenceServerException(f"{prefix}`seed`: must be between 0 and 2**63."))
+
+    assert isinstance(wrapped, InvalidRequestError) and wrapped.status == "INVALID_ARGUMENT"
+    assert not isinstance(wrap_error(InferenceServerException("[request id: 3f2a] out of memory")), InvalidRequestError)
