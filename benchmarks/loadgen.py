@@ -204,11 +204,13 @@ class RunResult:
     # The whole run, all windows (for figures such as the server's CPU per request).
     run_completed: int | None = None
     run_wall_s: float | None = None
+    run_mean_latency_s: float | None = None
 
     @classmethod
     def from_windows(cls, mode: str, level: dict, recorder: Recorder, client_cpu_s: float) -> RunResult:
         """Merge the windows the recorder reports into one result."""
         reported, stable = recorder.finish()
+        every = [*recorder.closed, recorder.current]
         marks: dict[str, list[float]] = {}
         for window in reported:
             for kind, values in window.marks_s.items():
@@ -225,8 +227,9 @@ class RunResult:
             stable,
             [window.describe() for window in reported],
             len(recorder.closed),
-            sum(len(window.latencies_s) for window in [*recorder.closed, recorder.current]),
+            sum(len(window.latencies_s) for window in every),
             recorder.clock() - recorder.started,
+            float(np.mean(everything)) if (everything := [x for window in every for x in window.latencies_s]) else None,
         )
 
     @property
@@ -256,6 +259,9 @@ class RunResult:
             }
         if self.stable is not None:
             summary["stability"] = {"stable": self.stable, "windows_run": self.windows_run, "windows": self.windows}
+            # Over every window, as the server's statistics are (perf_analyzer-style server columns).
+            if self.run_mean_latency_s is not None:
+                summary["stability"]["all_windows_mean_latency_ms"] = 1000 * self.run_mean_latency_s
         return summary
 
 

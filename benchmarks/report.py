@@ -204,8 +204,11 @@ def _server_row(run: dict, workload: str) -> list:
     stages = run.get("server", {})
     server = stages.get(workload) or stages.get("speech_to_image") or {}
     phases = [server.get(f"{phase}_ms_per_request") for phase in PHASES]
-    mean = run["latency_ms"].get("mean")
+    # The server's figures cover the whole level (every stability window): so must the client's mean.
+    mean = (run.get("stability") or {}).get("all_windows_mean_latency_ms") or run["latency_ms"].get("mean")
     network = None if None in phases or mean is None or not server else mean - sum(phases)
+    if network is not None and network < 0:
+        network = None  # the client saw less than the server counted (clocks, in-flight requests): unknown
     return [_microseconds(network), *(_microseconds(value) for value in phases)]
 
 

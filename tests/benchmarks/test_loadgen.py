@@ -189,3 +189,18 @@ def test_recorded_audio_refuses_empty_folders_missing_paths_and_too_many_files(t
         (tmp_path / f"{index}.wav").write_bytes(b"")
     with pytest.raises(ValueError, match=f"the limit is {MAX_AUDIO_FILES}"):
         load_recorded_audio([tmp_path])
+
+
+def test_csv_network_time_uses_every_window_and_stays_empty_when_the_server_counted_more():
+    server = {
+        "whisper": {
+            f"{phase}_ms_per_request": 3.0 for phase in ("queue", "compute_input", "compute_infer", "compute_output")
+        }
+    }
+    windows = run(server=server, stability={"stable": True, "windows": [{}], "all_windows_mean_latency_ms": 20.0})
+    header = csv_header({"workload": "whisper"}, "closed")
+    values = dict(zip(header, csv_rows({"workload": "whisper", "runs": [windows]})[0], strict=True))
+    assert values["Network+Server Send/Recv"] == 8000  # 20 ms over every window less 12 ms at the server
+    slower_server = run(server={"whisper": {key: 5.0 for key in server["whisper"]}})
+    values = dict(zip(header, csv_rows({"workload": "whisper", "runs": [slower_server]})[0], strict=True))
+    assert values["Network+Server Send/Recv"] == ""  # 10.5 ms at the client, 20 ms at the server: unknown
