@@ -139,12 +139,11 @@ def _audio(args):
     return load_recorded_audio(paths)
 
 
-def _workload(args, url: str, checkpoints):
+def _workload(args, url: str, checkpoints, clips):
     from s2i.benchmarks.workloads import pipeline_workload, stage_workload, whisper_workload
 
     if args.workload.startswith("model:"):
         return stage_workload(url, args.workload.split(":", 1)[1], dynamic_size=args.dynamic_size)
-    clips = _audio(args)
     baseline_checkpoints = checkpoints if checkpoints and args.baseline_requests else None
     if args.workload in ("pipeline", "stream"):
         preview_every = None
@@ -214,32 +213,26 @@ def _reachable(connection) -> str | None:
     return None
 
 
-def _add_peers(args, workload, checkpoints) -> None:
-    """Attach the ``--peer`` runners to the workload (same inputs as the served requests)."""
+def _add_peers(args, workload, checkpoints, clips) -> None:
+    """Attach the ``--peer`` runners to the workload (the same clips as the served requests)."""
     if not args.peer:
         return
     if not checkpoints or args.workload not in ("whisper", "pipeline"):
         raise ValueError("`--peer` needs a started server (`--preset`) and the `pipeline` or `whisper` workload.")
-    import soundfile
-
-    from s2i.audio import prepare_audio
     from s2i.benchmarks.peers import optimum_pipeline_peer, optimum_whisper_peer
-    from s2i.speech import HINDI_SENTENCES
 
-    paths = [args.build_dir / "speech" / f"bench{index}.wav" for index in range(len(HINDI_SENTENCES))]
     work_dir = args.build_dir / "optimum" / args.preset
     if args.workload == "pipeline":
         workload.peers["optimum"] = optimum_pipeline_peer(
             checkpoints,
             work_dir,
-            [path.read_bytes() for path in paths],
+            [clip.data for clip in clips],
             num_inference_steps=args.steps,
             max_new_tokens=args.max_new_tokens,
         )
     else:
-        clips = [prepare_audio(*soundfile.read(path, dtype="float32")) for path in paths]
         workload.peers["optimum"] = optimum_whisper_peer(
-            checkpoints["whisper"], work_dir, clips, max_new_tokens=args.max_new_tokens
+            checkpoints["whisper"], work_dir, [clip.samples for clip in clips], max_new_tokens=args.max_new_tokens
         )
 
 
@@ -272,8 +265,9 @@ def run(args: argparse.Namespace) -> int:
         if unreachable:
             print(f"error: {unreachable}", file=sys.stderr)
             return 2
-        workload = _workload(args, connection, checkpoints)
-        _add_peers(args, workload, checkpoints)
+        clips = _audio(args) if args.workload in WORKLOADS else []
+        workload = _workload(args, connection, checkpoints, clips)
+        _add_peers(args, workload, checkpoints, clips)
         report = run_benchmark(connection, workload, config)
     report["preset"] = None if args.url else args.preset
     report["command"] = "s2i " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])
