@@ -2,7 +2,9 @@
 
 ``tritonclient`` 2.73 does not ship ``perf_analyzer``, so this is the load
 generator. Every run is bounded by a request count *and* a duration, and stops
-by itself.
+by itself; with a :class:`Stability` it is measured in windows until they agree,
+as perf_analyzer does. Unary requests are timed to their response, streamed ones
+(``speech_to_image_stream``) to their first message of each kind and their image.
 """
 
 from __future__ import annotations
