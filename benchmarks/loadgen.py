@@ -311,7 +311,12 @@ def _event_kind(result) -> str | None:
 async def _one_stream(
     client, factory: RequestFactory, index: int, check: ResponseCheck | None, timeout_s: float, connection: Connection
 ) -> tuple[float | None, str | None, dict[str, float]]:
-    """One streamed request: the time to its first message of each kind, and to its ``image`` (the latency)."""
+    """One streamed request: the time to its first message of each kind, and to its ``image`` (the latency).
+
+    The stream is read to its end and never cancelled: Triton 2.51 can crash (SIGSEGV) when a
+    client cancels a gRPC stream whose final response is still on its way
+    (triton-inference-server/server#7368, fixed in 24.12), and a bench must not take its server down.
+    """
     model, inputs, outputs = factory(index)
     request = {"model_name": model, "inputs": inputs, "outputs": outputs, "enable_empty_final_response": True}
     request["request_id"] = f"bench-{index}"
@@ -321,29 +326,28 @@ async def _one_stream(
 
     started = time.perf_counter()
     marks: dict[str, float] = {}
-    image = None
-    stream = client.stream_infer(requests(), stream_timeout=timeout_s, headers=connection.call_headers())
+    image, failure = None, None
     try:
-        async for result, error in stream:
+        async for result, error in client.stream_infer(
+            requests(), stream_timeout=timeout_s, headers=connection.call_headers()
+        ):
             if error is not None:
-                raise error
+                failure = failure or error
+                continue
             kind = _event_kind(result)
-            if kind is None:
-                break  # the empty final response: the stream ended
-            marks.setdefault(kind, time.perf_counter() - started)
-            if kind == "image":
-                image = result
-                break
+            if kind is not None:  # None: the empty final response
+                marks.setdefault(kind, time.perf_counter() - started)
+                image = result if kind == "image" and image is None else image
+        if failure is not None:
+            raise failure
         if image is None:
             raise ValueError(f"the stream ended without an `image` message (messages: {sorted(marks)})")
-        if "text" not in marks:
+        if "text" not in marks or marks["text"] > marks["image"]:
             raise ValueError("the stream sent its `image` without a `text` message first")
         if check is not None:
             check(image)
     except (InferenceServerException, grpc.RpcError, ValueError, AssertionError) as e:
         return None, _error(e), {}
-    finally:
-        stream.cancel()
     return marks["image"], None, marks
 
 
