@@ -25,8 +25,18 @@ def add_parser(commands) -> None:
     bench.add_argument(
         "--workload",
         default="pipeline",
-        help="`pipeline` (speech_to_image), `whisper`, `model:<name>` for any model, or `whisper-tokens` "
+        help="`pipeline` (speech_to_image), `stream` (speech_to_image_stream: time to the first text, preview "
+        "and image), `whisper`, `model:<name>` for any model, or `whisper-tokens` "
         "(per-token decoding time, served vs the same graphs in-process; needs a started server)",
+    )
+    bench.add_argument(
+        "--audio",
+        type=Path,
+        nargs="+",
+        help="recorded WAV/FLAC/OGG files or folders of them, sent round-robin (default: synthesized Hindi speech)",
+    )
+    bench.add_argument(
+        "--preview-every", type=int, help="`stream`: a preview every this many steps (default: half the steps)"
     )
     bench.add_argument("--url", help="gRPC host:port of a running server (default: start one on --preset)")
     bench.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model sizes for a started server")
@@ -51,6 +61,19 @@ def add_parser(commands) -> None:
         "--startup-timeout-s", type=float, default=180.0, help="how long a started server may take to load its models"
     )
     bench.add_argument("--output", type=Path, default=Path("build/bench"), help="report folder")
+    stability = bench.add_argument_group(
+        "stability (perf_analyzer's criterion)",
+        "Measure each level in windows until the last --stability-windows agree within --stability-percentage "
+        "on throughput and p50 latency, or --max-trials windows ran; off unless --stability-percentage is given.",
+    )
+    stability.add_argument("--stability-percentage", type=float, help="largest deviation from the windows' mean, %%")
+    stability.add_argument(
+        "--measurement-interval-s",
+        type=float,
+        help="time windows of this many seconds (default: count windows of --requests requests)",
+    )
+    stability.add_argument("--stability-windows", type=int, default=3, help="how many last windows must agree")
+    stability.add_argument("--max-trials", type=int, default=10, help="most windows per level")
     target = bench.add_argument_group("a deployed server (with --url)")
     target.add_argument("--header", action="append", default=[], help="KEY=VALUE sent with every call (repeatable)")
     target.add_argument("--admin-key", help="the server's admin-key, for its restricted statistics/model-config APIs")
@@ -98,60 +121,118 @@ def _server(args):
         yield server.grpc_url, checkpoints, server.pid
 
 
-def _workload(args, url: str, checkpoints):
-    from s2i.benchmarks.workloads import pipeline_workload, stage_workload, whisper_workload
+WORKLOADS = ("pipeline", "stream", "whisper")
 
-    if args.workload.startswith("model:"):
-        return stage_workload(url, args.workload.split(":", 1)[1], dynamic_size=args.dynamic_size)
-    if args.workload not in ("whisper", "pipeline"):
-        raise ValueError(f"`workload` must be `pipeline`, `whisper` or `model:<name>`, got {args.workload!r}.")
-    import soundfile
 
+def _audio(args):
+    """The recorded clips of ``--audio``, or synthesized Hindi sentences."""
+    from s2i.benchmarks.workloads import load_recorded_audio
+
+    if args.audio:
+        return load_recorded_audio(args.audio)
     from s2i.speech import HINDI_SENTENCES, synthesize
 
     paths = [
         synthesize(sentence, args.build_dir / "speech" / f"bench{index}.wav", speed_wpm=140 + 15 * index)
         for index, sentence in enumerate(HINDI_SENTENCES)
     ]
+    return load_recorded_audio(paths)
+
+
+def _workload(args, url: str, checkpoints, clips):
+    from s2i.benchmarks.workloads import pipeline_workload, stage_workload, whisper_workload
+
+    if args.workload.startswith("model:"):
+        return stage_workload(url, args.workload.split(":", 1)[1], dynamic_size=args.dynamic_size)
     baseline_checkpoints = checkpoints if checkpoints and args.baseline_requests else None
-    if args.workload == "pipeline":
+    if args.workload in ("pipeline", "stream"):
+        preview_every = None
+        if args.workload == "stream":
+            preview_every = max(1, args.steps // 2) if args.preview_every is None else args.preview_every
         return pipeline_workload(
-            [path.read_bytes() for path in paths],
+            [clip.data for clip in clips],
             num_inference_steps=args.steps,
             max_new_tokens=args.max_new_tokens,
             checkpoints=baseline_checkpoints,
+            preview_every=preview_every,
         )
-    clips = [soundfile.read(path, dtype="float32") for path in paths]
     checkpoint = baseline_checkpoints["whisper"] if baseline_checkpoints else None
-    return whisper_workload(clips, args.max_new_tokens, checkpoint)
+    return whisper_workload([(clip.samples, clip.sample_rate_hz) for clip in clips], args.max_new_tokens, checkpoint)
 
 
-def _add_peers(args, workload, checkpoints) -> None:
-    """Attach the ``--peer`` runners to the workload (same inputs as the served requests)."""
+def _check_args(args) -> str | None:
+    """What is wrong with the flags, before any server is started or called; ``None`` when nothing."""
+    if any(level < 1 for level in args.concurrency) or args.requests < 1:
+        return "`--concurrency` levels and `--requests` must be positive"
+    if not (args.workload in (*WORKLOADS, "whisper-tokens") or args.workload.startswith("model:")):
+        choices = ", ".join(WORKLOADS)
+        return f"`--workload` must be one of {choices}, whisper-tokens or model:<name>, got {args.workload!r}"
+    if args.audio and args.workload not in WORKLOADS:
+        return f"`--audio` needs the {', '.join(WORKLOADS)} workload, not {args.workload!r}"
+    if args.preview_every is not None and (args.workload != "stream" or args.preview_every < 0):
+        return "`--preview-every` needs `--workload stream` and a value of 0 (no previews) or more"
+    if args.stability_percentage is None and args.measurement_interval_s is not None:
+        return "`--measurement-interval-s` needs `--stability-percentage`"
+    return None
+
+
+def _stability(args):
+    from s2i.benchmarks.loadgen import Stability
+
+    if args.stability_percentage is None:
+        return None
+    return Stability(
+        percentage=args.stability_percentage,
+        windows=args.stability_windows,
+        max_trials=args.max_trials,
+        interval_s=args.measurement_interval_s,
+    )
+
+
+def _reachable(connection) -> str | None:
+    """Why the server cannot be reached with these connection options (plaintext vs TLS); ``None`` if it can."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        with grpcclient.InferenceServerClient(**connection.client_kwargs()) as client:
+            client.is_server_live(headers=connection.call_headers(), client_timeout=10)
+    except InferenceServerException as e:
+        reason = str(e)[:300]
+        if "restricted" in reason:
+            return None  # the server answered: it restricts even health (the load's calls may still pass)
+        if connection.ssl:
+            return (
+                f"cannot reach {connection.url} over TLS ({reason}); check that the server serves TLS on this port "
+                "and that `--root-certificates` names the CA that signed its certificate"
+            )
+        return (
+            f"cannot reach {connection.url} over plaintext gRPC ({reason}); if the server serves TLS, pass `--ssl` "
+            "(and `--root-certificates` for a private CA)"
+        )
+    return None
+
+
+def _add_peers(args, workload, checkpoints, clips) -> None:
+    """Attach the ``--peer`` runners to the workload (the same clips as the served requests)."""
     if not args.peer:
         return
     if not checkpoints or args.workload not in ("whisper", "pipeline"):
         raise ValueError("`--peer` needs a started server (`--preset`) and the `pipeline` or `whisper` workload.")
-    import soundfile
-
-    from s2i.audio import prepare_audio
     from s2i.benchmarks.peers import optimum_pipeline_peer, optimum_whisper_peer
-    from s2i.speech import HINDI_SENTENCES
 
-    paths = [args.build_dir / "speech" / f"bench{index}.wav" for index in range(len(HINDI_SENTENCES))]
     work_dir = args.build_dir / "optimum" / args.preset
     if args.workload == "pipeline":
         workload.peers["optimum"] = optimum_pipeline_peer(
             checkpoints,
             work_dir,
-            [path.read_bytes() for path in paths],
+            [clip.data for clip in clips],
             num_inference_steps=args.steps,
             max_new_tokens=args.max_new_tokens,
         )
     else:
-        clips = [prepare_audio(*soundfile.read(path, dtype="float32")) for path in paths]
         workload.peers["optimum"] = optimum_whisper_peer(
-            checkpoints["whisper"], work_dir, clips, max_new_tokens=args.max_new_tokens
+            checkpoints["whisper"], work_dir, [clip.samples for clip in clips], max_new_tokens=args.max_new_tokens
         )
 
 
@@ -160,9 +241,11 @@ def run(args: argparse.Namespace) -> int:
     from s2i.benchmarks.report import markdown, write_report
     from s2i.benchmarks.runner import BenchConfig, run_benchmark
 
-    if any(level < 1 for level in args.concurrency) or args.requests < 1:
-        print("error: `--concurrency` levels and `--requests` must be positive", file=sys.stderr)
+    problem = _check_args(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
+    stability = _stability(args)  # a ValueError names the flag; `s2i` prints it and exits 2
     config = BenchConfig(
         concurrencies=tuple(args.concurrency),
         requests_per_level=args.requests,
@@ -171,14 +254,20 @@ def run(args: argparse.Namespace) -> int:
         warmup_requests=args.warmup,
         baseline_requests=args.baseline_requests,
         statistics=not args.no_stats,
+        stability=stability,
     )
     if args.workload == "whisper-tokens":
         return _run_tokens(args)
     with _server(args) as (url, checkpoints, server_pid):
         config = dataclasses.replace(config, server_pid=server_pid)
         connection = _connection(args, url)
-        workload = _workload(args, connection, checkpoints)
-        _add_peers(args, workload, checkpoints)
+        unreachable = _reachable(connection)
+        if unreachable:
+            print(f"error: {unreachable}", file=sys.stderr)
+            return 2
+        clips = _audio(args) if args.workload in WORKLOADS else []
+        workload = _workload(args, connection, checkpoints, clips)
+        _add_peers(args, workload, checkpoints, clips)
         report = run_benchmark(connection, workload, config)
     report["preset"] = None if args.url else args.preset
     report["command"] = "s2i " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])

@@ -33,6 +33,7 @@ def markdown(report: dict) -> str:
             f"| {fmt(latency.get('p50'))} | {fmt(latency.get('p90'))} | {fmt(latency.get('p95'))} "
             f"| {fmt(latency.get('p99'))} | {fmt(latency.get('max'))} | {run['client_cpu_ms_per_request']:.1f} |"
         )
+    lines += _stream_lines(report) + _stability_lines(report)
     baseline = report.get("baseline")
     if baseline:
         lines += [
@@ -61,6 +62,61 @@ def markdown(report: dict) -> str:
             phases = " | ".join(f"{stats[f'{phase}_ms_per_request']:.2f}" for phase in PHASES)
             lines.append(f"| `{model}` | {stats['requests']} | {stats['mean_batch_size']:.2f} | {phases} |")
     return "\n".join(lines) + "\n"
+
+
+def _level(run: dict) -> str:
+    return str(run["concurrency"]) if run["mode"] == "closed" else f"{run['rate_per_s']}/s"
+
+
+def _stream_lines(report: dict) -> list[str]:
+    """Time to the first message of each kind, for streamed workloads."""
+    if not report.get("streaming"):
+        return []
+    lines = [
+        "",
+        "Streamed: time from sending the request to its first message of each kind (ms; `image` ends the request).",
+        "",
+        "| mode | concurrency / rate | message | count | p50 | p90 | p95 | p99 | max |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in report["runs"]:
+        for kind in STREAM_EVENTS:
+            marks = run.get("time_to_first_ms", {}).get(kind)
+            if not marks:
+                continue
+            figures = " | ".join(f"{marks[key]:.0f}" for key in ("p50", "p90", "p95", "p99", "max"))
+            lines.append(f"| {run['mode']} | {_level(run)} | {kind} | {marks['count']} | {figures} |")
+    return lines
+
+
+def _stability_lines(report: dict) -> list[str]:
+    """Whether each level's measurement windows agreed, and on what."""
+    stability = (report.get("config") or {}).get("stability")
+    if not stability:
+        return []
+    window = (
+        f"{stability['interval_s']:g} s windows"
+        if stability.get("interval_s")
+        else f"windows of {report['config']['requests_per_level']} requests"
+    )
+    lines = [
+        "",
+        f"Stability: {window}; stable when the last {stability['windows']} agree within "
+        f"{stability['percentage']:g} % on throughput and p50 latency; at most {stability['max_trials']} windows.",
+        "",
+        "| mode | concurrency / rate | stable | windows run | reported windows: req/s | p50 ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in report["runs"]:
+        result = run.get("stability") or {}
+        windows = result.get("windows", [])
+        throughputs = ", ".join(f"{window['throughput_per_s']:.2f}" for window in windows)
+        medians = ", ".join("–" if window["p50_ms"] is None else f"{window['p50_ms']:.0f}" for window in windows)
+        stable = "yes" if result.get("stable") else "**no**"
+        lines.append(
+            f"| {run['mode']} | {_level(run)} | {stable} | {result.get('windows_run')} | {throughputs} | {medians} |"
+        )
+    return lines
 
 
 def plot(report: dict, output_dir: Path) -> list[Path]:
@@ -114,60 +170,104 @@ def plot(report: dict, output_dir: Path) -> list[Path]:
     return written
 
 
-# perf_analyzer's CSV columns (`-f`), those this load generator measures; times in microseconds.
-CSV_COLUMNS = (
-    "Concurrency",
-    "Request Rate",
+# perf_analyzer's CSV columns (`-f`), in its order, after its first column (`Concurrency`, or
+# `Request Rate` for open-loop runs); times in microseconds. `Client Send` and `Client Recv` stay
+# empty (the asyncio gRPC client does not expose them), `Network+Server Send/Recv` is the average
+# latency less the server's queue and compute times (as perf_analyzer derives it) when the
+# statistics API was read. Columns of this bench follow.
+PERF_ANALYZER_COLUMNS = (
     "Inferences/Second",
+    "Client Send",
+    "Network+Server Send/Recv",
     "Server Queue",
     "Server Compute Input",
     "Server Compute Infer",
     "Server Compute Output",
+    "Client Recv",
     "p50 latency",
     "p90 latency",
     "p95 latency",
     "p99 latency",
     "Avg latency",
-    "Errors",
 )
+EXTRA_COLUMNS = ("Errors", "Stable", "Windows")
+# Streamed requests: time to the first message of each kind, in microseconds.
+STREAM_EVENTS = ("text", "preview", "image")
+STREAM_COLUMNS = tuple(f"p{p} time to first {kind}" for kind in STREAM_EVENTS for p in (50, 95))
 
 
-def csv_rows(report: dict) -> list[list]:
-    """One row per run in perf_analyzer's column layout; server columns from the benchmarked model's statistics."""
+def _microseconds(value_ms):
+    return "" if value_ms is None else round(1000 * value_ms)
+
+
+def _server_row(run: dict, workload: str) -> list:
+    stages = run.get("server", {})
+    server = stages.get(workload) or stages.get("speech_to_image") or {}
+    phases = [server.get(f"{phase}_ms_per_request") for phase in PHASES]
+    # The server's figures cover the whole level (every stability window): so must the client's mean.
+    mean = (run.get("stability") or {}).get("all_windows_mean_latency_ms") or run["latency_ms"].get("mean")
+    network = None if None in phases or mean is None or not server else mean - sum(phases)
+    if network is not None and network < 0:
+        network = None  # the client saw less than the server counted (clocks, in-flight requests): unknown
+    return [_microseconds(network), *(_microseconds(value) for value in phases)]
+
+
+def csv_header(report: dict, mode: str) -> list[str]:
+    """The header of the ``closed`` (``Concurrency``) or ``open`` (``Request Rate``) CSV."""
+    first = "Concurrency" if mode == "closed" else "Request Rate"
+    return [first, *PERF_ANALYZER_COLUMNS, *EXTRA_COLUMNS, *(STREAM_COLUMNS if report.get("streaming") else ())]
+
+
+def csv_rows(report: dict, mode: str = "closed") -> list[list]:
+    """One row per run of ``mode`` in perf_analyzer's column layout (:func:`csv_header`).
+
+    Rows keep the order of the levels (perf_analyzer sorts them by throughput).
+    """
     rows = []
     for run in report["runs"]:
-        stages = run.get("server", {})
-        server = stages.get(report["workload"]) or stages.get("speech_to_image") or {}
+        if run["mode"] != mode:
+            continue
         latency = run["latency_ms"]
-
-        def microseconds(value):
-            return "" if value is None else round(1000 * value)
-
-        rows.append(
-            [
-                run["concurrency"] or "",
-                run["rate_per_s"] or "",
-                round(run["throughput_per_s"], 4),
-                *(microseconds(server.get(f"{phase}_ms_per_request")) for phase in PHASES),
-                *(microseconds(latency.get(f"p{p}")) for p in (50, 90, 95, 99)),
-                microseconds(latency.get("mean")),
-                run["errors"],
-            ]
-        )
+        stability = run.get("stability") or {}
+        row = [
+            run["concurrency"] if mode == "closed" else run["rate_per_s"],
+            round(run["throughput_per_s"], 4),
+            "",
+            *_server_row(run, report["workload"]),
+            "",
+            *(_microseconds(latency.get(f"p{p}")) for p in (50, 90, 95, 99)),
+            _microseconds(latency.get("mean")),
+            run["errors"],
+            "" if not stability else str(stability["stable"]).lower(),
+            len(stability.get("windows", [])) if stability else "",
+        ]
+        if report.get("streaming"):
+            marks = run.get("time_to_first_ms", {})
+            row += [_microseconds(marks.get(kind, {}).get(f"p{p}")) for kind in STREAM_EVENTS for p in (50, 95)]
+        rows.append(row)
     return rows
 
 
 def write_report(report: dict, output_dir: Path) -> dict[str, Path]:
-    """Write ``report.json``, ``report.md``, ``report.csv`` (perf_analyzer's columns) and the plots."""
+    """Write ``report.json``, ``report.md``, the CSVs (perf_analyzer's columns) and the plots.
+
+    ``report.csv`` holds the concurrency levels, ``report-rate.csv`` the Poisson rates (perf_analyzer
+    writes one mode per file, with ``Concurrency`` or ``Request Rate`` first).
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": output_dir / "report.json", "markdown": output_dir / "report.md", "csv": output_dir / "report.csv"}
+    paths = {"json": output_dir / "report.json", "markdown": output_dir / "report.md"}
     paths["json"].write_text(json.dumps(report, indent=2))
     paths["markdown"].write_text(markdown(report))
-    with paths["csv"].open("w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(CSV_COLUMNS)
-        writer.writerows(csv_rows(report))
+    for mode, key, name in (("closed", "csv", "report.csv"), ("open", "csv_rate", "report-rate.csv")):
+        rows = csv_rows(report, mode)
+        if not rows:
+            continue
+        paths[key] = output_dir / name
+        with paths[key].open("w", newline="") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(csv_header(report, mode))
+            writer.writerows(rows)
     for path in plot(report, output_dir):
         paths[path.stem] = path
     return paths

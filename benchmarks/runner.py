@@ -16,7 +16,7 @@ from tritonclient.utils import InferenceServerException
 
 from s2i.benchmarks import server_stats
 from s2i.benchmarks.cpu import process_tree_cpu_s
-from s2i.benchmarks.loadgen import as_connection, closed_loop, open_loop
+from s2i.benchmarks.loadgen import Stability, as_connection, closed_loop, open_loop
 from s2i.benchmarks.peers import in_process_summary, peer_ratios, run_peer
 from s2i.benchmarks.workloads import Workload
 from s2i.client.transport import Connection, wrap_error
@@ -39,6 +39,9 @@ class BenchConfig:
             the server's CPU-seconds per request (``/proc``); ``None`` for a remote server.
         statistics: Read the per-model breakdown from Triton's statistics API (restricted in a
             hardened deployment: pass the admin key, or turn this off).
+        stability: Measure each level in windows until they agree (perf_analyzer's criterion,
+            :class:`~s2i.benchmarks.loadgen.Stability`); ``requests_per_level`` is then the size
+            of a count window. ``None``: one run of ``requests_per_level`` requests per level.
     """
 
     concurrencies: Sequence[int] = (1, 2, 4, 8)
@@ -49,6 +52,7 @@ class BenchConfig:
     baseline_requests: int = 8
     server_pid: int | None = None
     statistics: bool = True
+    stability: Stability | None = None
 
 
 def machine_info(url: str | Connection) -> dict:
@@ -119,9 +123,16 @@ def run_benchmark(url: str | Connection, workload: Workload, config: BenchConfig
             max_requests=max(config.warmup_requests, max(config.concurrencies)),
             max_duration_s=config.max_duration_s,
             check=workload.check,
+            streaming=workload.streaming,
         )
     )
-    common = dict(factory=workload.factory, max_duration_s=config.max_duration_s, check=workload.check)
+    common = dict(
+        factory=workload.factory,
+        max_duration_s=config.max_duration_s,
+        check=workload.check,
+        stability=config.stability,
+        streaming=workload.streaming,
+    )
     plan = [
         (f"concurrency {level}", max(config.requests_per_level, level), closed_loop, {"concurrency": level})
         for level in config.concurrencies
@@ -131,16 +142,19 @@ def run_benchmark(url: str | Connection, workload: Workload, config: BenchConfig
     ]
     runs = []
     for description, requests, loop, options in plan:
-        with _progress(requests, description) as bar:
+        # With stability windows the request count is open until the windows agree.
+        with _progress(None if config.stability else requests, description) as bar:
             before = server_stats.settled_snapshot(url) if statistics == "on" else {}
             cpu_before = process_tree_cpu_s(config.server_pid) if config.server_pid else None
             result = asyncio.run(loop(url, max_requests=requests, on_done=bar.update, **common, **options))
             cpu_after = process_tree_cpu_s(config.server_pid) if config.server_pid else None
             stages = server_stats.breakdown(before, server_stats.settled_snapshot(url)) if statistics == "on" else {}
         summary = result.summary()
-        if cpu_before is not None and cpu_after is not None and summary["completed"]:
-            summary["server_cpu_s_per_request"] = (cpu_after - cpu_before) / summary["completed"]
-            summary["server_cores"] = (cpu_after - cpu_before) / summary["wall_s"]
+        # The server worked through every window, not only the reported ones.
+        completed, wall_s = result.run_completed or summary["completed"], result.run_wall_s or summary["wall_s"]
+        if cpu_before is not None and cpu_after is not None and completed:
+            summary["server_cpu_s_per_request"] = (cpu_after - cpu_before) / completed
+            summary["server_cores"] = (cpu_after - cpu_before) / wall_s
         runs.append({**summary, "server": stages})
     baseline = run_baseline(workload, config.baseline_requests)
     peers = {
@@ -152,6 +166,7 @@ def run_benchmark(url: str | Connection, workload: Workload, config: BenchConfig
         run["items_per_s"] = run["throughput_per_s"] * workload.items_per_request
     return {
         "workload": workload.name,
+        "streaming": workload.streaming,
         "statistics": statistics,
         "config": dataclasses.asdict(config),
         "machine": machine_info(url),

@@ -25,6 +25,8 @@ class Workload:
         items_per_request: Images (or clips) a request produces, for items/s.
         peers: Name -> runs request ``i`` in-process the way a user would instead of a
             Triton deployment (:mod:`s2i.benchmarks.peers`).
+        streaming: Requests go over ``ModelStreamInfer`` (a decoupled model): each run also
+            reports the time to the first message of each kind.
     """
 
     name: str
@@ -33,6 +35,64 @@ class Workload:
     baseline: Callable[[int], None] | None = None
     items_per_request: int = 1
     peers: dict[str, Callable[[int], None]] = dataclasses.field(default_factory=dict)
+    streaming: bool = False
+
+
+# Recorded audio: what `--audio` accepts (what the server decodes), and how many files at most.
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+MAX_AUDIO_FILES = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordedClip:
+    """One recorded audio file: its bytes (as the client sends a file) and its samples at 16 kHz."""
+
+    path: Path
+    data: bytes
+    samples: np.ndarray
+    sample_rate_hz: int = 16_000
+
+
+def _audio_paths(sources: Sequence[Path]) -> list[Path]:
+    paths = []
+    for source in sources:
+        if source.is_dir():
+            paths += sorted(path for path in source.iterdir() if path.suffix.lower() in AUDIO_SUFFIXES)
+        elif source.is_file():
+            paths.append(source)
+        else:
+            raise ValueError(f"`--audio` {str(source)[:200]!r} is neither a file nor a folder.")
+    if not paths:
+        raise ValueError(f"`--audio` names no {'/'.join(AUDIO_SUFFIXES)} file.")
+    if len(paths) > MAX_AUDIO_FILES:
+        raise ValueError(f"`--audio` names {len(paths)} files; the limit is {MAX_AUDIO_FILES}.")
+    return paths
+
+
+def load_recorded_audio(sources: Sequence[Path]) -> list[RecordedClip]:
+    """Read WAV/FLAC/OGG files (and the audio files of folders), checked before any request is sent.
+
+    Each file is bounded and decoded with the server's own checks (size, mono, sample rate,
+    0.1-30 s; :func:`s2i.audio.decode_audio_bytes`) and resampled to 16 kHz with
+    :func:`s2i.audio.prepare_audio`, as a client sending samples does; a bad file stops the
+    bench with the file's name and what is wrong, before the load starts.
+    """
+    from s2i.audio import MAX_AUDIO_BYTES, InvalidInputError, decode_audio_bytes
+
+    clips = []
+    for path in _audio_paths(sources):
+        size = path.stat().st_size
+        if size > MAX_AUDIO_BYTES:
+            raise ValueError(f"`--audio` {path.name!r} is {size} bytes; the limit is {MAX_AUDIO_BYTES} bytes.")
+        data = path.read_bytes()
+        try:
+            samples, rate = decode_audio_bytes(data, field=path.name)
+            if samples.ndim != 1:
+                raise InvalidInputError(path.name, f"has {samples.shape[1]} channels; send mono audio.")
+            clips.append(RecordedClip(path, data, prepare_audio(samples, rate, field=path.name)))
+        except InvalidInputError as e:
+            raise ValueError(f"`--audio` {e}") from e
+    return clips
 
 
 def _bytes_input(name: str, value: bytes):
@@ -85,17 +145,29 @@ def pipeline_workload(
     num_inference_steps: int,
     max_new_tokens: int,
     checkpoints: dict[str, Path] | None = None,
+    preview_every: int | None = None,
 ) -> Workload:
-    """The whole ``speech_to_image`` ensemble, one WAV per request, a different seed per request."""
+    """The whole ``speech_to_image`` ensemble, one audio file per request, a different seed per request.
+
+    With ``preview_every`` (0 for no previews), ``speech_to_image_stream`` instead: the same
+    request streamed, timed to its first ``text`` and ``preview`` messages and to its ``image``.
+    """
     from s2i.client import operations
 
+    streaming = preview_every is not None
+
     def operation(index: int):
-        return operations.speech_to_image(
+        request = operations.speech_to_image(
             clips[index % len(clips)],
             seed=index,
             num_inference_steps=num_inference_steps,
             max_new_tokens=max_new_tokens,
+            model=names.SPEECH_TO_IMAGE_STREAM if streaming else names.SPEECH_TO_IMAGE,
         )
+        if streaming:
+            request.inputs.append(operations._int32(names.PREVIEW_EVERY, preview_every))
+            request.outputs.extend([names.EVENT, names.STEP])
+        return request
 
     def factory(index: int):
         import tritonclient.grpc.aio as aio
@@ -106,8 +178,6 @@ def pipeline_workload(
             tensor = aio.InferInput(name, list(value.shape), datatype)
             tensor.set_data_from_numpy(value)
             inputs.append(tensor)
-        # All the outputs the client asks for: Triton 2.51's ensemble can fail with "unexpected
-        # deadlock" when a request names only a few of them (see README, Known limitations).
         return request.model, inputs, [aio.InferRequestedOutput(name) for name in request.outputs]
 
     def check(response) -> None:
@@ -116,7 +186,7 @@ def pipeline_workload(
             raise ValueError("`png` came back empty or not a PNG")
 
     baseline = None
-    if checkpoints is not None:
+    if checkpoints is not None and not streaming:
         from s2i.pipeline.reference import ReferencePipeline
 
         reference = ReferencePipeline(checkpoints)
@@ -129,7 +199,8 @@ def pipeline_workload(
                 max_new_tokens=max_new_tokens,
             )
 
-    return Workload(names.SPEECH_TO_IMAGE, factory, check, baseline)
+    model = names.SPEECH_TO_IMAGE_STREAM if streaming else names.SPEECH_TO_IMAGE
+    return Workload(model, factory, check, baseline, streaming=streaming)
 
 
 def stage_workload(url, model_name: str, dynamic_size: int = 1, seed: int = 0) -> Workload:

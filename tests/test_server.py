@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from s2i.server import (
+    GrpcTls,
     ServerError,
     ServerOptions,
     TritonDistribution,
@@ -55,6 +56,46 @@ def test_tritonserver_args_restrict_http_inference_too_when_http_is_on_with_a_ke
         "--grpc-restricted-protocol=model-repository,model-config,shared-memory,statistics,trace,logging:admin-key=k"
         in args
     )
+
+
+def test_tritonserver_args_turn_on_grpc_tls_when_certificate_and_key_are_given():
+    tls = GrpcTls("/tls/server.pem", "/tls/server.key", root_cert="/tls/ca.pem")
+    args = tritonserver_args(ServerOptions("/models", grpc_tls=tls))
+    assert [arg for arg in args if arg.startswith(("--grpc-use-ssl", "--grpc-server-", "--grpc-root-"))] == [
+        "--grpc-use-ssl=true",
+        "--grpc-server-cert=/tls/server.pem",
+        "--grpc-server-key=/tls/server.key",
+        "--grpc-root-cert=/tls/ca.pem",
+    ]
+    assert not any("ssl" in arg for arg in tritonserver_args(ServerOptions("/models")))
+
+
+def test_grpc_tls_client_kwargs_trust_the_servers_own_certificate_when_no_root_is_given():
+    assert GrpcTls("/tls/server.pem", "/tls/server.key").client_kwargs() == {
+        "ssl": True,
+        "root_certificates": "/tls/server.pem",
+    }
+    named = GrpcTls("/tls/server.pem", "/tls/server.key", "/tls/ca.pem", server_name="triton.internal")
+    assert named.client_kwargs()["channel_args"] == [("grpc.ssl_target_name_override", "triton.internal")]
+    assert named.client_kwargs()["root_certificates"] == "/tls/ca.pem"
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"server.key": b"-----BEGIN PRIVATE KEY-----\n"}, r"`grpc_tls.server_cert` '.*server.pem' is not a file"),
+        ({"server.pem": b"not a certificate", "server.key": b"-----BEGIN PRIVATE KEY-----\n"}, "is not a PEM file"),
+        ({"server.pem": b"-----BEGIN CERTIFICATE-----\n"}, r"`grpc_tls.server_key` '.*server.key' is not a file"),
+    ],
+)
+def test_server_start_refuses_tls_files_before_starting_when_they_are_missing_or_not_pem(tmp_path, files, message):
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    tls = GrpcTls(str(tmp_path / "server.pem"), str(tmp_path / "server.key"))
+    server = TritonServer(ServerOptions(str(tmp_path / "models"), grpc_tls=tls).with_free_ports())
+    with pytest.raises(ServerError, match=message):
+        server.start()
+    assert not server.is_alive()
 
 
 def test_pod_server_options_bind_every_interface_with_http_for_probes_when_rendered():

@@ -94,8 +94,18 @@ def _trace_options(args: argparse.Namespace):
 def _server_options(args: argparse.Namespace):
     import os
 
-    from s2i.server import ADMIN_KEY_ENV, ServerOptions
+    from s2i.server import ADMIN_KEY_ENV, GrpcTls, ServerOptions
 
+    tls = None
+    if args.grpc_tls_cert or args.grpc_tls_key or args.grpc_tls_root_cert:
+        if not (args.grpc_tls_cert and args.grpc_tls_key):
+            raise ValueError(
+                "`--grpc-tls-cert` and `--grpc-tls-key` go together (and `--grpc-tls-root-cert` needs both)."
+            )
+        tls = GrpcTls(
+            str(args.grpc_tls_cert), str(args.grpc_tls_key), args.grpc_tls_root_cert and str(args.grpc_tls_root_cert)
+        )
+        tls.check()  # refuse a missing or wrong file before anything starts
     return ServerOptions(
         model_repository=str(args.model_repository),
         http_port=args.http_port,
@@ -107,6 +117,7 @@ def _server_options(args: argparse.Namespace):
         http=args.http,
         restricted_api_key=args.admin_key or os.environ.get(ADMIN_KEY_ENV) or None,
         trace=_trace_options(args),
+        grpc_tls=tls,
     )
 
 
@@ -342,6 +353,10 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
         f"shared-memory, statistics, trace and logging APIs, sent as the `admin-key` HTTP header or the "
         f"`triton-grpc-protocol-admin-key` gRPC metadata (default: ${ADMIN_KEY_ENV}; without either they are locked)",
     )
+    tls = parser.add_argument_group("gRPC TLS (Triton's --grpc-use-ssl)")
+    tls.add_argument("--grpc-tls-cert", type=Path, help="PEM certificate of the server (naming the host clients use)")
+    tls.add_argument("--grpc-tls-key", type=Path, help="PEM private key of that certificate")
+    tls.add_argument("--grpc-tls-root-cert", type=Path, help="PEM file of the CA that signed it (Triton's root cert)")
     parser.add_argument(
         "--startup-timeout-s", type=float, default=DEFAULT_STARTUP_TIMEOUT_S, help="give up loading after this long"
     )

@@ -59,6 +59,65 @@ class ServerError(RuntimeError):
     """The server could not be started, or stopped while it was needed."""
 
 
+# A PEM certificate or key is a few KiB; anything much larger is not one.
+MAX_PEM_BYTES = 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class GrpcTls:
+    """TLS on the gRPC endpoint: Triton's ``--grpc-use-ssl``, ``--grpc-server-cert/-key`` and ``--grpc-root-cert``.
+
+    Attributes:
+        server_cert: PEM file of the server's certificate (with its chain). It must name the host
+            clients connect to (subjectAltName), ``127.0.0.1`` included for the embedded
+            launcher's readiness polls unless ``server_name`` says otherwise.
+        server_key: PEM file of the certificate's private key.
+        root_cert: PEM file of the CA that signed ``server_cert`` (Triton also hands it to gRPC
+            as the root for client certificates); the readiness polls trust it, or the server's
+            own certificate (self-signed) when ``None``.
+        server_name: The name the readiness polls check the certificate against, when it does
+            not name the connect host (gRPC's ``grpc.ssl_target_name_override``).
+    """
+
+    server_cert: str
+    server_key: str
+    root_cert: str | None = None
+    server_name: str | None = None
+
+    def check(self) -> None:
+        """Refuse missing, unreadable, oversized or non-PEM files before the server starts."""
+        for field in ("server_cert", "server_key", "root_cert"):
+            value = getattr(self, field)
+            if value is None:
+                continue
+            path = Path(value)
+            if not path.is_file():
+                raise ServerError(f"`grpc_tls.{field}` {str(value)[:200]!r} is not a file.")
+            size = path.stat().st_size
+            if size > MAX_PEM_BYTES:
+                raise ServerError(f"`grpc_tls.{field}` is {size} bytes; a PEM file is at most {MAX_PEM_BYTES}.")
+            try:
+                text = path.read_bytes()
+            except OSError as e:
+                raise ServerError(f"`grpc_tls.{field}` {str(value)[:200]!r} cannot be read: {e.strerror}.") from e
+            if b"-----BEGIN " not in text:
+                raise ServerError(f"`grpc_tls.{field}` {str(value)[:200]!r} is not a PEM file (no `-----BEGIN`).")
+
+    def args(self) -> list[str]:
+        """Triton's flags for this configuration."""
+        args = ["--grpc-use-ssl=true", f"--grpc-server-cert={self.server_cert}", f"--grpc-server-key={self.server_key}"]
+        if self.root_cert:
+            args.append(f"--grpc-root-cert={self.root_cert}")
+        return args
+
+    def client_kwargs(self) -> dict:
+        """``tritonclient`` keyword arguments that reach this server over TLS."""
+        kwargs: dict = {"ssl": True, "root_certificates": self.root_cert or self.server_cert}
+        if self.server_name:
+            kwargs["channel_args"] = [("grpc.ssl_target_name_override", self.server_name)]
+        return kwargs
+
+
 @dataclasses.dataclass(frozen=True)
 class ServerOptions:
     """What the server is started with; rendered by :func:`tritonserver_args`.
@@ -87,6 +146,7 @@ class ServerOptions:
             request is refused unparsed). Pods turn it off: their ingress serves HTTP
             inference and a gateway in front is what must check declared sizes there.
         trace: Request tracing; ``None`` keeps the default, :data:`DEFAULT_TRACE`.
+        grpc_tls: TLS on the gRPC endpoint (:class:`GrpcTls`); plaintext when ``None``.
     """
 
     model_repository: str
@@ -101,6 +161,7 @@ class ServerOptions:
     http: bool = False
     http_inference_restricted: bool = True
     trace: TraceOptions | None = None
+    grpc_tls: GrpcTls | None = None
 
     def with_free_ports(self) -> ServerOptions:
         """Return a copy whose three ports are free on this host."""
@@ -242,6 +303,8 @@ def tritonserver_args(options: ServerOptions, backend_directory: str | None = No
             f"--grpc-restricted-protocol={RESTRICTED_CATEGORIES}:{key}",
             f"--http-restricted-api={http_categories}:{key}",
         ]
+    if options.grpc_tls:
+        args += options.grpc_tls.args()
     if backend_directory:
         args.append(f"--backend-directory={backend_directory}")
     return args
@@ -416,7 +479,14 @@ class TritonServer:
         """Everything the server has printed so far."""
         return "".join(self._log_lines)
 
+    @property
+    def grpc_client_kwargs(self) -> dict:
+        """``tritonclient`` gRPC keyword arguments that reach this server (URL, and TLS when it serves TLS)."""
+        return {"url": self.grpc_url, **(self.options.grpc_tls.client_kwargs() if self.options.grpc_tls else {})}
+
     def _check_options(self) -> None:
+        if self.options.grpc_tls:
+            self.options.grpc_tls.check()
         repository = self.options.model_repository
         if "://" not in repository:
             path = Path(repository)
@@ -505,7 +575,7 @@ class TritonServer:
         from tritonclient.utils import InferenceServerException
 
         try:
-            with grpcclient.InferenceServerClient(self.grpc_url) as client:
+            with grpcclient.InferenceServerClient(**self.grpc_client_kwargs) as client:
                 # The admin key too: a deployment may restrict even the health protocol.
                 return bool(client.is_server_ready(headers=self.admin_headers, client_timeout=2))
         except (InferenceServerException, ConnectionError, TimeoutError):

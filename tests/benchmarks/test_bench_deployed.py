@@ -56,3 +56,20 @@ def test_bench_refuses_a_malformed_header(restricted_server, tmp_path):
     completed = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert completed.returncode == 2
     assert "`--header` must be KEY=VALUE" in completed.stderr
+
+
+def test_bench_measures_in_time_windows_until_stable_for_levels_and_rates(restricted_server, tmp_path):
+    # 100 % over 2 windows: any two windows that both completed requests agree.
+    windows = ["--stability-percentage", "100", "--stability-windows", "2", "--measurement-interval-s", "0.5"]
+    report = bench(restricted_server, tmp_path, "--no-stats", "--rate", "40", *windows)
+    assert [run["mode"] for run in report["runs"]] == ["closed", "closed", "open"]
+    for run in report["runs"]:
+        stability = run["stability"]
+        assert stability["stable"] is True and 2 <= stability["windows_run"] <= 10
+        assert len(stability["windows"]) == 2
+        assert run["completed"] == sum(window["completed"] for window in stability["windows"]) > 0
+        assert run["wall_s"] == pytest.approx(sum(window["duration_s"] for window in stability["windows"]))
+        assert run["errors"] == 0
+    with (tmp_path / "report-rate.csv").open() as stream:
+        (row,) = list(csv.DictReader(stream))
+    assert row["Request Rate"] == "40.0" and row["Stable"] == "true" and row["Windows"] == "2"

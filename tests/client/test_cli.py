@@ -61,6 +61,41 @@ def test_cli_serve_exits_2_naming_the_field_when_file_mode_has_no_file():
     assert "`trace.file`" in completed.stderr
 
 
+def test_cli_serve_print_args_adds_grpc_tls_when_certificate_and_key_are_given(tmp_path):
+    from s2i.server import GrpcTls
+
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    cert.write_text("-----BEGIN CERTIFICATE-----\n")
+    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    completed = run_s2i(
+        "serve",
+        "--model-repository",
+        "/models",
+        "--grpc-tls-cert",
+        str(cert),
+        "--grpc-tls-key",
+        str(key),
+        "--print-args",
+    )
+    assert completed.returncode == 0, completed.stderr
+    expected = tritonserver_args(ServerOptions("/models", grpc_tls=GrpcTls(str(cert), str(key))))
+    assert completed.stdout.split() == ["tritonserver", *expected]
+    assert f"--grpc-server-cert={cert}" in completed.stdout
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--grpc-tls-cert", "cert.pem"], "`--grpc-tls-cert` and `--grpc-tls-key` go together"),
+        (["--grpc-tls-cert", "missing.pem", "--grpc-tls-key", "missing.key"], "`grpc_tls.server_cert` 'missing.pem'"),
+    ],
+)
+def test_cli_serve_exits_2_before_starting_when_tls_files_are_incomplete(flags, message):
+    completed = run_s2i("serve", "--model-repository", "/models", *flags, "--print-args")
+    assert completed.returncode == 2
+    assert message in completed.stderr and "Traceback" not in completed.stderr
+
+
 def test_cli_convert_exits_2_naming_the_stages_when_none_given(tmp_path):
     completed = run_s2i("convert", "--output", str(tmp_path / "repo"))
     assert completed.returncode == 2
