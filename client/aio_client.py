@@ -275,29 +275,58 @@ class AsyncClient:
             headers=self.connection.call_headers(call),
             compression_algorithm=self.connection.compression,
         )
-        finished = False
+        finished = image_received = False
         try:
             async for result, error in stream:
                 if error is not None:
                     raise wrap_error(error) if isinstance(error, InferenceServerException) else ClientError(str(error))
-                response = result.get_response()
-                final = response.parameters.get("triton_final_response")
-                if final is not None and final.bool_param and not response.outputs:
+                if _is_final(result):
                     finished = True
                     return
                 values = {name: result.as_numpy(name) for name in [*operation.outputs, names.EVENT, names.STEP]}
                 kind = values[names.EVENT].reshape(-1)[0].decode("utf-8")
                 step = int(values[names.STEP].reshape(-1)[0])
                 values = {name: value for name, value in values.items() if value is not None}
-                finished = kind == "image"
+                image_received = image_received or kind == "image"
                 yield StreamEvent(kind, step, parse_speech_to_image(values, operation.model))
-                if finished:
-                    return
         except grpc.RpcError as e:
             # Failures of the call itself (server unreachable, deadline) come raw out of the iterator.
             raise wrap_error(get_error_grpc(e)) from e
         finally:
-            if not finished:
-                # The consumer stopped early or was cancelled (or the call failed): end the call,
-                # so the server stops working on it.
-                stream.cancel()
+            try:
+                if not finished and image_received:
+                    # The work is done; reading the empty final response ends the call normally.
+                    # Cancelling a finished decoupled call is what crashed Triton 2.51 once (server#7368).
+                    finished = await _drain_to_final(stream, FINAL_RESPONSE_WAIT_S)
+            finally:
+                if not finished:
+                    # The consumer stopped early or was cancelled (or the call failed): end the call,
+                    # so the server stops working on it.
+                    stream.cancel()
+
+
+# How long a stream whose image has arrived waits for the server's final response before cancelling.
+FINAL_RESPONSE_WAIT_S = 10.0
+
+
+def _is_final(result) -> bool:
+    response = result.get_response()
+    final = response.parameters.get("triton_final_response")
+    return final is not None and final.bool_param and not response.outputs
+
+
+async def _drain_to_final(stream, timeout_s: float) -> bool:
+    """Read ``stream`` up to its final response (at most ``timeout_s``); whether it arrived."""
+
+    async def read() -> bool:
+        async for result, error in stream:
+            if error is not None:
+                return False
+            if _is_final(result):
+                return True
+        return True
+
+    try:
+        return await asyncio.wait_for(read(), timeout_s)
+    except (TimeoutError, grpc.RpcError):
+        return False

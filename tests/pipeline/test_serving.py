@@ -1,6 +1,7 @@
 """The product end to end through the real server: ensemble, stream, client, HTTP; parity with the reference."""
 
 import asyncio
+import contextlib
 import json
 import urllib.error
 import urllib.request
@@ -168,6 +169,30 @@ def test_pipeline_refuses_bad_input_naming_the_field_and_serves_the_next_request
     with pytest.raises(InvalidRequestError, match=match):
         client.speech_to_image(audio, seed=1, **options)
     assert client.speech_to_image(hindi_clips[0].wav_bytes, seed=1, **OPTIONS).png
+
+
+def test_stream_ends_normally_and_channel_serves_again_when_consumer_stops_at_the_image(triton_server, hindi_clips):
+    # Closing the stream after the image reads the server's final response instead of
+    # cancelling a finished call (the cancellation path crashed Triton 2.51 once).
+    clip = hindi_clips[0]
+
+    async def image_then_stop(stream_client) -> bytes:
+        async with contextlib.aclosing(
+            stream_client.stream_speech_to_image(clip.wav_bytes, seed=6, **OPTIONS)
+        ) as events:
+            async for event in events:
+                if event.kind == "image":
+                    return event.result.png
+        return b""
+
+    async def run() -> tuple[bytes, bytes]:
+        async with AsyncClient(triton_server.grpc_url) as stream_client:
+            first = await asyncio.wait_for(image_then_stop(stream_client), 300)
+            second = await asyncio.wait_for(image_then_stop(stream_client), 300)
+        return first, second
+
+    first, second = asyncio.run(run())
+    assert first and first == second
 
 
 def test_stream_refuses_bad_input_with_an_error_naming_the_field(triton_server, hindi_clips):
