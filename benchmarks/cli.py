@@ -8,6 +8,9 @@ import dataclasses
 import sys
 from pathlib import Path
 
+# Workloads that reach only the Whisper stage: a started server serves that stage alone.
+WHISPER_ONLY_WORKLOADS = ("whisper", "whisper-tokens")
+
 
 def _ints(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part]
@@ -58,6 +61,11 @@ def add_parser(commands) -> None:
         help="also run a peer in-process on the same inputs (`optimum`: Optimum's ORT pipelines); needs a preset",
     )
     bench.add_argument(
+        "--quantize",
+        choices=("int8",),
+        help="serve the preset's graphs dynamically quantised (`s2i convert --quantize`); peers stay float",
+    )
+    bench.add_argument(
         "--startup-timeout-s", type=float, default=180.0, help="how long a started server may take to load its models"
     )
     bench.add_argument("--output", type=Path, default=Path("build/bench"), help="report folder")
@@ -97,6 +105,13 @@ def _connection(args, url: str):
     )
 
 
+def repository_dir(args: argparse.Namespace) -> Path:
+    """The model repository a started server serves: the whole preset, or its Whisper stage alone."""
+    suffix = "-whisper" if args.workload in WHISPER_ONLY_WORKLOADS else ""
+    suffix += f"-{args.quantize}" if args.quantize else ""
+    return args.build_dir / f"model_repository-{args.preset}{suffix}"
+
+
 @contextlib.contextmanager
 def _server(args):
     if args.url:
@@ -108,10 +123,14 @@ def _server(args):
     from s2i.tiny import build_tiny_checkpoints
 
     sizes = PRESETS[args.preset]
+    if args.workload in WHISPER_ONLY_WORKLOADS:
+        # Only the stages the workload reaches: the other stage processes would only take memory
+        # and compete for the cores on a shared machine.
+        sizes = {"whisper": sizes["whisper"]}
     print(f"building the `{args.preset}` preset and its model repository ...", file=sys.stderr, flush=True)
     checkpoints = build_tiny_checkpoints(args.build_dir / "checkpoints", sizes=sizes)
-    repository = args.build_dir / f"model_repository-{args.preset}"
-    convert(checkpoints, repository, work_dir=args.build_dir / "onnx")
+    repository = repository_dir(args)
+    convert(checkpoints, repository, work_dir=args.build_dir / "onnx", quantize=args.quantize)
     options = ServerOptions(str(repository)).with_free_ports()
     print("starting tritonserver ...", file=sys.stderr, flush=True)
     log_file = args.build_dir / f"tritonserver-bench-{args.preset}.log"
@@ -270,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
         _add_peers(args, workload, checkpoints, clips)
         report = run_benchmark(connection, workload, config)
     report["preset"] = None if args.url else args.preset
-    report["command"] = "s2i " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])
+    report["command"] = "s2i " + " ".join(sys.argv[1:])
     paths = write_report(report, args.output)
     print(markdown(report))
     print("wrote " + ", ".join(str(path) for path in paths.values()))
@@ -293,11 +312,11 @@ def _run_tokens(args: argparse.Namespace) -> int:
     path = synthesize(HINDI_SENTENCES[0], args.build_dir / "speech" / "bench0.wav", speed_wpm=140)
     clip = prepare_audio(*soundfile.read(path, dtype="float32"))
     with _server(args) as (url, checkpoints, server_pid):
-        repository = args.build_dir / f"model_repository-{args.preset}"
+        repository = repository_dir(args)
         result = token_benchmark(
             url, checkpoints["whisper"], repository, clip, budgets=(4, args.max_new_tokens), server_pid=server_pid
         )
-    result["command"] = "s2i " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])
+    result["command"] = "s2i " + " ".join(sys.argv[1:])
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "tokens.json").write_text(json.dumps(result, indent=2))
     print(markdown(result))

@@ -12,7 +12,9 @@ import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from s2i.conversion.repository import PYTHON_ONNXRUNTIME, TARGETS, device_of, write_model
+from s2i.conversion.quantize import QUANTIZATIONS, quantized_export
+from s2i.conversion.repository import ONNXRUNTIME, PYTHON_ONNXRUNTIME, TARGETS, device_of, write_model
+from s2i.model_repository.deployment import CPU
 from s2i.pipeline.models import has_pipeline_models, pipeline_repository_models
 from s2i.stages.registry import STAGES
 
@@ -73,6 +75,7 @@ def convert(
     *,
     target: str = PYTHON_ONNXRUNTIME,
     work_dir: Path | None = None,
+    quantize: str | None = None,
 ) -> ConversionReport:
     """Export, validate and write every given stage into the model repository ``output``, atomically.
 
@@ -87,9 +90,12 @@ def convert(
         output: Repository folder; a previous repository there is replaced as a whole.
         target: How stage graphs are served; one of :data:`~s2i.conversion.repository.TARGETS`.
         work_dir: Where ONNX exports are cached (``<output>/../onnx`` by default).
+        quantize: ``int8`` serves dynamically quantised graphs (CPU targets only; lossy, see
+            :mod:`s2i.conversion.quantize`); ``None`` serves the validated float graphs.
     """
     if target not in TARGETS:
         raise ValueError(f"`target` must be one of {list(TARGETS)}, got {target!r}.")
+    check_quantization(quantize, target)
     unknown = sorted(set(checkpoints) - set(STAGES))
     if unknown or not checkpoints:
         raise ValueError(f"`checkpoints` must name stages among {sorted(STAGES)}, got {sorted(checkpoints)}.")
@@ -106,6 +112,9 @@ def convert(
         report = ConversionReport(output, [], {})
         for name, stage, checkpoint in chosen:
             exported = stage.export(checkpoint, work_dir / f"{name}-{_cache_key(checkpoint)}")
+            if quantize:
+                # The float graphs were validated against PyTorch; these are what is served.
+                exported = quantized_export(exported, Path(f"{exported.onnx_dir}-{quantize}"), quantize)
             for model in stage.repository_models(checkpoint, exported, target):
                 write_model(staging, model)
                 report.models.append(model.spec.name)
@@ -117,6 +126,20 @@ def convert(
                 report.models.append(model.spec.name)
         check_repository(staging, report.models)
     return report
+
+
+def check_quantization(quantize: str | None, target: str) -> None:
+    """Refuse a quantisation the target cannot serve, before any export."""
+    if quantize is None:
+        return
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"`quantize` must be one of {list(QUANTIZATIONS)}, got {quantize!r}.")
+    if device_of(target) != CPU:
+        # Dynamic quantisation's integer kernels are ONNX Runtime's CPU ones; TensorRT wants QDQ graphs.
+        raise ValueError(
+            f"`quantize` {quantize!r} is for the CPU targets ({PYTHON_ONNXRUNTIME}, {ONNXRUNTIME}), "
+            f"not `target` {target!r}."
+        )
 
 
 def check_repository(repository: Path, models: Sequence[str]) -> None:

@@ -55,12 +55,16 @@ class TensorSpec:
         datatype: KServe v2 datatype (``FP32``, ``INT64``, ``BYTES``, …).
         dims: Shape without the batch dimension; ``-1`` marks a variable axis.
         optional: Inputs only: a request may leave it out.
+        ragged: Inputs only: requests whose shapes differ on ``-1`` axes still share a batch
+            (``allow_ragged_batch``). Only for models that read each request's tensor on its
+            own, as Python-backend models do; a graph model needs equal shapes.
     """
 
     name: str
     datatype: str
     dims: tuple[int, ...]
     optional: bool = False
+    ragged: bool = False
 
     def __post_init__(self) -> None:
         if self.datatype not in TRITON_TO_NUMPY:
@@ -187,6 +191,7 @@ def to_model_config(spec: ModelSpec) -> model_config_pb2.ModelConfig:
             data_type=model_config_pb2.DataType.Value(_CONFIG_TYPE[tensor.datatype]),
             dims=list(tensor.dims),
             optional=tensor.optional,
+            allow_ragged_batch=tensor.ragged,
         )
     for tensor in spec.outputs:
         config.output.add(

@@ -40,7 +40,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if not checkpoints:
         print(f"error: name at least one checkpoint ({', '.join('--' + name for name in STAGES)})", file=sys.stderr)
         return 2
-    report = convert(checkpoints, args.output, target=args.target, work_dir=args.work_dir)
+    report = convert(checkpoints, args.output, target=args.target, work_dir=args.work_dir, quantize=args.quantize)
     for name, diff in report.max_abs_diff.items():
         normalised = report.normalised_error.get(name, float("nan"))
         print(f"validated {name}: max abs diff to PyTorch {diff:.2e} ({normalised:.1e} of the output range)")
@@ -397,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--force", action="store_true", help="rebuild even if present")
     build.set_defaults(handler=cmd_build_tiny)
 
+    from s2i.conversion.quantize import QUANTIZATIONS
     from s2i.conversion.repository import PYTHON_ONNXRUNTIME, TARGETS
 
     conv = commands.add_parser("convert", help="export checkpoints and write a Triton model repository")
@@ -407,6 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--output", type=Path, default=DEFAULT_BUILD_DIR / "model_repository")
     conv.add_argument("--target", choices=TARGETS, default=PYTHON_ONNXRUNTIME)
     conv.add_argument("--work-dir", type=Path, help="ONNX export cache (default: next to --output)")
+    conv.add_argument(
+        "--quantize",
+        choices=QUANTIZATIONS,
+        help="serve dynamically quantised graphs (CPU targets; lossy: float graphs are validated, then quantised)",
+    )
     conv.set_defaults(handler=cmd_convert)
 
     imp = commands.add_parser("import-whisper", help="CTranslate2 / faster-whisper Whisper -> Hugging Face layout")

@@ -39,6 +39,22 @@ def test_render_config_round_trips_through_triton_protobuf():
     assert config.parameters["onnx_file"].string_value == "model.onnx"
 
 
+def test_render_config_allows_ragged_batches_only_for_inputs_marked_ragged():
+    inputs = (TensorSpec("audio", "FP32", (-1,), ragged=True), TensorSpec("rate", "INT32", (1,)))
+    config = parse_config(render_config(spec(inputs=inputs)))
+    assert [(i.name, i.allow_ragged_batch) for i in config.input] == [("audio", True), ("rate", False)]
+
+
+def test_whisper_loop_batches_raw_clips_of_different_lengths_when_rendered():
+    from s2i import names
+    from s2i.stages.whisper.models import whisper_model_spec
+
+    config = parse_config(render_config(whisper_model_spec()))
+    ragged = {i.name for i in config.input if i.allow_ragged_batch}
+    assert ragged == {names.AUDIO_SAMPLES}
+    assert config.dynamic_batching.max_queue_delay_microseconds > 0
+
+
 def test_render_config_writes_platform_and_no_backend_when_platform_is_set():
     config = parse_config(render_config(spec(backend="", platform="onnxruntime_onnx", parameters={})))
     assert config.platform == "onnxruntime_onnx"

@@ -70,6 +70,24 @@ def test_served_whisper_returns_each_requests_own_result_when_requests_are_concu
         assert result.token_ids == expected[job][0], job
 
 
+def test_served_whisper_returns_each_requests_own_result_when_raw_clips_of_different_lengths_are_concurrent(
+    triton_server, hindi_clips, expected
+):
+    # Raw samples of different lengths may share one batch of the loop (`allow_ragged_batch`).
+    clips = [prepare_audio(clip.samples, clip.sample_rate_hz) for clip in hindi_clips]
+    assert len({clip.shape[0] for clip in clips}) == len(clips)
+    jobs = list(range(len(clips))) * 3
+
+    def run(index):
+        with Client(triton_server.grpc_url, timeout_s=120) as own_client:
+            return own_client.translate(clips[index], 16_000, max_new_tokens=MAX_NEW_TOKENS)
+
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        results = list(pool.map(run, jobs))
+    for index, result in zip(jobs, results, strict=True):
+        assert result.token_ids == expected[index, "translate"][0], index
+
+
 def test_served_whisper_honours_max_new_tokens_when_given(client, hindi_clips, expected):
     result = client.translate(hindi_clips[0].wav_bytes, max_new_tokens=5)
     assert result.token_ids == expected[0, "translate"][0][:5]

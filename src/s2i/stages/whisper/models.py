@@ -81,7 +81,8 @@ def whisper_model_spec(num_mel_bins: int = 80, device: str = CPU) -> ModelSpec:
     return ModelSpec(
         name=names.WHISPER,
         inputs=(
-            TensorSpec(names.AUDIO_SAMPLES, "FP32", (-1,), optional=True),
+            # Clips differ in length; ragged, they still meet in one batch of the loop (issue #20).
+            TensorSpec(names.AUDIO_SAMPLES, "FP32", (-1,), optional=True, ragged=True),
             TensorSpec(names.SAMPLE_RATE_HZ, "INT32", (1,), optional=True),
             TensorSpec(names.AUDIO_BYTES, "BYTES", (1,), optional=True),
             TensorSpec(names.TASK, "BYTES", (1,), optional=True),
