@@ -214,6 +214,10 @@ def should_retry(error: ClientError, idempotent: bool, attempt: int, policy: Ret
 
 
 _RESTRICTED = re.compile(r"This protocol is restricted, expecting header '([^']+)'")
+# Triton's answer for a model with no loaded version. A stopping Triton (SIGTERM) unloads every
+# model once nothing is in flight, then still answers new requests with this NOT_FOUND until it
+# exits; another replica can serve the call, so it is retried like UNAVAILABLE.
+_NO_LOADED_VERSION = re.compile(r"Request for unknown model: '[^']*' has no available versions")
 # The server's refusals read "`field`: what is wrong" (s2i.audio.InvalidInputError).
 # Triton prefixes errors it raises for a request that has an id with "[request id: <id>] ".
 _INVALID_INPUT_MESSAGE = re.compile(r"^(?:\[request id: [^\]]*\] )?`[a-z_]+`: ")
@@ -235,7 +239,7 @@ def wrap_error(error: InferenceServerException) -> ClientError:
         status = "INVALID_ARGUMENT"
     if status == "INVALID_ARGUMENT":
         return InvalidRequestError(message, status)
-    if status == "UNAVAILABLE":
+    if status == "UNAVAILABLE" or (status == "NOT_FOUND" and _NO_LOADED_VERSION.search(message)):
         return ServerUnavailableError(message, status)
     if status == "DEADLINE_EXCEEDED":
         return ClientError(f"{message} (raise `timeout_s` for long requests)", status)
