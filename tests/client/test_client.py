@@ -87,3 +87,21 @@ def test_wrap_error_retries_a_model_without_loaded_versions_when_the_server_is_s
 
     assert isinstance(error, ServerUnavailableError) is retryable
     assert error.status == status.removeprefix("StatusCode.")
+
+
+@pytest.mark.parametrize(
+    ("message", "status"),
+    [
+        ("stage model `unet` failed: Model unet - Error when running inference: Server not ready", "UNAVAILABLE"),
+        ("stage model `whisper_encoder` failed: Stub process 'whisper_encoder_0_0' is not healthy.", "UNAVAILABLE"),
+        ("`seed`: must be between 0 and 2**63-1, got -1", "INVALID_ARGUMENT"),
+        ("something else went wrong", None),
+    ],
+)
+def test_wrap_error_reads_the_status_from_the_message_when_a_stream_error_has_none(message, status):
+    from tritonclient.utils import InferenceServerException
+
+    error = wrap_error(InferenceServerException(message))
+
+    assert error.status == status
+    assert isinstance(error, ServerUnavailableError) is (status == "UNAVAILABLE")
