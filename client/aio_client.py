@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-import uuid
 from collections.abc import AsyncIterator
 
 import grpc
@@ -17,7 +15,12 @@ from tritonclient.utils import InferenceServerException, serialize_byte_tensor, 
 from s2i import names
 from s2i.client import operations
 from s2i.client.errors import ClientError, RestrictedApiError, ServerUnavailableError
-from s2i.client.grpc_client import SHARED_MEMORY_INITIAL_BYTES, SHARED_MEMORY_MIN_BYTES
+from s2i.client.grpc_client import (
+    SHARED_MEMORY_INITIAL_BYTES,
+    SHARED_MEMORY_MIN_BYTES,
+    UNREGISTER_ATTEMPTS,
+    client_region_name,
+)
 from s2i.client.operations import AudioInput, Operation, parse_speech_to_image
 from s2i.client.results import EmotionResult, GeneratedImage, SpeechToImageResult, StreamEvent, Translation
 from s2i.client.transport import CallOptions, Connection, RetryBudget, should_retry, wrap_error
@@ -42,7 +45,7 @@ class AsyncSharedMemoryRegion:
             return
         await self.close()
         new_size = max(SHARED_MEMORY_INITIAL_BYTES, 1 << (size - 1).bit_length())
-        name = f"s2i-{uuid.uuid4().hex[:12]}"
+        name = client_region_name()
         handle = shm.create_shared_memory_region(name, f"/{name}", new_size)
         try:
             await self._client.register_system_shared_memory(
@@ -59,8 +62,14 @@ class AsyncSharedMemoryRegion:
 
         if self.handle is None:
             return
-        with contextlib.suppress(InferenceServerException):
-            await self._client.unregister_system_shared_memory(self.name, headers=self._connection.call_headers())
+        # As the sync client: Triton may still hold the region for the request just answered.
+        for attempt in range(UNREGISTER_ATTEMPTS):
+            try:
+                await self._client.unregister_system_shared_memory(self.name, headers=self._connection.call_headers())
+                break
+            except InferenceServerException:
+                if attempt + 1 < UNREGISTER_ATTEMPTS:
+                    await asyncio.sleep(0.05 * 2**attempt)
         shm.destroy_shared_memory_region(self.handle)
         self.name, self.handle, self.size = None, None, 0
 

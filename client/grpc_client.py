@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import re
 import threading
 import time
 import uuid
@@ -24,6 +26,30 @@ UNREGISTER_ATTEMPTS = 5
 LOGGER = logging.getLogger(__name__)
 # The client's shared-memory region starts at this size and doubles when a call needs more.
 SHARED_MEMORY_INITIAL_BYTES = 1 << 20
+# Region names carry the creating process's pid namespace and pid, so the server side
+# (`s2i.shm_reaper`, run by `s2i serve`) can tell a region whose client died without
+# unregistering it (kill -9, OOM) from one still in use, and reclaim it.
+CLIENT_REGION_PREFIX = "s2i-client-"
+_CLIENT_REGION = re.compile(rf"^/?{CLIENT_REGION_PREFIX}(\d+)-(\d+)-[0-9a-f]+$")
+
+
+def pid_namespace() -> int:
+    """Inode of this process's pid namespace (0 where ``/proc`` does not tell): pids compare only within one."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def client_region_name() -> str:
+    """A new region name: ``s2i-client-<pid namespace>-<pid>-<random>`` (also its ``/dev/shm`` key)."""
+    return f"{CLIENT_REGION_PREFIX}{pid_namespace()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+def region_owner(key: str) -> tuple[int, int] | None:
+    """``(pid namespace, pid)`` of the client that created the region ``key``; ``None`` if not a client's."""
+    match = _CLIENT_REGION.match(key)
+    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 class SharedMemoryRegion:
@@ -49,7 +75,7 @@ class SharedMemoryRegion:
             return
         self.close()
         new_size = max(SHARED_MEMORY_INITIAL_BYTES, 1 << (size - 1).bit_length())
-        name = f"s2i-{uuid.uuid4().hex[:12]}"
+        name = client_region_name()
         handle = shm.create_shared_memory_region(name, f"/{name}", new_size)
         try:
             self._client.register_system_shared_memory(

@@ -214,6 +214,13 @@ def should_retry(error: ClientError, idempotent: bool, attempt: int, policy: Ret
 
 
 _RESTRICTED = re.compile(r"This protocol is restricted, expecting header '([^']+)'")
+# Triton's answer for a model with no loaded version. A stopping Triton (SIGTERM) unloads every
+# model once nothing is in flight, then still answers new requests with this NOT_FOUND until it
+# exits; another replica can serve the call, so it is retried like UNAVAILABLE.
+_NO_LOADED_VERSION = re.compile(r"Request for unknown model: '[^']*' has no available versions")
+# Errors on a gRPC stream carry no status code; these messages are the server's UNAVAILABLE ones
+# (a stage refused while Triton exits, a dead stub), so a stream's caller can restart elsewhere.
+_UNAVAILABLE_MESSAGE = re.compile(r"Server not ready|Server is stopping|Stub process '[^']*' is not healthy")
 # The server's refusals read "`field`: what is wrong" (s2i.audio.InvalidInputError).
 # Triton prefixes errors it raises for a request that has an id with "[request id: <id>] ".
 _INVALID_INPUT_MESSAGE = re.compile(r"^(?:\[request id: [^\]]*\] )?`[a-z_]+`: ")
@@ -233,9 +240,11 @@ def wrap_error(error: InferenceServerException) -> ClientError:
         return RestrictedApiError(message + hint, status or None, header=restricted.group(1))
     if not status and _INVALID_INPUT_MESSAGE.match(message):
         status = "INVALID_ARGUMENT"
+    elif not status and _UNAVAILABLE_MESSAGE.search(message):
+        status = "UNAVAILABLE"
     if status == "INVALID_ARGUMENT":
         return InvalidRequestError(message, status)
-    if status == "UNAVAILABLE":
+    if status == "UNAVAILABLE" or (status == "NOT_FOUND" and _NO_LOADED_VERSION.search(message)):
         return ServerUnavailableError(message, status)
     if status == "DEADLINE_EXCEEDED":
         return ClientError(f"{message} (raise `timeout_s` for long requests)", status)

@@ -124,6 +124,7 @@ def _server_options(args: argparse.Namespace):
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the embedded server in the foreground until SIGINT/SIGTERM."""
     from s2i.server import TritonServer, tritonserver_args
+    from s2i.shm_reaper import SharedMemoryReaper
 
     try:
         options = _server_options(args)
@@ -148,11 +149,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     server.start()
+    reaper = None
+    if args.shm_reap_period_s > 0:
+        # The server's own key (random when none was given) opens the shared-memory API to it.
+        reaper = SharedMemoryReaper(server.grpc_url, server.admin_headers, period_s=args.shm_reap_period_s)
+        reaper.start()
     print(f"serving {options.model_repository}: {server.describe_binds()}; {admin}", flush=True)
     try:
         while not stop_requested and server.is_alive():
             time.sleep(0.2)
     finally:
+        if reaper is not None:
+            reaper.stop()
         server.stop()
     if not stop_requested:
         print("tritonserver exited on its own; see its log above.", file=sys.stderr)
@@ -333,6 +341,7 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
         DEFAULT_STARTUP_TIMEOUT_S,
         ServerOptions,
     )
+    from s2i.shm_reaper import DEFAULT_PERIOD_S as DEFAULT_REAP_PERIOD_S
 
     parser.add_argument("--model-repository", type=Path, required=True, help="model repository folder")
     parser.add_argument(
@@ -365,6 +374,13 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=ServerOptions.exit_timeout_s,
         help="on SIGTERM, how long in-flight requests may finish",
+    )
+    parser.add_argument(
+        "--shm-reap-period-s",
+        type=float,
+        default=DEFAULT_REAP_PERIOD_S,
+        help="every this many seconds, unregister shared-memory regions whose client died or whose segment "
+        "is gone (0: never)",
     )
     parser.add_argument("--log-verbose", type=int, default=0)
     parser.add_argument("--log-file", type=Path, help="write the server log here instead of stderr")

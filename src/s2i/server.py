@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import importlib.util
 import logging
 import os
@@ -44,6 +45,8 @@ DEFAULT_METRICS_PORT = 8002
 # Loopback unless told otherwise: a laptop or CI host must not expose inference
 # (or the Python backend's shared memory) to its network by default.
 DEFAULT_HOST = "127.0.0.1"
+# Where the Python backend's (POSIX) shared-memory regions live on Linux.
+DEV_SHM = Path("/dev/shm")
 # Real checkpoints (Whisper small + SD 1.5, 15 Python stubs) load for minutes on
 # a small machine; 180 s killed servers that were still loading.
 DEFAULT_STARTUP_TIMEOUT_S = 600.0
@@ -641,8 +644,25 @@ class TritonServer:
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         self._join_log()
+        if process is not None:
+            self._remove_leftover_shared_memory()
         if self._workspace is not None and self._workspace.name.startswith("triton-"):
             shutil.rmtree(self._workspace, ignore_errors=True)
+
+    def _remove_leftover_shared_memory(self) -> None:
+        """Unlink the Python backend's segments that outlived the server.
+
+        A stub killed by the kernel, or a server killed after its exit timeout, leaves its
+        regions in ``/dev/shm`` (measured: 1 to 7 per server on a test machine). The prefix is
+        unique to this server (``shm_region_prefix``), so nothing of another process matches.
+        """
+        prefix = self.options.shm_region_prefix
+        if not prefix or not DEV_SHM.is_dir():
+            return
+        for path in DEV_SHM.glob(f"{glob.escape(prefix)}*"):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                LOGGER.info("removed leftover shared memory %s", path)
 
     def wait(self) -> int:
         """Block until the server exits; return its exit code."""

@@ -71,6 +71,7 @@ LAYER_OF: tuple[tuple[str, str], ...] = (
     ("s2i.pipeline.reference", APP),
     ("s2i.server", APP),
     ("s2i.health", APP),
+    ("s2i.shm_reaper", APP),
     ("s2i.demo", APP),
     ("s2i.cli", APP),
     ("s2i.training", APP),

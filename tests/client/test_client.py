@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from s2i.client import Client, InvalidRequestError, RetryPolicy, ServerUnavailableError
-from s2i.client.transport import Connection
+from s2i.client.transport import Connection, wrap_error
 from s2i.server import free_ports
 
 
@@ -69,3 +69,39 @@ def test_cli_generate_writes_the_png_and_prints_texts_and_timings(triton_server,
     assert f"translation: {expected.text}" in completed.stdout
     assert "emotion: calm (detected" in completed.stdout
     assert "timings: preprocess" in completed.stdout and "diffusion" in completed.stdout
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "retryable"),
+    [
+        ("StatusCode.NOT_FOUND", "Request for unknown model: 'whisper' has no available versions", True),
+        ("StatusCode.NOT_FOUND", "Request for unknown model: 'whisperr' is not found", False),
+        ("StatusCode.UNAVAILABLE", "Server not ready", True),
+        ("StatusCode.INTERNAL", "Request for unknown model: 'whisper' has no available versions", False),
+    ],
+)
+def test_wrap_error_retries_a_model_without_loaded_versions_when_the_server_is_stopping(status, message, retryable):
+    from tritonclient.utils import InferenceServerException
+
+    error = wrap_error(InferenceServerException(message, status=status))
+
+    assert isinstance(error, ServerUnavailableError) is retryable
+    assert error.status == status.removeprefix("StatusCode.")
+
+
+@pytest.mark.parametrize(
+    ("message", "status"),
+    [
+        ("stage model `unet` failed: Model unet - Error when running inference: Server not ready", "UNAVAILABLE"),
+        ("stage model `whisper_encoder` failed: Stub process 'whisper_encoder_0_0' is not healthy.", "UNAVAILABLE"),
+        ("`seed`: must be between 0 and 2**63-1, got -1", "INVALID_ARGUMENT"),
+        ("something else went wrong", None),
+    ],
+)
+def test_wrap_error_reads_the_status_from_the_message_when_a_stream_error_has_none(message, status):
+    from tritonclient.utils import InferenceServerException
+
+    error = wrap_error(InferenceServerException(message))
+
+    assert error.status == status
+    assert isinstance(error, ServerUnavailableError) is (status == "UNAVAILABLE")

@@ -590,7 +590,10 @@ def test_termination_grace_covers_prestop_and_exit_timeout_when_rendered(overlay
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
 
-    drain_s = int(pre_stop[1]) + int(flag(container["args"], "--exit-timeout-secs"))
+    exit_timeout_s = int(flag(container["args"], "--exit-timeout-secs"))
+    # The pods drain for as long as `s2i serve --exit-timeout-s` does by default (one argument builder).
+    assert exit_timeout_s == pod_server_options(MODEL_REPOSITORY[overlay], ADMIN_KEY_REFERENCE).exit_timeout_s
+    drain_s = int(pre_stop[1]) + exit_timeout_s
     assert pod_spec(overlay)["terminationGracePeriodSeconds"] > drain_s
 
 

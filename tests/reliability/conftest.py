@@ -9,6 +9,7 @@ request still crosses the Python backend, BLS and the stage graphs.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import selectors
 import signal
@@ -24,6 +25,7 @@ import pytest
 
 from s2i import names
 from s2i.server import free_ports
+from tests.conftest import BUILD_DIR
 
 # The models a translate request needs (and `preprocess`, the audio front of the pipeline).
 WHISPER_MODELS = (
@@ -37,6 +39,23 @@ SERVE_STARTUP_S = 600.0
 ADMIN_KEY = "reliability-admin-key"
 # gRPC clients send the key under Triton's prefixed name; HTTP clients as `admin-key`.
 GRPC_ADMIN = {"triton-grpc-protocol-admin-key": ADMIN_KEY}
+# The figures of the last run (soak, faults), for docs/security.md and the issue note.
+FIGURES_JSON = BUILD_DIR / "reliability" / "figures.json"
+FIGURES_MARKDOWN = FIGURES_JSON.with_suffix(".md")
+
+
+def record_figures(section: str, figures: dict) -> None:
+    """Merge ``figures`` under ``section`` into build/.../reliability/figures.json (and its Markdown)."""
+    FIGURES_JSON.parent.mkdir(parents=True, exist_ok=True)
+    recorded = json.loads(FIGURES_JSON.read_text()) if FIGURES_JSON.is_file() else {}
+    recorded[section] = {"recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **figures}
+    FIGURES_JSON.write_text(json.dumps(recorded, indent=2) + "\n")
+    lines = ["# Reliability figures (tests/reliability)", ""]
+    for name, values in sorted(recorded.items()):
+        lines += [f"## {name}", "", "| figure | value |", "|---|---|"]
+        lines += [f"| {key} | {value} |" for key, value in values.items()]
+        lines.append("")
+    FIGURES_MARKDOWN.write_text("\n".join(lines))
 
 
 @dataclasses.dataclass
@@ -74,6 +93,14 @@ class Served:
     def stubs_of(self, model: str) -> list[psutil.Process]:
         """The stubs of ``model``'s instances, found by instance name (`whisper_0_0`) on their command lines."""
         return [p for p in self.stubs() if any(arg.startswith(f"{model}_0_") for arg in p.cmdline()[1:])]
+
+    def stub_rss_by_instance(self) -> dict[str, int]:
+        """RSS of each stub, keyed by its model instance (`whisper_encoder_0_0`)."""
+        rss = {}
+        for stub in self.stubs():
+            instances = [arg for arg in stub.cmdline()[1:] if arg.startswith(WHISPER_MODELS)]
+            rss[instances[0] if instances else str(stub.pid)] = stub.memory_info().rss
+        return rss
 
     def stop(self) -> int:
         if self.process.poll() is None:
