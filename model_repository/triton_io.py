@@ -44,12 +44,6 @@ class StageError(RuntimeError):
         self.code = code
 
 
-def optional_input(pb_utils, request, name: str) -> np.ndarray | None:
-    """The numpy value of input ``name``, or ``None`` when the request left it out."""
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return None if tensor is None else tensor.as_numpy()
-
-
 def scalar(value: np.ndarray | None, name: str, default=None, *, text: bool = True):
     """The single element of a ``[1, 1]`` (batch, 1) input; BYTES are decoded as UTF-8 when ``text``."""
     if value is None:

@@ -42,6 +42,7 @@ LAYER_OF: tuple[tuple[str, str], ...] = (
     ("s2i.stages.*.sampling", RUNTIME),
     ("s2i.stages.*.runtime", RUNTIME),
     ("s2i.pipeline", RUNTIME),
+    ("s2i.pipeline.dag", RUNTIME),
     ("s2i.pipeline.prompt", RUNTIME),
     ("s2i.pipeline.steps", RUNTIME),
     ("s2i.pipeline.streaming", RUNTIME),
