@@ -14,7 +14,8 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from s2i.audio import InvalidInputError, RequestCancelledError, bounded_message
+from s2i import names
+from s2i.audio import InvalidInputError, RequestCancelledError, bounded_message, load_request_audio
 from s2i.stages.runner import StageRunner
 
 # How an InvalidInputError reads: "`field`: what is wrong".
@@ -180,6 +181,22 @@ def error_response(pb_utils, error: Exception):
     else:
         code = pb_utils.TritonError.INTERNAL
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(bounded_message(str(error)), code))
+
+
+def request_audio(inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The clip a request carries (``audio_samples`` + ``sample_rate_hz``, or ``audio_bytes``), checked, 16 kHz."""
+    samples = inputs.get(names.AUDIO_SAMPLES)
+    if samples is not None and samples.shape[0] != 1:
+        raise InvalidInputError(
+            names.AUDIO_SAMPLES,
+            f"must hold one mono clip per request, got shape {list(samples.shape)} "
+            "(for stereo audio, downmix to one channel first).",
+        )
+    return load_request_audio(
+        None if samples is None else samples[0],
+        scalar(inputs.get(names.SAMPLE_RATE_HZ), names.SAMPLE_RATE_HZ),
+        scalar(inputs.get(names.AUDIO_BYTES), names.AUDIO_BYTES, text=False),
+    )
 
 
 def request_inputs(request) -> dict[str, np.ndarray]:

@@ -34,13 +34,7 @@ class TritonPythonModel:
         self.observer = RequestObserver(pb_utils, args["model_name"], self.run_stage)
 
     def _parse(self, inputs):
-        return parse_request_inputs(
-            samples=inputs.get(names.AUDIO_SAMPLES),
-            sample_rate_hz=inputs.get(names.SAMPLE_RATE_HZ),
-            audio_bytes=inputs.get(names.AUDIO_BYTES),
-            features=inputs.get(names.INPUT_FEATURES),
-            runner=self.runner,
-        )
+        return parse_request_inputs(inputs, self.runner)
 
     def execute(self, requests):
         """Answer every request; a bad one gets its own error and never fails its neighbours."""

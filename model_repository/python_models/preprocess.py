@@ -9,8 +9,7 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from s2i import names
-from s2i.audio import InvalidInputError, load_request_audio
-from s2i.model_repository.triton_io import answer_batch, each, scalar
+from s2i.model_repository.triton_io import answer_batch, each, request_audio
 from s2i.pipeline.steps import preprocess
 
 
@@ -24,24 +23,12 @@ class TritonPythonModel:
         assets = Path(args["model_repository"]) / args["model_version"] / "assets"
         self.feature_extractor = WhisperFeatureExtractor.from_pretrained(assets)
 
-    def _parse(self, inputs):
-        samples = inputs.get(names.AUDIO_SAMPLES)
-        if samples is not None and samples.shape[0] != 1:
-            raise InvalidInputError(
-                names.AUDIO_SAMPLES, f"must hold one mono clip per request, got shape {list(samples.shape)}."
-            )
-        return load_request_audio(
-            None if samples is None else samples[0],
-            scalar(inputs.get(names.SAMPLE_RATE_HZ), names.SAMPLE_RATE_HZ),
-            scalar(inputs.get(names.AUDIO_BYTES), names.AUDIO_BYTES, text=False),
-        )
-
     def execute(self, requests):
         """One response per request; a bad request gets its own error."""
         return answer_batch(
             pb_utils,
             requests,
-            self._parse,
+            request_audio,
             each(lambda audio: preprocess(audio, self.feature_extractor)),
             lambda features, compute_ms: {
                 names.INPUT_FEATURES: features[0][None],

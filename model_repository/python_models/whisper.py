@@ -17,9 +17,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from s2i import names
-from s2i.audio import InvalidInputError, load_request_audio
+from s2i.audio import InvalidInputError
 from s2i.model_repository.observability import RequestObserver
-from s2i.model_repository.triton_io import answer_batch, make_stage_runner, scalar
+from s2i.model_repository.triton_io import answer_batch, make_stage_runner, request_audio, scalar
 from s2i.stages.whisper.decoding import (
     DEFAULT_LANGUAGE,
     DEFAULT_TASK,
@@ -62,18 +62,11 @@ class TritonPythonModel:
     def _parse(self, inputs):
         """The request's clip and options, checked; plus whether a transcript was asked for."""
         features = inputs.get(names.INPUT_FEATURES)
-        samples = inputs.get(names.AUDIO_SAMPLES)
-        for name, value in ((names.INPUT_FEATURES, features), (names.AUDIO_SAMPLES, samples)):
-            if value is not None and value.shape[0] != 1:
-                raise InvalidInputError(
-                    name,
-                    f"must hold one mono clip per request, got shape {list(value.shape)} "
-                    "(for stereo audio, downmix to one channel first).",
-                )
-        if features is None:
-            audio_bytes = scalar(inputs.get(names.AUDIO_BYTES), names.AUDIO_BYTES, text=False)
-            sample_rate_hz = scalar(inputs.get(names.SAMPLE_RATE_HZ), names.SAMPLE_RATE_HZ)
-            samples = load_request_audio(None if samples is None else samples[0], sample_rate_hz, audio_bytes)
+        if features is not None and features.shape[0] != 1:
+            raise InvalidInputError(
+                names.INPUT_FEATURES, f"must hold one clip's features per request, got shape {list(features.shape)}."
+            )
+        samples = request_audio(inputs) if features is None else None
         # Absent: the checkpoint's default, clamped to its decoder positions.
         max_new_tokens = scalar(inputs.get(names.MAX_NEW_TOKENS), names.MAX_NEW_TOKENS)
         parsed = TranscriptionRequest(
