@@ -15,7 +15,8 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 
 from s2i import names
-from s2i.audio import InvalidInputError, RequestCancelledError, bounded_message, load_request_audio
+from s2i.audio import load_request_audio
+from s2i.errors import InvalidInputError, RequestCancelledError, bounded_message
 from s2i.stages.runner import StageRunner
 
 # How an InvalidInputError reads: "`field`: what is wrong".

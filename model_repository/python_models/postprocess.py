@@ -21,7 +21,7 @@ class TritonPythonModel:
             lambda encoded, compute_ms: {
                 names.PNG: np.array([[encoded[1]]], dtype=np.object_),
                 names.COMPUTE_MS: compute_ms,
-                # The ensemble's copy of the pixels it encoded (s2i.pipeline.models).
+                # The ensemble's copy of the pixels it encoded (s2i.pipeline.specs).
                 names.IMAGE: encoded[0],
             },
         )

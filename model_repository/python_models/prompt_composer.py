@@ -49,7 +49,7 @@ def _outputs(composed, compute_ms):
         names.NEGATIVE_PROMPT: _text(composed.negative_prompt),
         names.EMOTION: _text(composed.emotion),
         names.COMPUTE_MS: compute_ms,
-        # What it composed from, and the prompts again: the ensemble's copies (s2i.pipeline.models).
+        # What it composed from, and the prompts again: the ensemble's copies (s2i.pipeline.specs).
         names.TEXT: _text(text),
         names.EMOTION_LABEL: _text(detected),
         names.DIFFUSION_PROMPT: _text(composed.prompt),

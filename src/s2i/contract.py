@@ -15,7 +15,7 @@ from pathlib import Path
 
 from s2i import audio, names
 from s2i.pipeline.dag import PIPELINE
-from s2i.pipeline.models import read_tensor_specs
+from s2i.pipeline.specs import read_tensor_specs
 from s2i.stages.diffusion import sampling
 from s2i.stages.whisper import decoding
 

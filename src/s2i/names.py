@@ -77,7 +77,7 @@ EVENT = "event"  # BYTES [1]: streaming: "text", "preview" or "image"
 IMAGE_SEED = "image_seed"  # INT64 [1]: the seed the pipeline's image was drawn with (`seed` is an input there)
 STEP = "step"  # INT32 [1]: streaming: denoising steps done when the message was sent
 # `prompt_composer`'s prompts again, for `diffusion`: in the ensemble no tensor is both an output and
-# a later step's input (Triton's pruning of unrequested outputs miscounts those; s2i.pipeline.models).
+# a later step's input (Triton's pruning of unrequested outputs miscounts those; s2i.pipeline.specs).
 DIFFUSION_PROMPT = "diffusion_prompt"  # BYTES [1]
 DIFFUSION_NEGATIVE_PROMPT = "diffusion_negative_prompt"  # BYTES [1]
 

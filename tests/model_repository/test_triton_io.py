@@ -8,7 +8,7 @@ import types
 
 import numpy as np
 
-from s2i.audio import InvalidInputError
+from s2i.errors import InvalidInputError
 from s2i.model_repository.triton_io import answer_batch, each
 
 

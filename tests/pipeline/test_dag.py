@@ -14,13 +14,13 @@ from s2i import names
 from s2i.model_repository.config import ModelSpec, TensorSpec
 from s2i.pipeline import dag
 from s2i.pipeline.dag import PIPELINE, REQUEST, Output, Pipeline, PipelineOutput, Step
-from s2i.pipeline.models import ensemble_spec, internal, postprocess_spec, preprocess_spec, prompt_composer_spec
 from s2i.pipeline.reference import ReferencePipeline
+from s2i.pipeline.specs import ensemble_spec, internal, postprocess_spec, preprocess_spec, prompt_composer_spec
 from s2i.pipeline.streaming import LEFT_OUT, StreamRequest, run_stream
-from s2i.stages.diffusion.models import diffusion_model_spec
+from s2i.stages.diffusion.specs import diffusion_model_spec
 from s2i.stages.emotion.config import EmotionConfig
-from s2i.stages.emotion.models import emotion_model_spec
-from s2i.stages.whisper.models import whisper_model_spec
+from s2i.stages.emotion.specs import emotion_model_spec
+from s2i.stages.whisper.specs import whisper_model_spec
 
 MEL_BINS = 80
 # A toy step between the image and its PNG: it reads `diffusion`'s image, and `postprocess` reads its own.

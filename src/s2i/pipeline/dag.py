@@ -1,7 +1,7 @@
 """The speech-to-image pipeline, described once: its steps, what feeds each input, what the client gets.
 
 Three things follow this description and nothing else: the ``speech_to_image`` ensemble
-(:func:`s2i.pipeline.models.ensemble_spec`), the decoupled ``speech_to_image_stream``
+(:func:`s2i.pipeline.specs.ensemble_spec`), the decoupled ``speech_to_image_stream``
 (:func:`s2i.pipeline.streaming.run_stream`) and the in-process reference
 (:class:`s2i.pipeline.reference.ReferencePipeline`). A step added here reaches all three.
 
@@ -118,7 +118,7 @@ def check(pipeline: Pipeline) -> None:
     """Raise ``ValueError`` unless every source is an earlier step and the outputs can be wired.
 
     A client's tensor is never one a later step reads (Triton's ensemble pruning miscounts those;
-    see :func:`s2i.pipeline.models.ensemble_spec`): a step passes such a value on as a copy.
+    see :func:`s2i.pipeline.specs.ensemble_spec`): a step passes such a value on as a copy.
     """
     seen: set[str] = set()
     for step in pipeline.steps:

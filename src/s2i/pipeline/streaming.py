@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from s2i import names
-from s2i.audio import InvalidInputError, RequestCancelledError
+from s2i.errors import InvalidInputError, RequestCancelledError
 from s2i.model_repository.triton_io import scalar
 from s2i.pipeline.dag import PIPELINE, REQUEST, Output, Pipeline, Step
 from s2i.pipeline.steps import encode_png

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from s2i.audio import InvalidInputError, prepare_audio
+from s2i.audio import prepare_audio
+from s2i.errors import InvalidInputError
 from s2i.model_repository.onnx_stage import OnnxStage, onnx_stage_runner
 from s2i.stages.emotion.reference import EmotionReference
 from s2i.stages.emotion.runtime import EmotionRunner, group_by_frames, parse_request_inputs, softmax

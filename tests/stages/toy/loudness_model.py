@@ -3,7 +3,7 @@
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from s2i.audio import InvalidInputError
+from s2i.errors import InvalidInputError
 from s2i.model_repository.triton_io import answer_batch, make_stage_runner
 
 MAX_SAMPLES = 16_000 * 30

@@ -17,7 +17,7 @@ from s2i.conversion.validation import GraphError, check_errors, export_once, gra
 from s2i.model_repository.components import OnnxComponent
 from s2i.model_repository.onnx_stage import OnnxStage
 from s2i.stages.base import StageExport
-from s2i.stages.diffusion.models import diffusion_components, read_configs
+from s2i.stages.diffusion.specs import diffusion_components, read_configs
 
 LOGGER = logging.getLogger(__name__)
 

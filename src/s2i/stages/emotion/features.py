@@ -24,7 +24,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from s2i import names
-from s2i.audio import MODEL_SAMPLE_RATE_HZ, InvalidInputError
+from s2i.audio import MODEL_SAMPLE_RATE_HZ
+from s2i.errors import InvalidInputError
 
 HOP_LENGTH = 160
 N_FFT = 400

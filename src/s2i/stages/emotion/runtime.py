@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from s2i import names
-from s2i.audio import InvalidInputError
+from s2i.errors import InvalidInputError
 from s2i.model_repository.triton_io import request_audio
 from s2i.stages.emotion.config import load_config
 from s2i.stages.emotion.features import check_features, log_mel_features

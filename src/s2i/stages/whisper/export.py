@@ -12,7 +12,7 @@ from s2i.model_repository.components import OnnxComponent
 from s2i.model_repository.onnx_stage import OnnxStage
 from s2i.stages.base import StageExport
 from s2i.stages.whisper.decoding import DecodingRules, past_names
-from s2i.stages.whisper.models import whisper_components
+from s2i.stages.whisper.specs import whisper_components
 
 LOGGER = logging.getLogger(__name__)
 
