@@ -61,7 +61,20 @@ class ReferencePipeline:
         max_new_tokens: int | None = None,
     ) -> SpeechToImageResult:
         """Run every step of the pipeline on one clip (WAV/FLAC/OGG bytes, or float32 samples with their rate)."""
-        request = {key: value for key, value in locals().items() if key != "self"}
+        request = {
+            "audio": audio,
+            "sample_rate_hz": sample_rate_hz,
+            "seed": seed,
+            names.NUM_INFERENCE_STEPS: num_inference_steps,
+            names.GUIDANCE_SCALE: guidance_scale,
+            names.HEIGHT: height,
+            names.WIDTH: width,
+            names.SCHEDULER: scheduler,
+            names.EMOTION_OVERRIDE: emotion_override,
+            names.STYLE_TEMPLATE: style_template,
+            names.RETURN_TRANSCRIPT: return_transcript,
+            names.MAX_NEW_TOKENS: max_new_tokens,
+        }
         state: dict = {}
         timings: dict[str, float] = {}
         label_of = {timing: label for label, timing in PIPELINE_TIMINGS.items()}
@@ -106,10 +119,10 @@ class ReferencePipeline:
 
     def _whisper(self, request: dict, state: dict) -> None:
         samples = state[names.AUDIO_SAMPLES]
-        max_new_tokens = request["max_new_tokens"]
+        max_new_tokens = request[names.MAX_NEW_TOKENS]
         options = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
         state[names.TEXT] = self.whisper.generate(samples, task="translate", **options)[1]
-        transcribe = request["return_transcript"]
+        transcribe = request[names.RETURN_TRANSCRIPT]
         state[names.TRANSCRIPT] = self.whisper.generate(samples, task="transcribe", **options)[1] if transcribe else ""
 
     def _emotion(self, request: dict, state: dict) -> None:
@@ -123,8 +136,8 @@ class ReferencePipeline:
             state[names.TEXT],
             state[names.EMOTION_LABEL],
             self.templates,
-            emotion_override=request["emotion_override"],
-            template_name=request["style_template"],
+            emotion_override=request[names.EMOTION_OVERRIDE],
+            template_name=request[names.STYLE_TEMPLATE],
         )
 
     def _diffusion(self, request: dict, state: dict) -> None:
