@@ -22,7 +22,7 @@ from s2i.model_repository.config import (
     TensorSpec,
     parse_config,
 )
-from s2i.model_repository.deployment import CPU, ModelPolicy, policy
+from s2i.model_repository.deployment import CPU, policy
 from s2i.pipeline.dag import PIPELINE, REQUEST, Pipeline, Step
 from s2i.pipeline.prompt import STYLES_FILE
 from s2i.pipeline.streaming import LEFT_OUT
@@ -58,13 +58,9 @@ def read_tensor_specs(repository: Path, model: str) -> tuple[dict[str, TensorSpe
     return specs(config.input, True), specs(config.output, False), config.max_batch_size
 
 
-def _step_policy(name: str, device: str) -> ModelPolicy:
-    return policy(name, device)
-
-
 def preprocess_spec(num_mel_bins: int, device: str = CPU) -> ModelSpec:
     """Audio in, features for Whisper (30 s window) and for the emotion classifier (clip frames) out."""
-    chosen = _step_policy(names.PREPROCESS, device)
+    chosen = policy(names.PREPROCESS, device)
     return ModelSpec(
         name=names.PREPROCESS,
         inputs=(
@@ -84,7 +80,7 @@ def preprocess_spec(num_mel_bins: int, device: str = CPU) -> ModelSpec:
 
 def prompt_composer_spec(device: str = CPU) -> ModelSpec:
     """Text + emotion (+ optional override and template) in, prompt pair and final emotion out."""
-    chosen = _step_policy(names.PROMPT_COMPOSER, device)
+    chosen = policy(names.PROMPT_COMPOSER, device)
     return ModelSpec(
         name=names.PROMPT_COMPOSER,
         inputs=(
@@ -111,7 +107,7 @@ def prompt_composer_spec(device: str = CPU) -> ModelSpec:
 
 def postprocess_spec(device: str = CPU) -> ModelSpec:
     """The RGB image in, PNG bytes out (and the image itself, for the ensemble; see `ensemble_spec`)."""
-    chosen = _step_policy(names.POSTPROCESS, device)
+    chosen = policy(names.POSTPROCESS, device)
     return ModelSpec(
         name=names.POSTPROCESS,
         inputs=(TensorSpec(names.IMAGE, "UINT8", (-1, -1, 3)),),
@@ -237,7 +233,7 @@ def check_prunable(
 
 def stream_spec(ensemble: ModelSpec, device: str = CPU) -> ModelSpec:
     """The decoupled ``speech_to_image_stream`` model: the ensemble's inputs and outputs, plus the message kind."""
-    chosen = _step_policy(names.SPEECH_TO_IMAGE_STREAM, device)
+    chosen = policy(names.SPEECH_TO_IMAGE_STREAM, device)
     return ModelSpec(
         name=names.SPEECH_TO_IMAGE_STREAM,
         inputs=(*ensemble.inputs, TensorSpec(names.PREVIEW_EVERY, "INT32", (1,), optional=True)),
