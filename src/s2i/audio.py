@@ -20,6 +20,7 @@ from s2i.errors import (  # noqa: F401
     InvalidInputError,
     RequestCancelledError,
     bounded_message,
+    check_finite,
     shown,
 )
 
@@ -118,9 +119,7 @@ def prepare_audio(samples: np.ndarray, sample_rate_hz: int, field: str = "audio_
             field,
             f"is {duration_s:.1f} s long; the limit is {MAX_DURATION_S:.0f} s. Split the audio and send each part.",
         )
-    if not np.all(np.isfinite(samples)):
-        bad = int(np.count_nonzero(~np.isfinite(samples)))
-        raise InvalidInputError(field, f"contains {bad} NaN or infinite values.")
+    check_finite(samples, field)
     return resample(samples, sample_rate_hz, MODEL_SAMPLE_RATE_HZ)
 
 

@@ -6,6 +6,8 @@ turned into Triton error codes in one place (``s2i.model_repository.triton_io.er
 
 from __future__ import annotations
 
+import numpy as np
+
 # Echoed request values are cut to this many characters (plus their length): a
 # 1 MiB template echoed whole broke gRPC's 16 KiB metadata limit (RESOURCE_EXHAUSTED).
 MAX_ECHO_CHARS = 64
@@ -49,3 +51,10 @@ class RequestCancelledError(RuntimeError):
 
     def __init__(self, what: str = "request") -> None:
         super().__init__(f"The {what} was cancelled by the client; its work was stopped.")
+
+
+def check_finite(values: np.ndarray, field: str) -> None:
+    """Raise :class:`InvalidInputError` for ``field`` unless every value is finite (no NaN, no infinity)."""
+    if not np.all(np.isfinite(values)):
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+        raise InvalidInputError(field, f"contains {bad} NaN or infinite values.")
