@@ -290,5 +290,5 @@ def answer_batch(pb_utils, requests, parse, run_batch, outputs_of, *, cancellabl
 
 
 def _requested_outputs(request) -> tuple[str, ...]:
-    names = request.requested_output_names() if hasattr(request, "requested_output_names") else None
-    return tuple(names or ())
+    wanted = request.requested_output_names() if hasattr(request, "requested_output_names") else None
+    return tuple(wanted or ())
