@@ -25,7 +25,6 @@ import numpy as np
 
 LOGGER = logging.getLogger(__name__)
 
-PEERS = ("optimum",)
 WHISPER_TASK = "automatic-speech-recognition-with-past"
 DIFFUSION_TASK = "text-to-image"
 

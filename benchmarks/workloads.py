@@ -95,14 +95,6 @@ def load_recorded_audio(sources: Sequence[Path]) -> list[RecordedClip]:
     return clips
 
 
-def _bytes_input(name: str, value: bytes):
-    import tritonclient.grpc.aio as aio
-
-    tensor = aio.InferInput(name, [1, 1], "BYTES")
-    tensor.set_data_from_numpy(np.array([[value]], dtype=np.object_))
-    return tensor
-
-
 def whisper_workload(
     clips: Sequence[tuple[np.ndarray, int]], max_new_tokens: int, checkpoint_dir: Path | None = None
 ) -> Workload:

@@ -26,12 +26,12 @@ from s2i.client.results import (
 AudioInput = str | Path | bytes | np.ndarray
 # Pipeline step -> the output carrying its server time.
 PIPELINE_TIMINGS = {
-    "preprocess": "preprocess_ms",
-    "whisper": "whisper_ms",
-    "emotion": "emotion_ms",
-    "prompt_composer": "prompt_ms",
-    "diffusion": "diffusion_ms",
-    "postprocess": "postprocess_ms",
+    "preprocess": names.PREPROCESS_MS,
+    "whisper": names.WHISPER_MS,
+    "emotion": names.EMOTION_MS,
+    "prompt_composer": names.PROMPT_MS,
+    "diffusion": names.DIFFUSION_MS,
+    "postprocess": names.POSTPROCESS_MS,
 }
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from s2i.conversion.quantize import QUANTIZATIONS, quantized_export
 from s2i.conversion.repository import ONNXRUNTIME, PYTHON_ONNXRUNTIME, TARGETS, device_of, write_model
 from s2i.model_repository.deployment import CPU
-from s2i.pipeline.models import has_pipeline_models, pipeline_repository_models
+from s2i.pipeline.specs import has_pipeline_models, pipeline_repository_models
 from s2i.stages.registry import STAGES
 
 LOGGER = logging.getLogger(__name__)

@@ -100,6 +100,20 @@ def check_tolerances(diffs: Mapping[str, GraphError | float], components: Sequen
     return {name: error.max_abs_diff for name, error in check_errors(diffs, components).items()}
 
 
+def optimum_export(checkpoint: Path, onnx_dir: Path, task: str, **options) -> None:
+    """Export ``checkpoint`` with Optimum's ``main_export`` for ``task`` on the CPU, unvalidated.
+
+    Validation is the stage's own (against PyTorch, with its components' tolerances), and
+    Optimum's post-processing (merged decoders) is not served, so both are off here.
+    """
+    from optimum.exporters.onnx import main_export
+
+    LOGGER.info("Exporting %s to ONNX (%s)", checkpoint, task)
+    main_export(
+        str(checkpoint), output=onnx_dir, task=task, no_post_process=True, do_validation=False, device="cpu", **options
+    )
+
+
 def export_once(
     onnx_dir: Path, source: object, components: Sequence[OnnxComponent], export: Callable[[], None]
 ) -> None:

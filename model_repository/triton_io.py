@@ -14,7 +14,9 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from s2i.audio import InvalidInputError, RequestCancelledError, bounded_message
+from s2i import names
+from s2i.audio import load_request_audio
+from s2i.errors import InvalidInputError, RequestCancelledError, bounded_message
 from s2i.stages.runner import StageRunner
 
 # How an InvalidInputError reads: "`field`: what is wrong".
@@ -42,12 +44,6 @@ class StageError(RuntimeError):
         super().__init__(message if invalid_input else f"stage model `{model_name}` failed: {message}")
         self.model_name = model_name
         self.code = code
-
-
-def optional_input(pb_utils, request, name: str) -> np.ndarray | None:
-    """The numpy value of input ``name``, or ``None`` when the request left it out."""
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return None if tensor is None else tensor.as_numpy()
 
 
 def scalar(value: np.ndarray | None, name: str, default=None, *, text: bool = True):
@@ -188,52 +184,111 @@ def error_response(pb_utils, error: Exception):
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(bounded_message(str(error)), code))
 
 
-def respond_each(pb_utils, requests, respond) -> list:
-    """``respond(request)`` for each request; an exception becomes that request's error response only."""
-    responses = []
-    for request in requests:
-        try:
-            responses.append(respond(request))
-        except Exception as error:  # noqa: BLE001 - reported to the caller, never raised into Triton
-            responses.append(error_response(pb_utils, error))
-    return responses
+def request_audio(inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The clip a request carries (``audio_samples`` + ``sample_rate_hz``, or ``audio_bytes``), checked, 16 kHz."""
+    samples = inputs.get(names.AUDIO_SAMPLES)
+    if samples is not None and samples.shape[0] != 1:
+        raise InvalidInputError(
+            names.AUDIO_SAMPLES,
+            f"must hold one mono clip per request, got shape {list(samples.shape)} "
+            "(for stereo audio, downmix to one channel first).",
+        )
+    return load_request_audio(
+        None if samples is None else samples[0],
+        scalar(inputs.get(names.SAMPLE_RATE_HZ), names.SAMPLE_RATE_HZ),
+        scalar(inputs.get(names.AUDIO_BYTES), names.AUDIO_BYTES, text=False),
+    )
 
 
-def answer_batch(pb_utils, requests, parse, run_batch, outputs_of, *, cancellable: bool = False) -> list:
-    """Check each request alone, run the valid ones as one batch, answer each with its own response.
+def request_inputs(request) -> dict[str, np.ndarray]:
+    """Every input ``request`` holds, as numpy arrays by name.
+
+    Triton has already checked them against the model's config (names, datatypes, dims,
+    required inputs), which is rendered from the model's description: what a model's parse
+    function receives is what its description says it takes.
+    """
+    return {tensor.name(): tensor.as_numpy() for tensor in request.inputs()}
+
+
+def response(pb_utils, outputs: Mapping[str, np.ndarray], requested: Sequence[str] = ()):
+    """An ``InferenceResponse`` with ``outputs`` (only the ``requested`` ones, when the caller named any)."""
+    return pb_utils.InferenceResponse(
+        output_tensors=[
+            pb_utils.Tensor(name, value) for name, value in outputs.items() if not requested or name in requested
+        ]
+    )
+
+
+def each(run_one):
+    """A ``run_batch`` for :func:`answer_batch` that runs items one at a time; a failure is that item's only."""
+
+    def run_batch(items: list) -> list:
+        results = []
+        for item in items:
+            try:
+                results.append(run_one(item))
+            except Exception as error:  # noqa: BLE001 - becomes this item's error response
+                results.append(error)
+        return results
+
+    return run_batch
+
+
+def answer_batch(pb_utils, requests, parse, run_batch, outputs_of, *, cancellable: bool = False, fan_out=None) -> list:
+    """The request path of every Python model: parse each request, run the valid ones as one batch, answer each.
+
+    Each request is parsed and checked alone, and gets its own response: a bad request never
+    fails its neighbours.
 
     Args:
         pb_utils: ``triton_python_backend_utils``.
         requests: The batch Triton handed to ``execute``.
-        parse: ``parse(request) -> item``; raising refuses that request only.
-        run_batch: ``run_batch(items) -> results`` in the same order; a result may be an exception.
-        outputs_of: ``outputs_of(result, compute_ms) -> [pb_utils.Tensor, ...]``, with
-            ``compute_ms`` the batch's time so far as a ``[1, 1]`` float32 array.
-        cancellable: Call ``run_batch(items, cancelled)`` instead, with ``cancelled(i)`` telling
-            whether the client of item ``i`` has gone (``request.is_cancelled()``).
+        parse: ``parse(inputs) -> item``, with ``inputs`` the request's tensors by name
+            (:func:`request_inputs`); raising refuses that request only.
+        run_batch: ``run_batch(jobs) -> results`` in the same order; a result may be an exception.
+        outputs_of: ``outputs_of(result, compute_ms) -> {name: array}``, with ``compute_ms`` the
+            batch's time so far as a ``[1, 1]`` float32 array. With ``fan_out``, ``result`` is the
+            tuple of the item's job results.
+        cancellable: Call ``run_batch(jobs, cancelled)`` instead, with ``cancelled(i)`` telling
+            whether the client of job ``i`` has gone (``request.is_cancelled()``).
+        fan_out: ``fan_out(item) -> jobs``: an item becomes several jobs of the same batch (Whisper's
+            translation and transcript of one clip); a failed job fails its request only.
     """
     started = time.perf_counter()
     responses = [None] * len(requests)
-    valid = {}
+    jobs, owners = [], []  # owners[j]: the index of the request job j answers
     for index, request in enumerate(requests):
         try:
-            valid[index] = parse(request)
+            item = parse(request_inputs(request))
+            item_jobs = tuple(fan_out(item)) if fan_out else (item,)
         except Exception as error:  # noqa: BLE001 - becomes this request's error response
             responses[index] = error_response(pb_utils, error)
-    if not valid:
+            continue
+        jobs.extend(item_jobs)
+        owners.extend([index] * len(item_jobs))
+    if not jobs:
         return responses
     try:
-        if cancellable:
-            indices = list(valid)
-            results = run_batch(list(valid.values()), lambda i: requests[indices[i]].is_cancelled())
-        else:
-            results = run_batch(list(valid.values()))
+        results = run_batch(jobs, lambda i: requests[owners[i]].is_cancelled()) if cancellable else run_batch(jobs)
     except Exception as error:  # noqa: BLE001 - every request of the batch gets it
-        results = [error] * len(valid)
+        results = [error] * len(jobs)
     compute_ms = np.array([[1000 * (time.perf_counter() - started)]], dtype=np.float32)
-    for index, result in zip(valid, results, strict=True):
-        if isinstance(result, Exception):
-            responses[index] = error_response(pb_utils, result)
-        else:
-            responses[index] = pb_utils.InferenceResponse(output_tensors=outputs_of(result, compute_ms))
+    parts: dict[int, list] = {}
+    for index, result in zip(owners, results, strict=True):
+        parts.setdefault(index, []).append(result)
+    for index, results_of in parts.items():
+        failed = [result for result in results_of if isinstance(result, Exception)]
+        if failed:
+            responses[index] = error_response(pb_utils, failed[0])
+            continue
+        try:
+            outputs = outputs_of(tuple(results_of) if fan_out else results_of[0], compute_ms)
+            responses[index] = response(pb_utils, outputs, _requested_outputs(requests[index]))
+        except Exception as error:  # noqa: BLE001 - becomes this request's error response
+            responses[index] = error_response(pb_utils, error)
     return responses
+
+
+def _requested_outputs(request) -> tuple[str, ...]:
+    wanted = request.requested_output_names() if hasattr(request, "requested_output_names") else None
+    return tuple(wanted or ())

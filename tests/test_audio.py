@@ -137,7 +137,7 @@ def test_decode_audio_bytes_stops_at_the_limit_when_the_header_understates_the_l
 
 
 def test_invalid_input_error_bounds_its_message_when_the_text_is_huge():
-    from s2i.audio import MAX_MESSAGE_CHARS
+    from s2i.errors import MAX_MESSAGE_CHARS
 
     error = InvalidInputError("prompt", "y" * 1_000_000)
     assert len(str(error)) < MAX_MESSAGE_CHARS + 64

@@ -66,9 +66,6 @@ class Augmentation:
             )
 
 
-NO_AUGMENTATION = Augmentation(speed_range=(1.0, 1.0), gain_db=0.0, noise_probability=0.0)
-
-
 def change_speed(samples: np.ndarray, factor: float) -> np.ndarray:
     """Play ``samples`` ``factor`` times faster (shorter and higher for ``factor > 1``)."""
     if abs(factor - 1.0) < 1e-3:

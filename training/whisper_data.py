@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from s2i.audio import MODEL_SAMPLE_RATE_HZ, InvalidInputError, prepare_audio
+from s2i.audio import MODEL_SAMPLE_RATE_HZ, prepare_audio
+from s2i.errors import InvalidInputError
 from s2i.training.common import DataError, DataIssues, normalize_text
 
 LOGGER = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import triton_python_backend_utils as pb_utils
 
 from s2i import names
 from s2i.model_repository.observability import RequestObserver
-from s2i.model_repository.triton_io import answer_batch, make_stage_runner, optional_input, scalar
+from s2i.model_repository.triton_io import answer_batch, make_stage_runner, scalar
 from s2i.stages.diffusion.sampling import image_request_from
 
 
@@ -32,8 +32,8 @@ class TritonPythonModel:
             pb_utils, args["model_name"], self.run_stage, counters=("denoising_steps", "images")
         )
 
-    def _parse(self, request):
-        return self.runner.check(image_request_from(lambda name: scalar(optional_input(pb_utils, request, name), name)))
+    def _parse(self, inputs):
+        return self.runner.check(image_request_from(lambda name: scalar(inputs.get(name), name)))
 
     def _generate(self, items, cancelled):
         """The batch's images; counts every denoising step of every request."""
@@ -53,11 +53,11 @@ class TritonPythonModel:
                 requests,
                 self._parse,
                 self._generate,
-                lambda result, compute_ms: [
-                    pb_utils.Tensor(names.IMAGE, result.image[None]),
-                    pb_utils.Tensor(names.SEED, np.array([[result.seed]], dtype=np.int64)),
-                    pb_utils.Tensor(names.COMPUTE_MS, compute_ms),
-                ],
+                lambda result, compute_ms: {
+                    names.IMAGE: result.image[None],
+                    names.SEED: np.array([[result.seed]], dtype=np.int64),
+                    names.COMPUTE_MS: compute_ms,
+                },
                 cancellable=True,
             )
         self.observer.finish_responses(requests, responses, started)

@@ -17,7 +17,7 @@ import triton_python_backend_utils as pb_utils
 
 from s2i import names
 from s2i.model_repository.observability import RequestObserver
-from s2i.model_repository.triton_io import answer_batch, make_stage_runner, optional_input
+from s2i.model_repository.triton_io import answer_batch, make_stage_runner
 from s2i.stages.emotion.runtime import GRAPH_MAX_BATCH_SIZE, EmotionRunner, parse_request_inputs
 
 
@@ -33,14 +33,8 @@ class TritonPythonModel:
         self.runner = EmotionRunner(assets, self.run_stage, graph_max_batch_size)
         self.observer = RequestObserver(pb_utils, args["model_name"], self.run_stage)
 
-    def _parse(self, request):
-        return parse_request_inputs(
-            samples=optional_input(pb_utils, request, names.AUDIO_SAMPLES),
-            sample_rate_hz=optional_input(pb_utils, request, names.SAMPLE_RATE_HZ),
-            audio_bytes=optional_input(pb_utils, request, names.AUDIO_BYTES),
-            features=optional_input(pb_utils, request, names.INPUT_FEATURES),
-            runner=self.runner,
-        )
+    def _parse(self, inputs):
+        return parse_request_inputs(inputs, self.runner)
 
     def execute(self, requests):
         """Answer every request; a bad one gets its own error and never fails its neighbours."""
@@ -51,11 +45,11 @@ class TritonPythonModel:
                 requests,
                 self._parse,
                 self.runner.classify_features,
-                lambda result, compute_ms: [
-                    pb_utils.Tensor(names.EMOTION_LABEL, np.array([[result.label.encode("utf-8")]], dtype=np.object_)),
-                    pb_utils.Tensor(names.EMOTION_PROBABILITIES, result.probabilities[None, :].astype(np.float32)),
-                    pb_utils.Tensor(names.COMPUTE_MS, compute_ms),
-                ],
+                lambda result, compute_ms: {
+                    names.EMOTION_LABEL: np.array([[result.label.encode("utf-8")]], dtype=np.object_),
+                    names.EMOTION_PROBABILITIES: result.probabilities[None, :].astype(np.float32),
+                    names.COMPUTE_MS: compute_ms,
+                },
             )
         self.observer.finish_responses(requests, responses, started)
         return responses

@@ -12,7 +12,7 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from s2i.model_repository.onnx_stage import OnnxStage
-from s2i.model_repository.triton_io import error_response
+from s2i.model_repository.triton_io import answer_batch
 
 
 class TritonPythonModel:
@@ -34,16 +34,14 @@ class TritonPythonModel:
 
     def execute(self, requests):
         """Run all requests of the batch; a failure fails the whole batch's call, each with its own response."""
-        inputs = [
-            {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names}
-            for request in requests
-        ]
-        wanted = [request.requested_output_names() or self.output_names for request in requests]
-        try:
-            results = self.stage.run_requests(inputs, self.output_names)
-        except Exception as error:  # noqa: BLE001 - reported to the caller, never raised into Triton
-            return [error_response(pb_utils, error) for _ in requests]
-        return [
-            pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(name, result[name]) for name in names])
-            for result, names in zip(results, wanted, strict=False)
-        ]
+        return answer_batch(
+            pb_utils,
+            requests,
+            self._parse,
+            lambda items: self.stage.run_requests(items, self.output_names),
+            # The response keeps only what each caller asked for (answer_batch).
+            lambda result, _compute_ms: result,
+        )
+
+    def _parse(self, inputs):
+        return {name: inputs[name] for name in self.input_names}

@@ -4,14 +4,13 @@ Templates come from ``styles.toml`` beside this file (a copy of
 ``s2i/pipeline/styles.toml`` a deployment can edit).
 """
 
-import time
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from s2i import names
-from s2i.model_repository.triton_io import optional_input, respond_each, scalar
+from s2i.model_repository.triton_io import answer_batch, scalar
 from s2i.pipeline.prompt import StyleTemplates, compose_prompt
 
 
@@ -26,32 +25,33 @@ class TritonPythonModel:
         """Load (and check) the style templates."""
         self.templates = StyleTemplates.load(Path(args["model_repository"]) / args["model_version"] / "styles.toml")
 
-    def _respond(self, request):
-        started = time.perf_counter()
-        text = scalar(optional_input(pb_utils, request, names.TEXT), names.TEXT, "")
-        detected = scalar(optional_input(pb_utils, request, names.EMOTION_LABEL), names.EMOTION_LABEL, "neutral")
+    def _compose(self, inputs):
+        text = scalar(inputs.get(names.TEXT), names.TEXT, "")
+        detected = scalar(inputs.get(names.EMOTION_LABEL), names.EMOTION_LABEL, "neutral")
         composed = compose_prompt(
             text,
             detected,
             self.templates,
-            emotion_override=scalar(optional_input(pb_utils, request, names.EMOTION_OVERRIDE), names.EMOTION_OVERRIDE),
-            template_name=scalar(optional_input(pb_utils, request, names.STYLE_TEMPLATE), names.STYLE_TEMPLATE),
+            emotion_override=scalar(inputs.get(names.EMOTION_OVERRIDE), names.EMOTION_OVERRIDE),
+            template_name=scalar(inputs.get(names.STYLE_TEMPLATE), names.STYLE_TEMPLATE),
         )
-        elapsed_ms = np.array([[1000 * (time.perf_counter() - started)]], dtype=np.float32)
-        return pb_utils.InferenceResponse(
-            output_tensors=[
-                pb_utils.Tensor(names.PROMPT, _text(composed.prompt)),
-                pb_utils.Tensor(names.NEGATIVE_PROMPT, _text(composed.negative_prompt)),
-                pb_utils.Tensor(names.EMOTION, _text(composed.emotion)),
-                pb_utils.Tensor(names.COMPUTE_MS, elapsed_ms),
-                # What it composed from, and the prompts again: the ensemble's copies (s2i.pipeline.models).
-                pb_utils.Tensor(names.TEXT, _text(text)),
-                pb_utils.Tensor(names.EMOTION_LABEL, _text(detected)),
-                pb_utils.Tensor(names.DIFFUSION_PROMPT, _text(composed.prompt)),
-                pb_utils.Tensor(names.DIFFUSION_NEGATIVE_PROMPT, _text(composed.negative_prompt)),
-            ]
-        )
+        return text, detected, composed
 
     def execute(self, requests):
         """One response per request; a bad request gets its own error."""
-        return respond_each(pb_utils, requests, self._respond)
+        return answer_batch(pb_utils, requests, self._compose, lambda items: items, _outputs)
+
+
+def _outputs(composed, compute_ms):
+    text, detected, composed = composed
+    return {
+        names.PROMPT: _text(composed.prompt),
+        names.NEGATIVE_PROMPT: _text(composed.negative_prompt),
+        names.EMOTION: _text(composed.emotion),
+        names.COMPUTE_MS: compute_ms,
+        # What it composed from, and the prompts again: the ensemble's copies (s2i.pipeline.specs).
+        names.TEXT: _text(text),
+        names.EMOTION_LABEL: _text(detected),
+        names.DIFFUSION_PROMPT: _text(composed.prompt),
+        names.DIFFUSION_NEGATIVE_PROMPT: _text(composed.negative_prompt),
+    }

@@ -16,7 +16,7 @@ import triton_python_backend_utils as pb_utils
 from s2i import names
 from s2i.audio import RequestCancelledError
 from s2i.model_repository.observability import RequestObserver
-from s2i.model_repository.triton_io import error_response, make_stage_runner, optional_input, scalar
+from s2i.model_repository.triton_io import error_response, make_stage_runner, request_inputs, scalar
 from s2i.pipeline.streaming import StreamRequest, run_stream
 
 
@@ -39,35 +39,10 @@ class TritonPythonModel:
         )
 
     def _parse(self, request) -> StreamRequest:
-        def value(name, default=None, **kwargs):
-            return scalar(optional_input(pb_utils, request, name), name, default, **kwargs)
-
-        audio = {
-            name: tensor
-            for name in (names.AUDIO_SAMPLES, names.SAMPLE_RATE_HZ, names.AUDIO_BYTES)
-            if (tensor := optional_input(pb_utils, request, name)) is not None
-        }
-        options = {
-            name: tensor
-            for name in (
-                names.NUM_INFERENCE_STEPS,
-                names.GUIDANCE_SCALE,
-                names.HEIGHT,
-                names.WIDTH,
-                names.SEED,
-                names.SCHEDULER,
-                names.RETURN_TRANSCRIPT,
-                names.MAX_NEW_TOKENS,
-            )
-            if (tensor := optional_input(pb_utils, request, name)) is not None
-        }
-        return StreamRequest(
-            audio=audio,
-            options=options,
-            emotion_override=value(names.EMOTION_OVERRIDE),
-            style_template=value(names.STYLE_TEMPLATE),
-            preview_every=int(value(names.PREVIEW_EVERY, 0)),
-        )
+        """The pipeline inputs the request holds (every input of the config, so every option), and its own."""
+        inputs = request_inputs(request)
+        preview_every = inputs.pop(names.PREVIEW_EVERY, None)
+        return StreamRequest(inputs=inputs, preview_every=int(scalar(preview_every, names.PREVIEW_EVERY, 0)))
 
     def execute(self, requests):
         """Stream each request's messages; errors end that request's stream with an error response."""

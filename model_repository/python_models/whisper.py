@@ -11,16 +11,15 @@ Checkpoint assets (tokenizer, feature extractor and generation configs) sit in
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from s2i import names
-from s2i.audio import InvalidInputError, load_request_audio
+from s2i.audio import InvalidInputError
 from s2i.model_repository.observability import RequestObserver
-from s2i.model_repository.triton_io import error_response, make_stage_runner, optional_input, scalar
+from s2i.model_repository.triton_io import answer_batch, make_stage_runner, request_audio, scalar
 from s2i.stages.whisper.decoding import (
     DEFAULT_LANGUAGE,
     DEFAULT_TASK,
@@ -60,91 +59,58 @@ class TritonPythonModel:
         self.runner = WhisperRunner(version_dir / "assets", run_stage)
         self.observer = RequestObserver(pb_utils, args["model_name"], self.bls, counters=("tokens_generated",))
 
-    def _parse(self, request):
+    def _parse(self, inputs):
         """The request's clip and options, checked; plus whether a transcript was asked for."""
-        features = optional_input(pb_utils, request, names.INPUT_FEATURES)
-        samples = optional_input(pb_utils, request, names.AUDIO_SAMPLES)
-        for name, value in ((names.INPUT_FEATURES, features), (names.AUDIO_SAMPLES, samples)):
-            if value is not None and value.shape[0] != 1:
-                raise InvalidInputError(
-                    name,
-                    f"must hold one mono clip per request, got shape {list(value.shape)} "
-                    "(for stereo audio, downmix to one channel first).",
-                )
-        if features is None:
-            audio_bytes = scalar(optional_input(pb_utils, request, names.AUDIO_BYTES), names.AUDIO_BYTES, text=False)
-            sample_rate_hz = scalar(optional_input(pb_utils, request, names.SAMPLE_RATE_HZ), names.SAMPLE_RATE_HZ)
-            samples = load_request_audio(None if samples is None else samples[0], sample_rate_hz, audio_bytes)
+        features = inputs.get(names.INPUT_FEATURES)
+        if features is not None and features.shape[0] != 1:
+            raise InvalidInputError(
+                names.INPUT_FEATURES, f"must hold one clip's features per request, got shape {list(features.shape)}."
+            )
+        samples = request_audio(inputs) if features is None else None
         # Absent: the checkpoint's default, clamped to its decoder positions.
-        max_new_tokens = scalar(optional_input(pb_utils, request, names.MAX_NEW_TOKENS), names.MAX_NEW_TOKENS)
+        max_new_tokens = scalar(inputs.get(names.MAX_NEW_TOKENS), names.MAX_NEW_TOKENS)
         parsed = TranscriptionRequest(
             samples=samples,
             features=None if features is None else features[0],
-            task=scalar(optional_input(pb_utils, request, names.TASK), names.TASK, DEFAULT_TASK),
-            language=scalar(optional_input(pb_utils, request, names.LANGUAGE), names.LANGUAGE, DEFAULT_LANGUAGE),
+            task=scalar(inputs.get(names.TASK), names.TASK, DEFAULT_TASK),
+            language=scalar(inputs.get(names.LANGUAGE), names.LANGUAGE, DEFAULT_LANGUAGE),
             max_new_tokens=None if max_new_tokens is None else int(max_new_tokens),
         )
         self.runner.check(parsed)
-        return_transcript = bool(
-            scalar(optional_input(pb_utils, request, names.RETURN_TRANSCRIPT), names.RETURN_TRANSCRIPT, False)
-        )
-        return parsed, return_transcript
+        return parsed, bool(scalar(inputs.get(names.RETURN_TRANSCRIPT), names.RETURN_TRANSCRIPT, False))
 
     def execute(self, requests):
         """Answer every request; a bad one gets its own error and never fails its neighbours."""
         started = self.observer.start()
         with self.bls.parent(requests[0]):
-            responses = self._answer(requests)
+            responses = answer_batch(
+                pb_utils, requests, self._parse, self._transcribe, _outputs, cancellable=True, fan_out=_jobs
+            )
         self.observer.finish_responses(requests, responses, started)
         return responses
 
-    def _answer(self, requests):
-        started = time.perf_counter()
-        responses = [None] * len(requests)
-        jobs = []  # (request index, kind, TranscriptionRequest)
-        for index, request in enumerate(requests):
-            try:
-                parsed, return_transcript = self._parse(request)
-            except Exception as error:  # noqa: BLE001 - becomes this request's error response
-                responses[index] = error_response(pb_utils, error)
-                continue
-            jobs.append((index, "main", parsed))
-            if return_transcript:
-                # The transcript shares the clip's features and runs in the same decoder batch.
-                jobs.append((index, "transcript", dataclasses.replace(parsed, task="transcribe")))
-        if not jobs:
-            return responses
-        try:
-            # A request whose client left (deadline, cancel) stops within one decoding step.
-            results = self.runner.transcribe(
-                [job for _, _, job in jobs], cancelled=lambda i: requests[jobs[i][0]].is_cancelled()
-            )
-        except Exception as error:  # noqa: BLE001
-            for index, _, _ in jobs:
-                responses[index] = error_response(pb_utils, error)
-            return responses
+    def _transcribe(self, jobs, cancelled):
+        """The batch's texts; counts the tokens generated for the request's log line."""
+        # A request whose client left (deadline, cancel) stops within one decoding step.
+        results = self.runner.transcribe(jobs, cancelled=cancelled)
         self.observer.count(
             "tokens_generated",
             sum(len(result.token_ids) for result in results if not isinstance(result, Exception)),
         )
-        by_request = {}
-        for (index, kind, _), result in zip(jobs, results, strict=True):
-            by_request.setdefault(index, {})[kind] = result
-        elapsed_ms = np.array([[1000 * (time.perf_counter() - started)]], dtype=np.float32)
-        for index, parts in by_request.items():
-            main, transcript = parts["main"], parts.get("transcript")
-            if isinstance(main, Exception) or isinstance(transcript, Exception):
-                responses[index] = error_response(pb_utils, main if isinstance(main, Exception) else transcript)
-                continue
-            responses[index] = pb_utils.InferenceResponse(
-                output_tensors=[
-                    pb_utils.Tensor(names.TEXT, np.array([[main.text.encode("utf-8")]], dtype=np.object_)),
-                    pb_utils.Tensor(names.TOKEN_IDS, np.asarray([main.token_ids], dtype=np.int64)),
-                    pb_utils.Tensor(
-                        names.TRANSCRIPT,
-                        np.array([[(transcript.text if transcript else "").encode("utf-8")]], dtype=np.object_),
-                    ),
-                    pb_utils.Tensor(names.COMPUTE_MS, elapsed_ms),
-                ]
-            )
-        return responses
+        return results
+
+
+def _jobs(parsed):
+    """The clip's translation, and its transcript when asked for: same features, same decoder batch."""
+    request, return_transcript = parsed
+    return (request, dataclasses.replace(request, task="transcribe")) if return_transcript else (request,)
+
+
+def _outputs(results, compute_ms):
+    main, *transcript = results
+    return {
+        names.TEXT: np.array([[main.text.encode("utf-8")]], dtype=np.object_),
+        names.TOKEN_IDS: np.asarray([main.token_ids], dtype=np.int64),
+        names.TRANSCRIPT: np.array([[(transcript[0].text if transcript else "").encode("utf-8")]], dtype=np.object_),
+        names.COMPUTE_MS: compute_ms,
+    }

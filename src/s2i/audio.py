@@ -13,6 +13,17 @@ from fractions import Fraction
 
 import numpy as np
 
+# Re-exported: the errors lived here first, and callers of the audio checks catch them.
+from s2i.errors import (  # noqa: F401
+    MAX_ECHO_CHARS,
+    MAX_MESSAGE_CHARS,
+    InvalidInputError,
+    RequestCancelledError,
+    bounded_message,
+    check_finite,
+    shown,
+)
+
 MODEL_SAMPLE_RATE_HZ = 16_000
 # Whisper sees 30 s windows; longer audio is refused rather than cut silently.
 MAX_DURATION_S = 30.0
@@ -22,49 +33,6 @@ MAX_SAMPLE_RATE_HZ = 192_000
 MAX_AUDIO_BYTES = 48 * 1024 * 1024
 # Shorter audio than this carries no speech the models could use.
 MIN_DURATION_S = 0.1
-# Echoed request values are cut to this many characters (plus their length): a
-# 1 MiB template echoed whole broke gRPC's 16 KiB metadata limit (RESOURCE_EXHAUSTED).
-MAX_ECHO_CHARS = 64
-# No error message is longer than this, whatever its parts (a backstop for `shown`).
-MAX_MESSAGE_CHARS = 1024
-
-
-def shown(value: object) -> str:
-    """``repr(value)`` for an error message: whole when short, else a short prefix and the value's length."""
-    text = repr(value)
-    if len(text) <= MAX_ECHO_CHARS:
-        return text
-    length = len(value) if isinstance(value, str | bytes | list | tuple) else len(text)
-    return f"{text[:MAX_ECHO_CHARS]}… (length {length})"
-
-
-def bounded_message(message: str) -> str:
-    """``message`` cut to :data:`MAX_MESSAGE_CHARS`, saying how long it was."""
-    if len(message) <= MAX_MESSAGE_CHARS:
-        return message
-    return f"{message[:MAX_MESSAGE_CHARS]}… (message cut, {len(message)} characters)"
-
-
-class InvalidInputError(ValueError):
-    """A request input is outside what the server accepts.
-
-    The message is bounded (:func:`bounded_message`), so an echoed input can never
-    make the error itself too large to deliver.
-
-    Attributes:
-        field: The name of the offending input tensor.
-    """
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(bounded_message(f"`{field}`: {message}"))
-        self.field = field
-
-
-class RequestCancelledError(RuntimeError):
-    """The client cancelled the request (or its deadline passed) while it was being served."""
-
-    def __init__(self, what: str = "request") -> None:
-        super().__init__(f"The {what} was cancelled by the client; its work was stopped.")
 
 
 def decode_audio_bytes(data: bytes, field: str = "audio_bytes") -> tuple[np.ndarray, int]:
@@ -151,9 +119,7 @@ def prepare_audio(samples: np.ndarray, sample_rate_hz: int, field: str = "audio_
             field,
             f"is {duration_s:.1f} s long; the limit is {MAX_DURATION_S:.0f} s. Split the audio and send each part.",
         )
-    if not np.all(np.isfinite(samples)):
-        bad = int(np.count_nonzero(~np.isfinite(samples)))
-        raise InvalidInputError(field, f"contains {bad} NaN or infinite values.")
+    check_finite(samples, field)
     return resample(samples, sample_rate_hz, MODEL_SAMPLE_RATE_HZ)
 
 

@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 
 from s2i import audio, names
-from s2i.pipeline.models import read_tensor_specs
+from s2i.pipeline.dag import PIPELINE
+from s2i.pipeline.specs import read_tensor_specs
 from s2i.stages.diffusion import sampling
 from s2i.stages.whisper import decoding
 
@@ -139,14 +140,7 @@ OUTPUTS = {
     names.STEP: TensorDoc("Denoising steps done when the message was sent."),
     **{
         timing: TensorDoc(f"Time the `{model}` step spent on the request, in milliseconds.")
-        for timing, model in {
-            "preprocess_ms": names.PREPROCESS,
-            "whisper_ms": names.WHISPER,
-            "emotion_ms": names.EMOTION_CLASSIFIER,
-            "prompt_ms": names.PROMPT_COMPOSER,
-            "diffusion_ms": names.DIFFUSION,
-            "postprocess_ms": names.POSTPROCESS,
-        }.items()
+        for model, timing in PIPELINE.timings.items()
     },
 }
 

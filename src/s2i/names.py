@@ -77,6 +77,14 @@ EVENT = "event"  # BYTES [1]: streaming: "text", "preview" or "image"
 IMAGE_SEED = "image_seed"  # INT64 [1]: the seed the pipeline's image was drawn with (`seed` is an input there)
 STEP = "step"  # INT32 [1]: streaming: denoising steps done when the message was sent
 # `prompt_composer`'s prompts again, for `diffusion`: in the ensemble no tensor is both an output and
-# a later step's input (Triton's pruning of unrequested outputs miscounts those; s2i.pipeline.models).
+# a later step's input (Triton's pruning of unrequested outputs miscounts those; s2i.pipeline.specs).
 DIFFUSION_PROMPT = "diffusion_prompt"  # BYTES [1]
 DIFFUSION_NEGATIVE_PROMPT = "diffusion_negative_prompt"  # BYTES [1]
+
+# The pipeline's timings: the ensemble's (and the stream's) output carrying each step's `compute_ms`.
+PREPROCESS_MS = "preprocess_ms"  # FP32 [1]
+WHISPER_MS = "whisper_ms"  # FP32 [1]
+EMOTION_MS = "emotion_ms"  # FP32 [1]
+PROMPT_MS = "prompt_ms"  # FP32 [1]
+DIFFUSION_MS = "diffusion_ms"  # FP32 [1]
+POSTPROCESS_MS = "postprocess_ms"  # FP32 [1]

@@ -18,7 +18,7 @@ def test_convert_writes_stage_graphs_bls_model_and_assets(model_repository):
 def test_stage_model_spec_renders_native_onnxruntime_model_when_target_is_onnxruntime(checkpoints):
     import json
 
-    from s2i.stages.whisper.models import whisper_components
+    from s2i.stages.whisper.specs import whisper_components
 
     config = json.loads((checkpoints["whisper"] / "config.json").read_text())
     encoder = whisper_components(config)[0]
@@ -32,7 +32,7 @@ def test_stage_model_spec_renders_native_onnxruntime_model_when_target_is_onnxru
 def test_stage_model_spec_raises_when_target_unknown(checkpoints):
     import json
 
-    from s2i.stages.whisper.models import whisper_components
+    from s2i.stages.whisper.specs import whisper_components
 
     encoder = whisper_components(json.loads((checkpoints["whisper"] / "config.json").read_text()))[0]
     with pytest.raises(ValueError, match="`target` must be one of"):

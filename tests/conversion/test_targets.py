@@ -7,7 +7,7 @@ import pytest
 from s2i.conversion.repository import TARGETS, TENSORRT, stage_model_spec
 from s2i.model_repository.config import parse_config, render_config
 from s2i.model_repository.deployment import CPU, GPU, POLICIES, policy
-from s2i.stages.whisper.models import whisper_components
+from s2i.stages.whisper.specs import whisper_components
 
 TYPE_NAMES = {"FP32": "TYPE_FP32", "INT64": "TYPE_INT64", "INT32": "TYPE_INT32", "BYTES": "TYPE_STRING"}
 

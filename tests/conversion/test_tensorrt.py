@@ -86,7 +86,7 @@ def test_tensorrt_encoder_engine_matches_onnxruntime(checkpoints, model_reposito
 
     from s2i.conversion.tensorrt import build_engine
     from s2i.model_repository.onnx_stage import OnnxStage
-    from s2i.stages.whisper.models import whisper_components
+    from s2i.stages.whisper.specs import whisper_components
 
     encoder = whisper_components(json.loads((checkpoints["whisper"] / "config.json").read_text()))[0]
     onnx_path = model_repository.repository / "whisper_encoder" / "1" / "model.onnx"

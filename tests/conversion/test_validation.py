@@ -13,10 +13,10 @@ from s2i.conversion.validation import (
 )
 from s2i.model_repository.components import OnnxComponent
 from s2i.model_repository.config import TensorSpec
-from s2i.stages.diffusion.models import RTOL as DIFFUSION_RTOL
-from s2i.stages.emotion.models import RTOL as EMOTION_RTOL
-from s2i.stages.whisper.models import ATOL as WHISPER_ATOL
-from s2i.stages.whisper.models import RTOL as WHISPER_RTOL
+from s2i.stages.diffusion.specs import RTOL as DIFFUSION_RTOL
+from s2i.stages.emotion.specs import RTOL as EMOTION_RTOL
+from s2i.stages.whisper.specs import ATOL as WHISPER_ATOL
+from s2i.stages.whisper.specs import RTOL as WHISPER_RTOL
 
 
 def _component(atol: float, rtol: float) -> OnnxComponent:

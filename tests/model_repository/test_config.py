@@ -47,7 +47,7 @@ def test_render_config_allows_ragged_batches_only_for_inputs_marked_ragged():
 
 def test_whisper_loop_batches_raw_clips_of_different_lengths_when_rendered():
     from s2i import names
-    from s2i.stages.whisper.models import whisper_model_spec
+    from s2i.stages.whisper.specs import whisper_model_spec
 
     config = parse_config(render_config(whisper_model_spec()))
     ragged = {i.name for i in config.input if i.allow_ragged_batch}

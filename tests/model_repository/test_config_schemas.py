@@ -19,7 +19,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, te
 
 from s2i.conversion.repository import TARGETS, stage_model_spec
 from s2i.model_repository.config import parse_config, render_config
-from s2i.stages.whisper.models import whisper_components
+from s2i.stages.whisper.specs import whisper_components
 
 SCHEMAS = Path(__file__).parent / "triton_schemas"
 DOCKERFILE = Path(__file__).resolve().parents[2] / "Dockerfile"

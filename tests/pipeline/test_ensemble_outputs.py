@@ -1,7 +1,7 @@
 """Any subset of `speech_to_image`'s outputs, over gRPC and HTTP, returns what the full request returns.
 
 Triton prunes the ensemble steps a request does not need; its pruning miscounts some graphs
-(see `s2i.pipeline.models.ensemble_spec`). The generated ensemble is checked twice: offline, by
+(see `s2i.pipeline.specs.ensemble_spec`). The generated ensemble is checked twice: offline, by
 replaying Triton's pruning for every one of the 2^16 - 1 subsets, and against the real server.
 """
 
@@ -19,7 +19,7 @@ import tritonclient.grpc as grpcclient
 
 from s2i import names
 from s2i.model_repository.config import EnsembleStep, TensorSpec, parse_config
-from s2i.pipeline.models import check_prunable
+from s2i.pipeline.specs import check_prunable
 
 # Few steps and tokens: the models are tiny and random; what is tested is which outputs come back.
 REQUEST = {names.SEED: (np.int64, 3), names.NUM_INFERENCE_STEPS: (np.int32, 2), names.MAX_NEW_TOKENS: (np.int32, 4)}

@@ -1,6 +1,6 @@
 import pytest
 
-from s2i.audio import InvalidInputError
+from s2i.errors import InvalidInputError
 from s2i.pipeline.prompt import EMPTY_TEXT, StyleTemplates, compose_prompt
 
 

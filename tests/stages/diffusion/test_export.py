@@ -8,7 +8,7 @@ from s2i.conversion.validation import ValidationError
 from s2i.model_repository.components import GraphMismatchError
 from s2i.model_repository.config import TensorSpec, parse_config
 from s2i.stages.diffusion.export import validate_diffusion_export
-from s2i.stages.diffusion.models import diffusion_components, read_configs
+from s2i.stages.diffusion.specs import diffusion_components, read_configs
 
 STAGE_MODELS = ("text_encoder", "unet", "vae_decoder")
 

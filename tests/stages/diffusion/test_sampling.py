@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from s2i.audio import InvalidInputError, RequestCancelledError
+from s2i.errors import InvalidInputError, RequestCancelledError
 from s2i.model_repository.onnx_stage import OnnxStage, onnx_stage_runner
 from s2i.stages.diffusion.sampling import SCHEDULERS, DiffusionRunner, ImageRequest
 from tests.stages.diffusion.conftest import PARITY_REQUEST

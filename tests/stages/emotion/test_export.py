@@ -11,7 +11,7 @@ from s2i.stages.emotion.checkpoint import build_tiny_emotion
 from s2i.stages.emotion.config import load_config
 from s2i.stages.emotion.export import export_emotion, validate_emotion_export
 from s2i.stages.emotion.modeling import EmotionClassifier
-from s2i.stages.emotion.models import emotion_component
+from s2i.stages.emotion.specs import emotion_component
 
 
 @pytest.fixture(scope="module")

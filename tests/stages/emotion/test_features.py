@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from transformers import WhisperFeatureExtractor
 
-from s2i.audio import InvalidInputError
+from s2i.errors import InvalidInputError
 from s2i.stages.emotion.features import check_features, log_mel_features, num_frames, slice_whisper_features
 
 

@@ -13,9 +13,9 @@ from s2i.pipeline.prompt import StyleTemplates, compose_prompt
 from s2i.stages.emotion.checkpoint import EMOTION_SIZES, save_emotion_checkpoint
 from s2i.stages.emotion.export import export_emotion
 from s2i.stages.emotion.modeling import EmotionClassifier
-from s2i.stages.emotion.models import emotion_model_spec
 from s2i.stages.emotion.reference import EmotionReference
 from s2i.stages.emotion.runtime import EmotionRunner
+from s2i.stages.emotion.specs import emotion_model_spec
 from s2i.stages.emotion.stage import TINY_INIT_SCALE, EmotionStage
 from tests.conftest import BUILD_DIR
 

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from s2i.audio import InvalidInputError, prepare_audio
+from s2i.audio import prepare_audio
+from s2i.errors import InvalidInputError
 from s2i.model_repository.onnx_stage import OnnxStage, onnx_stage_runner
 from s2i.stages.emotion.reference import EmotionReference
 from s2i.stages.emotion.runtime import EmotionRunner, group_by_frames, parse_request_inputs, softmax
@@ -56,7 +57,7 @@ def test_parse_request_inputs_accepts_features_cut_from_whisper_features(onnx_ru
     from s2i.stages.emotion.features import slice_whisper_features
 
     padded = onnx_runner.feature_extractor(clips[1], sampling_rate=16_000, return_tensors="np").input_features
-    features = parse_request_inputs(None, None, None, slice_whisper_features(padded, [len(clips[1])])[0], onnx_runner)
+    features = parse_request_inputs({"input_features": slice_whisper_features(padded, [len(clips[1])])[0]}, onnx_runner)
     result = onnx_runner.classify_features([features])[0]
     np.testing.assert_allclose(result.probabilities, reference.probabilities(clips[1]), atol=1e-4)
 
@@ -64,20 +65,22 @@ def test_parse_request_inputs_accepts_features_cut_from_whisper_features(onnx_ru
 @pytest.mark.parametrize(
     ("inputs", "match"),
     [
-        (dict(samples=np.zeros((1, 1600), np.float32), features=np.zeros((1, 80, 20), np.float32)), "not both"),
         (
-            dict(samples=np.zeros((2, 1600), np.float32), sample_rate_hz=np.array([[16000], [16000]], np.int32)),
+            dict(audio_samples=np.zeros((1, 1600), np.float32), input_features=np.zeros((1, 80, 20), np.float32)),
+            "not both",
+        ),
+        (
+            dict(audio_samples=np.zeros((2, 1600), np.float32), sample_rate_hz=np.array([[16000], [16000]], np.int32)),
             r"`audio_samples`: must hold one mono",
         ),
         (dict(), r"`audio_samples`: send exactly one of"),
         (dict(audio_bytes=np.array([[b"RIFF....garbage"]], np.object_)), r"`audio_bytes`: could not be decoded"),
         (
-            dict(samples=np.zeros((1, 1600), np.float32), sample_rate_hz=np.array([[16000, 8000]], np.int32)),
+            dict(audio_samples=np.zeros((1, 1600), np.float32), sample_rate_hz=np.array([[16000, 8000]], np.int32)),
             r"`sample_rate_hz`: must hold one value",
         ),
     ],
 )
 def test_parse_request_inputs_raises_naming_the_field_when_inputs_conflict(onnx_runner, inputs, match):
-    arguments = dict(samples=None, sample_rate_hz=None, audio_bytes=None, features=None) | inputs
     with pytest.raises(InvalidInputError, match=match):
-        parse_request_inputs(runner=onnx_runner, **arguments)
+        parse_request_inputs(inputs, onnx_runner)

@@ -3,7 +3,7 @@
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from s2i.audio import InvalidInputError
+from s2i.errors import InvalidInputError
 from s2i.model_repository.triton_io import answer_batch, make_stage_runner
 
 MAX_SAMPLES = 16_000 * 30
@@ -13,8 +13,8 @@ class TritonPythonModel:
     def initialize(self, args):
         self.run_stage = make_stage_runner(pb_utils)
 
-    def _parse(self, request):
-        samples = pb_utils.get_input_tensor_by_name(request, "audio_samples").as_numpy()
+    def _parse(self, inputs):
+        samples = inputs["audio_samples"]
         if samples.ndim != 2 or samples.shape[0] != 1 or not 1 <= samples.shape[1] <= MAX_SAMPLES:
             raise InvalidInputError(
                 "audio_samples", f"must hold one clip of 1 to {MAX_SAMPLES} samples, got shape {list(samples.shape)}."
@@ -32,5 +32,5 @@ class TritonPythonModel:
             requests,
             self._parse,
             self._run,
-            lambda loudness, compute_ms: [pb_utils.Tensor("loudness", loudness.astype(np.float32))],
+            lambda loudness, compute_ms: {"loudness": loudness.astype(np.float32)},
         )

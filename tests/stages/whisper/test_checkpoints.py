@@ -10,14 +10,15 @@ import shutil
 import numpy as np
 import pytest
 
-from s2i.audio import InvalidInputError, prepare_audio
+from s2i.audio import prepare_audio
 from s2i.conversion.convert import convert
+from s2i.errors import InvalidInputError
 from s2i.model_repository.onnx_stage import OnnxStage, onnx_stage_runner
 from s2i.stages.base import UnsupportedCheckpointError
 from s2i.stages.whisper.checkpoint import build_tiny_whisper
 from s2i.stages.whisper.decoding import DecodingRules, TranscriptionRequest, WhisperRunner
-from s2i.stages.whisper.models import TYPICAL_DECODED_TOKENS, whisper_components
 from s2i.stages.whisper.reference import WhisperReference
+from s2i.stages.whisper.specs import TYPICAL_DECODED_TOKENS, whisper_components
 from s2i.stages.whisper.stage import TINY_INIT_STD, WhisperStage
 from tests.conftest import BUILD_DIR
 

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from s2i.audio import InvalidInputError, RequestCancelledError, prepare_audio
+from s2i.audio import prepare_audio
+from s2i.errors import InvalidInputError, RequestCancelledError
 from s2i.model_repository.onnx_stage import OnnxStage, onnx_stage_runner
 from s2i.stages.whisper.decoding import DecodingRules, TranscriptionRequest, WhisperRunner
 from s2i.stages.whisper.reference import WhisperReference

@@ -7,7 +7,7 @@ from s2i.conversion.validation import ValidationError
 from s2i.model_repository.components import GraphMismatchError
 from s2i.model_repository.config import TensorSpec
 from s2i.stages.whisper.export import validate_whisper_export
-from s2i.stages.whisper.models import whisper_components
+from s2i.stages.whisper.specs import whisper_components
 
 
 def test_export_validation_reports_small_differences_for_every_graph(model_repository):

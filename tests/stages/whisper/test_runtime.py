@@ -79,7 +79,7 @@ def test_whisper_loop_model_carries_decoder_graphs_only_when_target_runs_graphs_
     checkpoints, model_repository, target
 ):
     from s2i.stages.base import StageExport
-    from s2i.stages.whisper.models import whisper_components
+    from s2i.stages.whisper.specs import whisper_components
     from s2i.stages.whisper.stage import WhisperStage
 
     config = json.loads((checkpoints["whisper"] / "config.json").read_text())

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from s2i.stages.diffusion.tokenizer import MODEL_MAX_LENGTH, VOCAB_SIZE, build_clip_tokenizer
+from s2i.stages.diffusion.tokenizer_files import MODEL_MAX_LENGTH, VOCAB_SIZE, build_clip_tokenizer
 
 LOGGER = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ import logging
 from pathlib import Path
 
 from s2i import names
-from s2i.conversion.validation import GraphError, check_errors, export_once, graph_error
+from s2i.conversion.validation import GraphError, check_errors, export_once, graph_error, optimum_export
 from s2i.model_repository.components import OnnxComponent
 from s2i.model_repository.onnx_stage import OnnxStage
 from s2i.stages.base import StageExport
-from s2i.stages.diffusion.models import diffusion_components, read_configs
+from s2i.stages.diffusion.specs import diffusion_components, read_configs
 
 LOGGER = logging.getLogger(__name__)
 
@@ -100,21 +100,15 @@ def export_diffusion(checkpoint: Path, onnx_dir: Path, *, validate: bool = True)
     Graphs are written once: an ``onnx_dir`` that already holds them for the
     same configs is reused (delete it to force a new export).
     """
-    from optimum.exporters.onnx import main_export
-
     checkpoint, onnx_dir = Path(checkpoint), Path(onnx_dir)
     configs = read_configs(checkpoint)
     components = diffusion_components(configs)
 
     def export() -> None:
-        LOGGER.info("Exporting %s to ONNX (%s)", checkpoint, OPTIMUM_TASK)
-        main_export(
-            str(checkpoint),
-            output=onnx_dir,
-            task=OPTIMUM_TASK,
-            no_post_process=True,
-            do_validation=False,
-            device="cpu",
+        optimum_export(
+            checkpoint,
+            onnx_dir,
+            OPTIMUM_TASK,
             custom_onnx_configs={"unet": batched_timestep_unet_config(_unet_config(checkpoint))},
         )
         add_timestep_axis(onnx_dir / "unet" / "model.onnx")

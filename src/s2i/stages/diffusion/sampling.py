@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from s2i import names
-from s2i.audio import InvalidInputError, RequestCancelledError, shown
+from s2i.errors import InvalidInputError, RequestCancelledError, shown
 from s2i.stages.runner import Cancelled, StageRunner
 
 # Request name -> diffusers scheduler class.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from s2i.model_repository.config import ModelSpec
 from s2i.stages.base import Stage, StageExport, UnsupportedCheckpointError
-from s2i.stages.diffusion.models import diffusion_components, diffusion_model_spec, read_configs
+from s2i.stages.diffusion.specs import diffusion_components, diffusion_model_spec, read_configs
 
 SUPPORTED = (
     "Stable Diffusion 1.x/2.x layouts (`StableDiffusionPipeline`: one CLIP text encoder, "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 from s2i import names
@@ -85,8 +84,3 @@ def load_config(checkpoint_dir: Path) -> EmotionConfig:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; is `{checkpoint_dir}` an emotion checkpoint folder?")
     return EmotionConfig.from_dict(json.loads(path.read_text()))
-
-
-def labels_of(checkpoint_dir: Path) -> Sequence[str]:
-    """Class names of a checkpoint, in logit order."""
-    return load_config(checkpoint_dir).labels

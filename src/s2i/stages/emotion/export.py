@@ -12,7 +12,7 @@ from s2i.model_repository.onnx_stage import OnnxStage
 from s2i.stages.base import StageExport
 from s2i.stages.emotion.config import load_config
 from s2i.stages.emotion.modeling import EmotionClassifier
-from s2i.stages.emotion.models import emotion_component
+from s2i.stages.emotion.specs import emotion_component
 
 LOGGER = logging.getLogger(__name__)
 

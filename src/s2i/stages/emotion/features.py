@@ -24,7 +24,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from s2i import names
-from s2i.audio import MODEL_SAMPLE_RATE_HZ, InvalidInputError
+from s2i.audio import MODEL_SAMPLE_RATE_HZ
+from s2i.errors import InvalidInputError, check_finite
 
 HOP_LENGTH = 160
 N_FFT = 400
@@ -89,7 +90,5 @@ def check_features(features: np.ndarray, num_mel_bins: int, field: str = names.I
             field,
             f"has {frames} frames; between {MIN_FRAMES} and {MAX_FRAMES} (0.1-30 s of 10 ms frames) are accepted.",
         )
-    if not np.all(np.isfinite(features)):
-        bad = int(np.count_nonzero(~np.isfinite(features)))
-        raise InvalidInputError(field, f"contains {bad} NaN or infinite values.")
+    check_finite(features, field)
     return np.ascontiguousarray(features)

@@ -8,14 +8,14 @@ and in tests (an ONNX Runtime session).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from s2i import names
-from s2i.audio import InvalidInputError, load_request_audio
-from s2i.model_repository.triton_io import scalar
+from s2i.errors import InvalidInputError
+from s2i.model_repository.triton_io import request_audio
 from s2i.stages.emotion.config import load_config
 from s2i.stages.emotion.features import check_features, log_mel_features
 from s2i.stages.runner import StageRunner
@@ -109,35 +109,19 @@ class EmotionRunner:
         return self.classify_features([self.features(samples) for samples in clips])
 
 
-def parse_request_inputs(
-    samples: np.ndarray | None,
-    sample_rate_hz: np.ndarray | None,
-    audio_bytes: np.ndarray | None,
-    features: np.ndarray | None,
-    runner: EmotionRunner,
-) -> np.ndarray:
+def parse_request_inputs(inputs: Mapping[str, np.ndarray], runner: EmotionRunner) -> np.ndarray:
     """Turn one request's tensors (as received, batch axis included) into checked ``[1, n_mels, frames]`` features.
 
     Exactly one of audio (``audio_samples`` with ``sample_rate_hz``, or ``audio_bytes``) and
     ``input_features`` must be given. The audio tensors are checked in the order a
     client most likely got wrong: the clip's shape first, then its rate.
     """
+    features = inputs.get(names.INPUT_FEATURES)
     if features is not None:
-        if samples is not None or audio_bytes is not None:
+        if names.AUDIO_SAMPLES in inputs or names.AUDIO_BYTES in inputs:
             raise InvalidInputError(
                 names.INPUT_FEATURES,
                 "send either audio (`audio_samples` or `audio_bytes`) or `input_features`, not both.",
             )
         return runner.check_features(features)
-    if samples is not None and samples.shape[0] != 1:
-        raise InvalidInputError(
-            names.AUDIO_SAMPLES,
-            f"must hold one mono clip per request, got shape {list(samples.shape)} "
-            "(for stereo audio, downmix to one channel first).",
-        )
-    clip = load_request_audio(
-        None if samples is None else samples[0],
-        scalar(sample_rate_hz, names.SAMPLE_RATE_HZ),
-        scalar(audio_bytes, names.AUDIO_BYTES, text=False),
-    )
-    return runner.features(clip)
+    return runner.features(request_audio(inputs))

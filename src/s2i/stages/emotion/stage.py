@@ -7,7 +7,7 @@ from pathlib import Path
 from s2i.model_repository.config import ModelSpec
 from s2i.stages.base import Stage, StageExport, UnsupportedCheckpointError
 from s2i.stages.emotion.config import ARCHITECTURES, MODEL_TYPE, load_config
-from s2i.stages.emotion.models import emotion_model_spec
+from s2i.stages.emotion.specs import emotion_model_spec
 
 # Spreads the random head's logits, so a random classifier gives distinct,
 # non-uniform probabilities per clip and parity tests compare real numbers.

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from s2i.stages.whisper.tokenizer import build_whisper_tokenizer, non_speech_tokens, special_tokens
+from s2i.stages.whisper.tokenizer_files import build_whisper_tokenizer, non_speech_tokens, special_tokens
 
 LOGGER = logging.getLogger(__name__)
 

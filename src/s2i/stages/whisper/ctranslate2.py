@@ -402,7 +402,7 @@ def _load_tokenizer(source: Path, vocabulary: list[str]):
     else:
         import tempfile
 
-        from s2i.stages.whisper.tokenizer import build_whisper_tokenizer
+        from s2i.stages.whisper.tokenizer_files import build_whisper_tokenizer
 
         LOGGER.info("No `tokenizer.json` in %s: using openai-whisper's multilingual tokenizer", source)
         with tempfile.TemporaryDirectory() as staging:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from s2i import names
-from s2i.audio import InvalidInputError, RequestCancelledError, shown
+from s2i.errors import InvalidInputError, RequestCancelledError, check_finite, shown
 from s2i.stages.runner import Cancelled, StageRunner
 
 TASKS = ("translate", "transcribe")
@@ -273,8 +273,7 @@ class WhisperRunner:
                     f"must be float32 of shape {list(expected)} (log-mel, padded to 30 s), "
                     f"got {request.features.dtype} {list(request.features.shape)}.",
                 )
-            if not np.all(np.isfinite(request.features)):
-                raise InvalidInputError(names.INPUT_FEATURES, "contains NaN or infinite values.")
+            check_finite(request.features, names.INPUT_FEATURES)
         limit = self.rules.max_new_tokens_limit()
         if request.max_new_tokens is not None and not 1 <= request.max_new_tokens <= limit:
             raise InvalidInputError(

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 from s2i import names
-from s2i.conversion.validation import GraphError, check_errors, export_once, graph_error, worst_error
+from s2i.conversion.validation import GraphError, check_errors, export_once, graph_error, optimum_export, worst_error
 from s2i.model_repository.components import OnnxComponent
 from s2i.model_repository.onnx_stage import OnnxStage
 from s2i.stages.base import StageExport
 from s2i.stages.whisper.decoding import DecodingRules, past_names
-from s2i.stages.whisper.models import whisper_components
-
-LOGGER = logging.getLogger(__name__)
+from s2i.stages.whisper.specs import whisper_components
 
 OPTIMUM_TASK = "automatic-speech-recognition-with-past"
 # Optimum traces with 16 dummy tokens (past and new ones); a decoder with fewer
@@ -28,21 +25,15 @@ def export_whisper(checkpoint: Path, onnx_dir: Path, *, validate: bool = True) -
     Graphs are written once: an ``onnx_dir`` that already holds them for the
     same ``config.json`` is reused (delete it to force a new export).
     """
-    from optimum.exporters.onnx import main_export
-
     checkpoint, onnx_dir = Path(checkpoint), Path(onnx_dir)
     config = json.loads((checkpoint / "config.json").read_text())
     components = whisper_components(config)
 
     def export() -> None:
-        LOGGER.info("Exporting %s to ONNX (%s)", checkpoint, OPTIMUM_TASK)
-        main_export(
-            str(checkpoint),
-            output=onnx_dir,
-            task=OPTIMUM_TASK,
-            no_post_process=True,
-            do_validation=False,
-            device="cpu",
+        optimum_export(
+            checkpoint,
+            onnx_dir,
+            OPTIMUM_TASK,
             sequence_length=max(1, min(TRACE_SEQUENCE_LENGTH, int(config["max_target_positions"]) // 2 - 1)),
         )
 

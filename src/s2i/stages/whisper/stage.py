@@ -12,8 +12,8 @@ from s2i.model_repository.config import ModelSpec
 from s2i.model_repository.deployment import CPU, policy
 from s2i.stages.base import Stage, StageExport, UnsupportedCheckpointError
 from s2i.stages.whisper.decoding import DEFAULT_LANGUAGE, DecodingRules
-from s2i.stages.whisper.models import whisper_model_spec
 from s2i.stages.whisper.runtime import DECODER_DIR_PARAMETER, DECODER_FILES, DECODER_THREADS_PARAMETER
+from s2i.stages.whisper.specs import whisper_model_spec
 
 # A larger init spread than transformers' 0.02 makes a random decoder's argmax
 # vary from step to step, so parity tests compare varied token sequences

@@ -22,21 +22,15 @@ from s2i.model_repository.config import (
     TensorSpec,
     parse_config,
 )
-from s2i.model_repository.deployment import CPU, ModelPolicy, policy
+from s2i.model_repository.deployment import CPU, policy
+from s2i.pipeline.dag import PIPELINE, REQUEST, Pipeline, Step
 from s2i.pipeline.prompt import STYLES_FILE
+from s2i.pipeline.streaming import LEFT_OUT
 
-# The composed models; all must be in the repository for the pipeline to be written.
-COMPOSED = (names.WHISPER, names.EMOTION_CLASSIFIER, names.DIFFUSION)
-
-# Pipeline tensor name -> (composed model, its tensor name): timings per step.
-TIMINGS = {
-    "preprocess_ms": names.PREPROCESS,
-    "whisper_ms": names.WHISPER,
-    "emotion_ms": names.EMOTION_CLASSIFIER,
-    "prompt_ms": names.PROMPT_COMPOSER,
-    "diffusion_ms": names.DIFFUSION,
-    "postprocess_ms": names.POSTPROCESS,
-}
+# The pipeline's own models, described here; the other steps are stage models read from the repository.
+OWN_STEPS = (names.PREPROCESS, names.PROMPT_COMPOSER, names.POSTPROCESS)
+# The composed stage models; all must be in the repository for the pipeline to be written.
+COMPOSED = tuple(step.model for step in PIPELINE.steps if step.model not in OWN_STEPS)
 
 
 def _config_type_to_datatype(data_type: int) -> str:
@@ -64,13 +58,9 @@ def read_tensor_specs(repository: Path, model: str) -> tuple[dict[str, TensorSpe
     return specs(config.input, True), specs(config.output, False), config.max_batch_size
 
 
-def _step_policy(name: str, device: str) -> ModelPolicy:
-    return policy(name, device)
-
-
 def preprocess_spec(num_mel_bins: int, device: str = CPU) -> ModelSpec:
     """Audio in, features for Whisper (30 s window) and for the emotion classifier (clip frames) out."""
-    chosen = _step_policy(names.PREPROCESS, device)
+    chosen = policy(names.PREPROCESS, device)
     return ModelSpec(
         name=names.PREPROCESS,
         inputs=(
@@ -90,7 +80,7 @@ def preprocess_spec(num_mel_bins: int, device: str = CPU) -> ModelSpec:
 
 def prompt_composer_spec(device: str = CPU) -> ModelSpec:
     """Text + emotion (+ optional override and template) in, prompt pair and final emotion out."""
-    chosen = _step_policy(names.PROMPT_COMPOSER, device)
+    chosen = policy(names.PROMPT_COMPOSER, device)
     return ModelSpec(
         name=names.PROMPT_COMPOSER,
         inputs=(
@@ -117,7 +107,7 @@ def prompt_composer_spec(device: str = CPU) -> ModelSpec:
 
 def postprocess_spec(device: str = CPU) -> ModelSpec:
     """The RGB image in, PNG bytes out (and the image itself, for the ensemble; see `ensemble_spec`)."""
-    chosen = _step_policy(names.POSTPROCESS, device)
+    chosen = policy(names.POSTPROCESS, device)
     return ModelSpec(
         name=names.POSTPROCESS,
         inputs=(TensorSpec(names.IMAGE, "UINT8", (-1, -1, 3)),),
@@ -136,115 +126,40 @@ def internal(model: str, tensor: str) -> str:
     return f"{model}.{tensor}"
 
 
-def ensemble_spec(repository: Path, step_specs: dict[str, ModelSpec]) -> ModelSpec:
-    """The ``speech_to_image`` ensemble over the models in ``repository`` and the pipeline steps.
+def ensemble_spec(repository: Path, step_specs: dict[str, ModelSpec], pipeline: Pipeline = PIPELINE) -> ModelSpec:
+    """The ``speech_to_image`` ensemble of ``pipeline`` over the models in ``repository`` and ``step_specs``.
 
     Any subset of the outputs may be requested. Triton (2.51, and its current ensemble
     scheduler) prunes the steps a request does not need by counting, per step, the outputs
     nobody wants; it miscounts a tensor that is both an ensemble output and another step's
     input, and charges the optional inputs nobody reads to the *first* step. So here no
     tensor is both (a value a later step reads is passed under an internal name, and the
-    client's copy comes from the step that read it), and the first step is `postprocess`,
-    which needs every other step anyway. :func:`check_prunable` enforces both.
+    client's copy comes from the step that read it), and the first step is the pipeline's
+    last (`postprocess`), which needs every other step anyway. :func:`check_prunable`
+    enforces both.
     """
-    composed = {model: read_tensor_specs(repository, model) for model in COMPOSED}
-    inputs_of = {model: specs[0] for model, specs in composed.items()}
-    outputs_of = {model: specs[1] for model, specs in composed.items()}
-    for name, spec in step_specs.items():
-        inputs_of[name] = {tensor.name: tensor for tensor in spec.inputs}
-        outputs_of[name] = {tensor.name: tensor for tensor in spec.outputs}
-
-    def renamed(tensor: TensorSpec, name: str, optional: bool | None = None) -> TensorSpec:
-        return TensorSpec(name, tensor.datatype, tensor.dims, tensor.optional if optional is None else optional)
-
-    preprocess_in = inputs_of[names.PREPROCESS]
-    whisper_in = inputs_of[names.WHISPER]
-    composer_in = inputs_of[names.PROMPT_COMPOSER]
-    diffusion_in = inputs_of[names.DIFFUSION]
-    diffusion_options = [name for name in diffusion_in if name not in (names.PROMPT, names.NEGATIVE_PROMPT)]
-    inputs = (
-        *preprocess_in.values(),
-        whisper_in[names.RETURN_TRANSCRIPT],
-        whisper_in[names.MAX_NEW_TOKENS],
-        composer_in[names.EMOTION_OVERRIDE],
-        composer_in[names.STYLE_TEMPLATE],
-        *(renamed(diffusion_in[name], name, optional=True) for name in diffusion_options),
+    inputs_of: dict[str, dict[str, TensorSpec]] = {}
+    outputs_of: dict[str, dict[str, TensorSpec]] = {}
+    for step in pipeline.steps:
+        if step.model in step_specs:
+            spec = step_specs[step.model]
+            inputs_of[step.model] = {tensor.name: tensor for tensor in spec.inputs}
+            outputs_of[step.model] = {tensor.name: tensor for tensor in spec.outputs}
+        else:
+            inputs_of[step.model], outputs_of[step.model], _ = read_tensor_specs(repository, step.model)
+    request_inputs = _request_inputs(pipeline, inputs_of)
+    inputs = tuple(
+        _renamed(inputs_of[step.model][name], name, optional=True)
+        for step in pipeline.steps
+        for name in request_inputs[step.model]
     )
-    out = outputs_of
     outputs = (
-        out[names.POSTPROCESS][names.PNG],
-        out[names.POSTPROCESS][names.IMAGE],
-        renamed(out[names.DIFFUSION][names.SEED], names.IMAGE_SEED),
-        out[names.PROMPT_COMPOSER][names.TEXT],
-        out[names.WHISPER][names.TRANSCRIPT],
-        out[names.PROMPT_COMPOSER][names.EMOTION_LABEL],
-        out[names.EMOTION_CLASSIFIER][names.EMOTION_PROBABILITIES],
-        out[names.PROMPT_COMPOSER][names.EMOTION],
-        out[names.PROMPT_COMPOSER][names.PROMPT],
-        out[names.PROMPT_COMPOSER][names.NEGATIVE_PROMPT],
-        *(renamed(out[model][names.COMPUTE_MS], timing) for timing, model in TIMINGS.items()),
+        *(_renamed(outputs_of[output.step][output.source.tensor], output.name) for output in pipeline.outputs),
+        *(_renamed(outputs_of[step.model][names.COMPUTE_MS], step.timing) for step in pipeline.steps),
     )
-
-    def identity(*tensor_names: str) -> dict[str, str]:
-        return {name: name for name in tensor_names}
-
-    features = internal(names.PREPROCESS, names.INPUT_FEATURES)
-    emotion_features = internal(names.PREPROCESS, names.EMOTION_FEATURES)
-    text, label = internal(names.WHISPER, names.TEXT), internal(names.EMOTION_CLASSIFIER, names.EMOTION_LABEL)
-    prompt = internal(names.PROMPT_COMPOSER, names.DIFFUSION_PROMPT)
-    negative_prompt = internal(names.PROMPT_COMPOSER, names.DIFFUSION_NEGATIVE_PROMPT)
-    image = internal(names.DIFFUSION, names.IMAGE)
-    steps = (
-        # First: Triton charges unread optional inputs to step 0 (see the docstring).
-        EnsembleStep(
-            names.POSTPROCESS,
-            {names.IMAGE: image},
-            {names.PNG: names.PNG, names.COMPUTE_MS: "postprocess_ms", names.IMAGE: names.IMAGE},
-        ),
-        EnsembleStep(
-            names.PREPROCESS,
-            identity(*preprocess_in),
-            {
-                names.INPUT_FEATURES: features,
-                names.EMOTION_FEATURES: emotion_features,
-                names.COMPUTE_MS: "preprocess_ms",
-            },
-        ),
-        # Whisper and the emotion classifier both wait only on `preprocess`: they run in parallel.
-        EnsembleStep(
-            names.WHISPER,
-            {names.INPUT_FEATURES: features, **identity(names.RETURN_TRANSCRIPT, names.MAX_NEW_TOKENS)},
-            {names.TEXT: text, names.TRANSCRIPT: names.TRANSCRIPT, names.COMPUTE_MS: "whisper_ms"},
-        ),
-        EnsembleStep(
-            names.EMOTION_CLASSIFIER,
-            {names.INPUT_FEATURES: emotion_features},
-            {
-                names.EMOTION_LABEL: label,
-                names.EMOTION_PROBABILITIES: names.EMOTION_PROBABILITIES,
-                names.COMPUTE_MS: "emotion_ms",
-            },
-        ),
-        EnsembleStep(
-            names.PROMPT_COMPOSER,
-            {
-                names.TEXT: text,
-                names.EMOTION_LABEL: label,
-                **identity(names.EMOTION_OVERRIDE, names.STYLE_TEMPLATE),
-            },
-            {
-                **identity(names.PROMPT, names.NEGATIVE_PROMPT, names.EMOTION, names.TEXT, names.EMOTION_LABEL),
-                names.COMPUTE_MS: "prompt_ms",
-                names.DIFFUSION_PROMPT: prompt,
-                names.DIFFUSION_NEGATIVE_PROMPT: negative_prompt,
-            },
-        ),
-        EnsembleStep(
-            names.DIFFUSION,
-            {names.PROMPT: prompt, names.NEGATIVE_PROMPT: negative_prompt, **identity(*diffusion_options)},
-            {names.IMAGE: image, names.SEED: names.IMAGE_SEED, names.COMPUTE_MS: "diffusion_ms"},
-        ),
-    )
+    steps = tuple(_ensemble_step(pipeline, step, request_inputs[step.model]) for step in pipeline.steps)
+    # First: Triton charges unread optional inputs to step 0 (see the docstring).
+    steps = (steps[-1], *steps[:-1])
     check_prunable(inputs, outputs, steps)
     # One clip per request: the models batch concurrent requests (dynamic batching), but a
     # request's rows would not be answered row by row, so the pipeline does not take client batches.
@@ -257,6 +172,38 @@ def ensemble_spec(repository: Path, step_specs: dict[str, ModelSpec]) -> ModelSp
         platform="ensemble",
         ensemble_steps=steps,
     )
+
+
+def _renamed(tensor: TensorSpec, name: str, optional: bool | None = None) -> TensorSpec:
+    return TensorSpec(name, tensor.datatype, tensor.dims, tensor.optional if optional is None else optional)
+
+
+def _request_inputs(pipeline: Pipeline, inputs_of: dict[str, dict[str, TensorSpec]]) -> dict[str, tuple[str, ...]]:
+    """Step model -> the pipeline inputs it reads: those it names, then its options in its config's order."""
+    named = set(pipeline.named_request_inputs())
+    chosen = {}
+    for step in pipeline.steps:
+        config_inputs = inputs_of[step.model]
+        missing = sorted(set(step.inputs) - set(config_inputs))
+        if missing:
+            raise ValueError(f"Pipeline step `{step.model}` wires inputs {missing} its model does not have.")
+        options = ()
+        if step.request_options:
+            options = tuple(name for name in config_inputs if name not in step.inputs and name not in named)
+        chosen[step.model] = (*step.request_inputs(), *options)
+    return chosen
+
+
+def _ensemble_step(pipeline: Pipeline, step: Step, request_inputs: tuple[str, ...]) -> EnsembleStep:
+    """One step of the ensemble: internal names for what later steps read, the client's names for the rest."""
+    input_map = {name: name for name in request_inputs}
+    input_map.update(
+        {name: internal(source.step, source.tensor) for name, source in step.inputs.items() if source is not REQUEST}
+    )
+    output_map = {tensor: internal(step.model, tensor) for tensor in pipeline.consumed(step.model)}
+    output_map.update({output.source.tensor: output.name for output in pipeline.client_outputs(step.model)})
+    output_map[names.COMPUTE_MS] = step.timing
+    return EnsembleStep(step.model, input_map, output_map)
 
 
 def check_prunable(
@@ -286,12 +233,12 @@ def check_prunable(
 
 def stream_spec(ensemble: ModelSpec, device: str = CPU) -> ModelSpec:
     """The decoupled ``speech_to_image_stream`` model: the ensemble's inputs and outputs, plus the message kind."""
-    chosen = _step_policy(names.SPEECH_TO_IMAGE_STREAM, device)
+    chosen = policy(names.SPEECH_TO_IMAGE_STREAM, device)
     return ModelSpec(
         name=names.SPEECH_TO_IMAGE_STREAM,
         inputs=(*ensemble.inputs, TensorSpec(names.PREVIEW_EVERY, "INT32", (1,), optional=True)),
         outputs=(
-            *(tensor for tensor in ensemble.outputs if tensor.name != names.IMAGE),
+            *(tensor for tensor in ensemble.outputs if tensor.name not in LEFT_OUT),
             TensorSpec(names.EVENT, "BYTES", (1,)),
             TensorSpec(names.STEP, "INT32", (1,)),
         ),

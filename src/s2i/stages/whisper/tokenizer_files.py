@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import ast
 import base64
-import importlib.util
 import json
 from functools import lru_cache
 from pathlib import Path
 
-from s2i.stages.bpe import bytes_to_unicode
+from s2i.stages.bpe import bytes_to_unicode, package_folder
 
 # Whisper v1/v2 checkpoints know 99 languages; v3 adds Cantonese (51866 tokens).
 NUM_LANGUAGES = 99
@@ -30,13 +29,7 @@ def openai_whisper_assets() -> Path:
 
     Importing ``whisper`` pulls numba and friends; only its data files are needed.
     """
-    spec = importlib.util.find_spec("whisper")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            "The `openai-whisper` package (its tokenizer assets) is not installed; "
-            "run `pip install --no-deps openai-whisper`."
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "assets"
+    return package_folder("whisper", "openai-whisper", "its tokenizer assets") / "assets"
 
 
 @lru_cache(maxsize=1)

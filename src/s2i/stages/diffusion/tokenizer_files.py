@@ -10,11 +10,10 @@ tokens, ``<|startoftext|>`` = 49406, ``<|endoftext|>`` = 49407, 77 positions.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 from pathlib import Path
 
-from s2i.stages.bpe import bytes_to_unicode
+from s2i.stages.bpe import bytes_to_unicode, package_folder
 
 BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
 # CLIP keeps the first 49152 - 256 - 2 merges: with 256 byte tokens, their 256
@@ -32,13 +31,7 @@ def clip_bpe_path() -> Path:
 
     Importing ``open_clip`` pulls torchvision and friends; only its data file is needed.
     """
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            "The `open-clip-torch` package (its CLIP BPE vocabulary) is not installed; "
-            "run `pip install --no-deps open-clip-torch`."
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / BPE_FILE
+    path = package_folder("open_clip", "open-clip-torch", "its CLIP BPE vocabulary") / BPE_FILE
     if not path.is_file():
         raise RuntimeError(f"`open-clip-torch` is installed but has no {BPE_FILE} at {path}.")
     return path

@@ -1,7 +1,7 @@
 import pytest
 from transformers import WhisperTokenizerFast
 
-from s2i.stages.whisper.tokenizer import load_bpe_ranks, openai_whisper_assets, special_tokens
+from s2i.stages.whisper.tokenizer_files import load_bpe_ranks, openai_whisper_assets, special_tokens
 
 # Ids of the released multilingual Whisper checkpoints (openai/whisper-small etc.).
 RELEASED_IDS = {

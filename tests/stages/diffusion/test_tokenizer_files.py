@@ -1,7 +1,7 @@
 import pytest
 from transformers import CLIPTokenizer
 
-from s2i.stages.diffusion.tokenizer import MODEL_MAX_LENGTH, VOCAB_SIZE, clip_vocab_and_merges
+from s2i.stages.diffusion.tokenizer_files import MODEL_MAX_LENGTH, VOCAB_SIZE, clip_vocab_and_merges
 
 
 @pytest.fixture(scope="module")
