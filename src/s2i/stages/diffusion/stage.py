@@ -69,6 +69,15 @@ class DiffusionStage(Stage):
         except (ValueError, KeyError) as error:
             raise UnsupportedCheckpointError(f"`{checkpoint}`: {error} Supported: {SUPPORTED}.") from error
 
+    def dropped_parts(self, checkpoint: Path) -> list[str]:
+        """The safety checker, when ``model_index.json`` names one (SD 1.5 does; diffusers runs it by default)."""
+        index = json.loads((Path(checkpoint) / "model_index.json").read_text())
+        checker = index.get("safety_checker")
+        # diffusers writes `[null, null]` for a pipeline saved without one.
+        if isinstance(checker, list) and any(checker):
+            return [f"safety checker `safety_checker` ({'.'.join(str(part) for part in checker if part)})"]
+        return []
+
     def build_tiny(self, output_dir: Path, size: str) -> Path:
         """A random ``StableDiffusionPipeline`` checkpoint with the real CLIP tokenizer."""
         from s2i.stages.diffusion.checkpoint import build_tiny_diffusion
