@@ -40,7 +40,7 @@ def test_contract_cli_writes_json_naming_every_output_and_which_inputs_are_optio
         "datatype": "INT32",
         "shape": [1, 1],
         "optional": True,
-        "default": "50",
+        "default": "the checkpoint's pipeline's: 50 (4 for an LCM)",
         "range": "1-150",
         "meaning": "Denoising steps.",
     }

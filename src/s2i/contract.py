@@ -95,12 +95,14 @@ INPUTS = {
     ),
     names.NUM_INFERENCE_STEPS: TensorDoc(
         "Denoising steps.",
-        default=str(sampling.DEFAULT_NUM_INFERENCE_STEPS),
+        default=f"the checkpoint's pipeline's: {sampling.DEFAULT_NUM_INFERENCE_STEPS} "
+        f"({sampling.LCM_NUM_INFERENCE_STEPS} for an LCM)",
         range=f"1-{sampling.MAX_NUM_INFERENCE_STEPS}",
     ),
     names.GUIDANCE_SCALE: TensorDoc(
-        "Classifier-free guidance scale; guidance runs when it is above 1.",
-        default=f"{sampling.DEFAULT_GUIDANCE_SCALE}",
+        "Classifier-free guidance scale; guidance runs when it is above 1 (an LCM's UNet takes it as an embedding).",
+        default=f"the checkpoint's pipeline's: {sampling.DEFAULT_GUIDANCE_SCALE} "
+        f"({sampling.LCM_GUIDANCE_SCALE} for an LCM)",
         range=">= 0",
     ),
     names.HEIGHT: TensorDoc(

@@ -55,6 +55,8 @@ IMAGE = "image"  # UINT8 [height, width, 3], RGB
 POOLER_OUTPUT = "pooler_output"
 SAMPLE = "sample"
 TIMESTEP = "timestep"
+# LCM-distilled UNets: FP32 [time_cond_proj_dim], the guidance scale's embedding (w-embedding).
+TIMESTEP_COND = "timestep_cond"
 OUT_SAMPLE = "out_sample"
 LATENT_SAMPLE = "latent_sample"
 

@@ -46,12 +46,15 @@ def test_check_checkpoint_accepts_tiny_checkpoints_when_in_the_matrix(checkpoint
     EmotionStage().check_checkpoint(checkpoints["emotion"])
 
 
-def test_check_checkpoint_raises_naming_lcm_when_unet_has_time_cond_proj_dim(diffusion_configs):
+def test_check_checkpoint_accepts_lcm_unet_with_guidance_input_when_unet_has_time_cond_proj_dim(diffusion_configs):
+    from s2i import names
+    from s2i.stages.diffusion.models import diffusion_components, read_configs
+
     _edit_json(diffusion_configs / "unet" / "config.json", time_cond_proj_dim=256)
-    with pytest.raises(
-        UnsupportedCheckpointError, match=r"LCM-distilled UNet \(`time_cond_proj_dim` 256.*supported: S"
-    ):
-        DiffusionStage().check_checkpoint(diffusion_configs)
+    DiffusionStage().check_checkpoint(diffusion_configs)
+    unet = {c.model_name: c for c in diffusion_components(read_configs(diffusion_configs))}[names.UNET]
+    inputs = {tensor.name: tensor.dims for tensor in unet.inputs}
+    assert inputs[names.TIMESTEP_COND] == (256,)
 
 
 def test_check_checkpoint_raises_naming_sdxl_when_checkpoint_has_second_text_encoder(diffusion_configs):
@@ -111,8 +114,8 @@ def test_convert_leaves_previous_repository_untouched_when_checkpoint_refused(
     previous_repository, diffusion_configs, checkpoints, tmp_path
 ):
     before = _tree_digest(previous_repository)
-    _edit_json(diffusion_configs / "unet" / "config.json", time_cond_proj_dim=256)
-    with pytest.raises(UnsupportedCheckpointError, match="LCM"):
+    _edit_json(diffusion_configs / "unet" / "config.json", in_channels=9)
+    with pytest.raises(UnsupportedCheckpointError, match="inpainting"):
         convert(
             {"emotion": checkpoints["emotion"], "diffusion": diffusion_configs},
             previous_repository,
@@ -187,7 +190,7 @@ def test_cli_convert_exits_2_naming_the_family_when_checkpoint_is_refused(diffus
     import sys
     from pathlib import Path
 
-    _edit_json(diffusion_configs / "unet" / "config.json", time_cond_proj_dim=256)
+    _edit_json(diffusion_configs / "unet" / "config.json", in_channels=9)
     s2i = str(Path(sys.executable).with_name("s2i"))
     completed = subprocess.run(
         [s2i, "convert", "--diffusion", str(diffusion_configs), "--output", str(tmp_path / "repository")],

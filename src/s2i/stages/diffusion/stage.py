@@ -10,8 +10,9 @@ from s2i.stages.base import Stage, StageExport, UnsupportedCheckpointError
 from s2i.stages.diffusion.models import diffusion_components, diffusion_model_spec, read_configs
 
 SUPPORTED = (
-    "Stable Diffusion 1.x/2.x layouts (`StableDiffusionPipeline`: one CLIP text encoder, "
-    "`UNet2DConditionModel` without added conditioning, `AutoencoderKL`)"
+    "Stable Diffusion 1.x/2.x layouts (`StableDiffusionPipeline`, SD-Turbo, or `LatentConsistencyModelPipeline` "
+    "with an LCM-distilled UNet: one CLIP text encoder, `UNet2DConditionModel` without added conditioning, "
+    "`AutoencoderKL`)"
 )
 
 
@@ -52,11 +53,6 @@ class DiffusionStage(Stage):
                 f"`{checkpoint}` is a Stable Diffusion XL-style checkpoint ({pipeline or 'pipeline'} with "
                 f"`text_encoder_2` or UNet `addition_embed_type` {unet.get('addition_embed_type')!r}): "
                 f"SDXL's second text encoder and added conditioning are not supported; supported: {SUPPORTED}."
-            )
-        if unet.get("time_cond_proj_dim") is not None:
-            raise UnsupportedCheckpointError(
-                f"`{checkpoint}` has an LCM-distilled UNet (`time_cond_proj_dim` {unet['time_cond_proj_dim']}, "
-                f"guidance embedding input `timestep_cond`), which is not supported; supported: {SUPPORTED}."
             )
         if int(unet.get("in_channels", 4)) != int(vae.get("latent_channels", 4)):
             raise UnsupportedCheckpointError(
