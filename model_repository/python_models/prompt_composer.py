@@ -1,9 +1,11 @@
 """Triton Python-backend model ``prompt_composer``: English text + emotion -> prompt and negative prompt.
 
 Templates come from ``styles.toml`` beside this file (a copy of
-``s2i/pipeline/styles.toml`` a deployment can edit).
+``s2i/pipeline/styles.toml`` a deployment can edit). Parameter ``emotion_labels``
+(JSON list): the classifier's label set, which ``emotion_override`` may name.
 """
 
+import json
 import time
 from pathlib import Path
 
@@ -25,6 +27,10 @@ class TritonPythonModel:
     def initialize(self, args):
         """Load (and check) the style templates."""
         self.templates = StyleTemplates.load(Path(args["model_repository"]) / args["model_version"] / "styles.toml")
+        parameters = json.loads(args["model_config"]).get("parameters", {})
+        labels = parameters.get(names.EMOTION_LABELS_PARAMETER, {}).get("string_value")
+        # Repositories converted before the parameter existed: RAVDESS's labels.
+        self.labels = tuple(json.loads(labels)) if labels else names.EMOTION_LABELS
 
     def _respond(self, request):
         started = time.perf_counter()
@@ -36,6 +42,7 @@ class TritonPythonModel:
             self.templates,
             emotion_override=scalar(optional_input(pb_utils, request, names.EMOTION_OVERRIDE), names.EMOTION_OVERRIDE),
             template_name=scalar(optional_input(pb_utils, request, names.STYLE_TEMPLATE), names.STYLE_TEMPLATE),
+            labels=self.labels,
         )
         elapsed_ms = np.array([[1000 * (time.perf_counter() - started)]], dtype=np.float32)
         return pb_utils.InferenceResponse(

@@ -24,6 +24,7 @@ from s2i.model_repository.config import (
 )
 from s2i.model_repository.deployment import CPU, ModelPolicy, policy
 from s2i.pipeline.prompt import STYLES_FILE
+from s2i.stages.emotion.config import load_config
 
 # The composed models; all must be in the repository for the pipeline to be written.
 COMPOSED = (names.WHISPER, names.EMOTION_CLASSIFIER, names.DIFFUSION)
@@ -88,8 +89,12 @@ def preprocess_spec(num_mel_bins: int, device: str = CPU) -> ModelSpec:
     )
 
 
-def prompt_composer_spec(device: str = CPU) -> ModelSpec:
-    """Text + emotion (+ optional override and template) in, prompt pair and final emotion out."""
+def prompt_composer_spec(device: str = CPU, emotion_labels: tuple[str, ...] = names.EMOTION_LABELS) -> ModelSpec:
+    """Text + emotion (+ optional override and template) in, prompt pair and final emotion out.
+
+    ``emotion_labels`` (the classifier's label set) is a parameter the model reads at
+    initialize: ``emotion_override`` may name any of them.
+    """
     chosen = _step_policy(names.PROMPT_COMPOSER, device)
     return ModelSpec(
         name=names.PROMPT_COMPOSER,
@@ -112,6 +117,7 @@ def prompt_composer_spec(device: str = CPU) -> ModelSpec:
         ),
         max_batch_size=chosen.max_batch_size,
         instance_groups=(InstanceGroup(chosen.instances),),
+        parameters={names.EMOTION_LABELS_PARAMETER: json.dumps(list(emotion_labels))},
     )
 
 
@@ -179,6 +185,7 @@ def ensemble_spec(repository: Path, step_specs: dict[str, ModelSpec]) -> ModelSp
         out[names.WHISPER][names.TRANSCRIPT],
         out[names.PROMPT_COMPOSER][names.EMOTION_LABEL],
         out[names.EMOTION_CLASSIFIER][names.EMOTION_PROBABILITIES],
+        out[names.EMOTION_CLASSIFIER][names.EMOTION_LABEL_NAMES],
         out[names.PROMPT_COMPOSER][names.EMOTION],
         out[names.PROMPT_COMPOSER][names.PROMPT],
         out[names.PROMPT_COMPOSER][names.NEGATIVE_PROMPT],
@@ -222,6 +229,7 @@ def ensemble_spec(repository: Path, step_specs: dict[str, ModelSpec]) -> ModelSp
             {
                 names.EMOTION_LABEL: label,
                 names.EMOTION_PROBABILITIES: names.EMOTION_PROBABILITIES,
+                names.EMOTION_LABEL_NAMES: names.EMOTION_LABEL_NAMES,
                 names.COMPUTE_MS: "emotion_ms",
             },
         ),
@@ -326,6 +334,8 @@ def pipeline_repository_models(repository: Path, device: str = CPU, styles: Path
             f"{num_mel_bins} mel bins and the emotion classifier expects {emotion_mel_bins}; retrain or convert "
             "matching checkpoints."
         )
+    # The classifier's own labels (its checkpoint's `id2label`), for `emotion_override`.
+    emotion_labels = load_config(Path(repository) / names.EMOTION_CLASSIFIER / "1" / "assets").labels
     steps = {
         names.PREPROCESS: RepositoryModel(
             preprocess_spec(num_mel_bins, device),
@@ -333,7 +343,9 @@ def pipeline_repository_models(repository: Path, device: str = CPU, styles: Path
             files={"assets/preprocessor_config.json": whisper_checkpoint / "preprocessor_config.json"},
         ),
         names.PROMPT_COMPOSER: RepositoryModel(
-            prompt_composer_spec(device), python_model="prompt_composer", files={STYLES_FILE: styles or styles_file()}
+            prompt_composer_spec(device, emotion_labels),
+            python_model="prompt_composer",
+            files={STYLES_FILE: styles or styles_file()},
         ),
         names.POSTPROCESS: RepositoryModel(postprocess_spec(device), python_model="postprocess"),
     }

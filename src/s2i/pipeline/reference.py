@@ -78,7 +78,12 @@ class ReferencePipeline:
         timings["emotion"] = 1000 * (time.perf_counter() - started)
 
         composed = compose_prompt(
-            text, detected, self.templates, emotion_override=emotion_override, template_name=style_template
+            text,
+            detected,
+            self.templates,
+            emotion_override=emotion_override,
+            template_name=style_template,
+            labels=tuple(self.emotion.labels),
         )
         started = time.perf_counter()
         options = {
@@ -104,7 +109,7 @@ class ReferencePipeline:
             emotion=composed.emotion,
             detected_emotion=detected,
             # Keyed as the client keys the served scores, so results compare equal.
-            emotion_scores=emotion_scores(probabilities),
+            emotion_scores=emotion_scores(probabilities, tuple(self.emotion.labels)),
             prompt=composed.prompt,
             negative_prompt=composed.negative_prompt,
             seed=seed,

@@ -23,6 +23,7 @@ _TEXT_OUTPUTS = (
     names.TRANSCRIPT,
     names.EMOTION_LABEL,
     names.EMOTION_PROBABILITIES,
+    names.EMOTION_LABEL_NAMES,
     names.EMOTION,
     names.PROMPT,
     names.NEGATIVE_PROMPT,
@@ -107,7 +108,7 @@ def run_stream(
     emotion = checked_stage(
         names.EMOTION_CLASSIFIER,
         {names.INPUT_FEATURES: features[names.EMOTION_FEATURES]},
-        [names.EMOTION_LABEL, names.EMOTION_PROBABILITIES, names.COMPUTE_MS],
+        [names.EMOTION_LABEL, names.EMOTION_PROBABILITIES, names.EMOTION_LABEL_NAMES, names.COMPUTE_MS],
     )
     composer_inputs = {names.TEXT: whisper[names.TEXT], names.EMOTION_LABEL: emotion[names.EMOTION_LABEL]}
     if request.emotion_override:
