@@ -92,6 +92,18 @@ def _first_text(outputs: Mapping[str, np.ndarray], name: str, model: str) -> str
     return value.reshape(-1)[0].decode("utf-8")
 
 
+def _label_names(outputs: Mapping[str, np.ndarray], probabilities: np.ndarray, model: str) -> tuple[str, ...]:
+    """The classifier's label names the server sent (``()`` when it sent none), one per probability."""
+    value = outputs.get(names.EMOTION_LABEL_NAMES)
+    if value is None or value.size == 0:
+        return ()
+    if value.size != probabilities.size:
+        raise ClientError(
+            f"`{model}` returned {value.size} `{names.EMOTION_LABEL_NAMES}` for {probabilities.size} probabilities."
+        )
+    return tuple(item.decode("utf-8") for item in value.reshape(-1))
+
+
 def translate(
     audio: AudioInput,
     sample_rate_hz: int | None = None,
@@ -122,13 +134,15 @@ def classify_emotion(audio: AudioInput, sample_rate_hz: int | None = None) -> Op
         if probabilities is None or probabilities.size == 0:
             raise ClientError(f"`{names.EMOTION_CLASSIFIER}` returned no probabilities.")
         return EmotionResult(
-            _first_text(outputs, names.EMOTION_LABEL, names.EMOTION_CLASSIFIER), probabilities.reshape(-1)
+            _first_text(outputs, names.EMOTION_LABEL, names.EMOTION_CLASSIFIER),
+            probabilities.reshape(-1),
+            _label_names(outputs, probabilities, names.EMOTION_CLASSIFIER),
         )
 
     return Operation(
         names.EMOTION_CLASSIFIER,
         audio_inputs(audio, sample_rate_hz),
-        [names.EMOTION_LABEL, names.EMOTION_PROBABILITIES],
+        [names.EMOTION_LABEL, names.EMOTION_PROBABILITIES, names.EMOTION_LABEL_NAMES],
         parse,
     )
 
@@ -194,6 +208,7 @@ SPEECH_TO_IMAGE_OUTPUTS = [
     names.EMOTION,
     names.EMOTION_LABEL,
     names.EMOTION_PROBABILITIES,
+    names.EMOTION_LABEL_NAMES,
     names.PROMPT,
     names.NEGATIVE_PROMPT,
     names.IMAGE_SEED,
@@ -215,7 +230,7 @@ def parse_speech_to_image(outputs: Mapping[str, np.ndarray], model: str = names.
         transcript=_first_text(outputs, names.TRANSCRIPT, model) if names.TRANSCRIPT in outputs else "",
         emotion=_first_text(outputs, names.EMOTION, model),
         detected_emotion=_first_text(outputs, names.EMOTION_LABEL, model),
-        emotion_scores=emotion_scores(probabilities),
+        emotion_scores=emotion_scores(probabilities, _label_names(outputs, probabilities, model)),
         prompt=_first_text(outputs, names.PROMPT, model),
         negative_prompt=_first_text(outputs, names.NEGATIVE_PROMPT, model),
         seed=int(seed.reshape(-1)[0]) if seed is not None and seed.size else -1,

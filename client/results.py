@@ -31,26 +31,35 @@ class EmotionResult:
         label: The most probable emotion.
         probabilities: float32 ``[num_labels]`` summing to 1, in the checkpoint's label order
             (RAVDESS's, :data:`s2i.names.EMOTION_LABELS`, for the classifiers this project trains).
+        label_names: The checkpoint's labels in that order, as the server sent them
+            (empty from servers older than ``emotion_label_names``).
     """
 
     label: str
     probabilities: np.ndarray
+    label_names: tuple[str, ...] = ()
 
     @property
     def scores(self) -> dict[str, float]:
         """Emotion name -> probability (see :func:`emotion_scores`)."""
-        return emotion_scores(self.probabilities)
+        return emotion_scores(self.probabilities, self.label_names)
 
 
-def emotion_scores(probabilities: np.ndarray) -> dict[str, float]:
-    """Emotion name -> probability, for RAVDESS's 8 labels.
+def emotion_scores(probabilities: np.ndarray, label_names: tuple[str, ...] = ()) -> dict[str, float]:
+    """Emotion name -> probability, keyed by the label names the server sent.
 
-    A classifier trained on another label set sends another number of
-    probabilities, whose names the server does not send: they are keyed by
-    class index (``"0"``, ``"1"``, …), in the checkpoint's label order.
+    Without names (a server older than ``emotion_label_names``), 8 probabilities are
+    RAVDESS's labels and any other count is keyed by class index (``"0"``, ``"1"``, …).
     """
     values = np.asarray(probabilities).reshape(-1).tolist()
-    keys = names.EMOTION_LABELS if len(values) == len(names.EMOTION_LABELS) else [str(i) for i in range(len(values))]
+    if label_names:
+        if len(label_names) != len(values):
+            raise ValueError(f"{len(label_names)} emotion label names for {len(values)} probabilities.")
+        keys = list(label_names)
+    elif len(values) == len(names.EMOTION_LABELS):
+        keys = list(names.EMOTION_LABELS)
+    else:
+        keys = [str(i) for i in range(len(values))]
     return dict(zip(keys, values, strict=True))
 
 

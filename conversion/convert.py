@@ -16,6 +16,7 @@ from s2i.conversion.quantize import QUANTIZATIONS, quantized_export
 from s2i.conversion.repository import ONNXRUNTIME, PYTHON_ONNXRUNTIME, TARGETS, device_of, write_model
 from s2i.model_repository.deployment import CPU
 from s2i.pipeline.specs import has_pipeline_models, pipeline_repository_models
+from s2i.stages.base import Stage, UnsupportedCheckpointError
 from s2i.stages.registry import STAGES
 
 LOGGER = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ def convert(
     target: str = PYTHON_ONNXRUNTIME,
     work_dir: Path | None = None,
     quantize: str | None = None,
+    drop_safety_checker: bool = False,
 ) -> ConversionReport:
     """Export, validate and write every given stage into the model repository ``output``, atomically.
 
@@ -92,6 +94,8 @@ def convert(
         work_dir: Where ONNX exports are cached (``<output>/../onnx`` by default).
         quantize: ``int8`` serves dynamically quantised graphs (CPU targets only; lossy, see
             :mod:`s2i.conversion.quantize`); ``None`` serves the validated float graphs.
+        drop_safety_checker: Convert a checkpoint whose pipeline runs a safety checker
+            (Stable Diffusion 1.5) without it; refused otherwise (the served model has no checker).
     """
     if target not in TARGETS:
         raise ValueError(f"`target` must be one of {list(TARGETS)}, got {target!r}.")
@@ -108,6 +112,7 @@ def convert(
     ]
     for _, stage, checkpoint in chosen:
         stage.check_checkpoint(checkpoint)
+        check_dropped_parts(stage, checkpoint, drop_safety_checker)
     with staged_repository(output) as staging:
         report = ConversionReport(output, [], {})
         for name, stage, checkpoint in chosen:
@@ -140,6 +145,23 @@ def check_quantization(quantize: str | None, target: str) -> None:
             f"`quantize` {quantize!r} is for the CPU targets ({PYTHON_ONNXRUNTIME}, {ONNXRUNTIME}), "
             f"not `target` {target!r}."
         )
+
+
+def check_dropped_parts(stage: Stage, checkpoint: Path, drop_safety_checker: bool) -> None:
+    """Refuse a checkpoint with parts the served model would leave out, unless told to drop them.
+
+    The served pipeline has no safety checker stage; ``StableDiffusionPipeline`` runs
+    the checkpoint's by default, so dropping it silently would serve images it would black out.
+    """
+    dropped = stage.dropped_parts(checkpoint)
+    if dropped and not drop_safety_checker:
+        raise UnsupportedCheckpointError(
+            f"`{checkpoint}` has a {', '.join(dropped)}, which diffusers runs by default and the served "
+            "pipeline does not (it has no safety-checker stage). Convert with `--no-safety-checker` "
+            "(`drop_safety_checker=True`) to serve it without one, and filter images elsewhere if you need to."
+        )
+    for part in dropped:
+        LOGGER.warning("%s: dropping its %s (--no-safety-checker)", checkpoint, part)
 
 
 def check_repository(repository: Path, models: Sequence[str]) -> None:

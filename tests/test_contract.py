@@ -33,14 +33,14 @@ def test_contract_cli_writes_json_naming_every_output_and_which_inputs_are_optio
     data = json.loads(completed.stdout)
     assert list(data["models"]) == list(PUBLIC_MODELS)
     pipeline = data["models"][names.SPEECH_TO_IMAGE]
-    assert len(pipeline["outputs"]) == 16
+    assert len(pipeline["outputs"]) == 17
     steps = next(tensor for tensor in pipeline["inputs"] if tensor["name"] == names.NUM_INFERENCE_STEPS)
     assert steps == {
         "name": "num_inference_steps",
         "datatype": "INT32",
         "shape": [1, 1],
         "optional": True,
-        "default": "50",
+        "default": "the checkpoint's pipeline's: 50 (4 for an LCM)",
         "range": "1-150",
         "meaning": "Denoising steps.",
     }

@@ -32,6 +32,8 @@ class TritonPythonModel:
         self.run_stage = make_stage_runner(pb_utils)
         self.runner = EmotionRunner(assets, self.run_stage, graph_max_batch_size)
         self.observer = RequestObserver(pb_utils, args["model_name"], self.run_stage)
+        # The checkpoint's `id2label`, sent with every answer (one row per request).
+        self.label_names = np.array([[label.encode("utf-8") for label in self.runner.labels]], dtype=np.object_)
 
     def _parse(self, inputs):
         return parse_request_inputs(inputs, self.runner)
@@ -48,6 +50,7 @@ class TritonPythonModel:
                 lambda result, compute_ms: {
                     names.EMOTION_LABEL: np.array([[result.label.encode("utf-8")]], dtype=np.object_),
                     names.EMOTION_PROBABILITIES: result.probabilities[None, :].astype(np.float32),
+                    names.EMOTION_LABEL_NAMES: self.label_names,
                     names.COMPUTE_MS: compute_ms,
                 },
             )

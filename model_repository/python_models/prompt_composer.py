@@ -1,9 +1,11 @@
 """Triton Python-backend model ``prompt_composer``: English text + emotion -> prompt and negative prompt.
 
 Templates come from ``styles.toml`` beside this file (a copy of
-``s2i/pipeline/styles.toml`` a deployment can edit).
+``s2i/pipeline/styles.toml`` a deployment can edit). Parameter ``emotion_labels``
+(JSON list): the classifier's label set, which ``emotion_override`` may name.
 """
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,10 @@ class TritonPythonModel:
     def initialize(self, args):
         """Load (and check) the style templates."""
         self.templates = StyleTemplates.load(Path(args["model_repository"]) / args["model_version"] / "styles.toml")
+        parameters = json.loads(args["model_config"]).get("parameters", {})
+        labels = parameters.get(names.EMOTION_LABELS_PARAMETER, {}).get("string_value")
+        # Repositories converted before the parameter existed: RAVDESS's labels.
+        self.labels = tuple(json.loads(labels)) if labels else names.EMOTION_LABELS
 
     def _compose(self, inputs):
         text = scalar(inputs.get(names.TEXT), names.TEXT, "")
@@ -34,6 +40,7 @@ class TritonPythonModel:
             self.templates,
             emotion_override=scalar(inputs.get(names.EMOTION_OVERRIDE), names.EMOTION_OVERRIDE),
             template_name=scalar(inputs.get(names.STYLE_TEMPLATE), names.STYLE_TEMPLATE),
+            labels=self.labels,
         )
         return text, detected, composed
 

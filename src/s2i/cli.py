@@ -40,7 +40,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if not checkpoints:
         print(f"error: name at least one checkpoint ({', '.join('--' + name for name in STAGES)})", file=sys.stderr)
         return 2
-    report = convert(checkpoints, args.output, target=args.target, work_dir=args.work_dir, quantize=args.quantize)
+    report = convert(
+        checkpoints,
+        args.output,
+        target=args.target,
+        work_dir=args.work_dir,
+        quantize=args.quantize,
+        drop_safety_checker=args.no_safety_checker,
+    )
     for name, diff in report.max_abs_diff.items():
         normalised = report.normalised_error.get(name, float("nan"))
         print(f"validated {name}: max abs diff to PyTorch {diff:.2e} ({normalised:.1e} of the output range)")
@@ -428,6 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--quantize",
         choices=QUANTIZATIONS,
         help="serve dynamically quantised graphs (CPU targets; lossy: float graphs are validated, then quantised)",
+    )
+    conv.add_argument(
+        "--no-safety-checker",
+        action="store_true",
+        help="serve a Stable Diffusion checkpoint without the safety checker its pipeline runs (SD 1.5)",
     )
     conv.set_defaults(handler=cmd_convert)
 

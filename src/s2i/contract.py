@@ -37,7 +37,8 @@ DESCRIPTIONS = {
     "message; every message carries every output (empty where not known yet). Errors arrive as a message whose "
     "`error_message` starts with the field in backticks.",
     names.WHISPER: "Speech to English text (or the transcript), greedy Whisper decoding.",
-    names.EMOTION_CLASSIFIER: "Speech to the speaker's emotion and the 8 probabilities.",
+    names.EMOTION_CLASSIFIER: "Speech to the speaker's emotion, one probability per label of the classifier's "
+    "checkpoint (RAVDESS's 8 for the project's classifiers) and the label names.",
     names.DIFFUSION: "An English prompt to an RGB image (Stable Diffusion).",
 }
 BATCHING = (
@@ -84,7 +85,9 @@ INPUTS = {
     ),
     names.RETURN_TRANSCRIPT: TensorDoc("Also decode the Hindi transcript (a second decoding).", default="false"),
     names.EMOTION_OVERRIDE: TensorDoc(
-        "Use this emotion instead of the classifier's.", default="the classifier's", range=EMOTIONS
+        "Use this emotion instead of the classifier's.",
+        default="the classifier's",
+        range=f"one of the classifier's labels (`emotion_label_names`) or {EMOTIONS}",
     ),
     names.STYLE_TEMPLATE: TensorDoc(
         "A style template of the deployment's `styles.toml` (`photo`, `painting`, ... in the shipped file).",
@@ -96,12 +99,14 @@ INPUTS = {
     ),
     names.NUM_INFERENCE_STEPS: TensorDoc(
         "Denoising steps.",
-        default=str(sampling.DEFAULT_NUM_INFERENCE_STEPS),
+        default=f"the checkpoint's pipeline's: {sampling.DEFAULT_NUM_INFERENCE_STEPS} "
+        f"({sampling.LCM_NUM_INFERENCE_STEPS} for an LCM)",
         range=f"1-{sampling.MAX_NUM_INFERENCE_STEPS}",
     ),
     names.GUIDANCE_SCALE: TensorDoc(
-        "Classifier-free guidance scale; guidance runs when it is above 1.",
-        default=f"{sampling.DEFAULT_GUIDANCE_SCALE}",
+        "Classifier-free guidance scale; guidance runs when it is above 1 (an LCM's UNet takes it as an embedding).",
+        default=f"the checkpoint's pipeline's: {sampling.DEFAULT_GUIDANCE_SCALE} "
+        f"({sampling.LCM_GUIDANCE_SCALE} for an LCM)",
         range=">= 0",
     ),
     names.HEIGHT: TensorDoc(
@@ -130,8 +135,16 @@ OUTPUTS = {
     names.TEXT: TensorDoc("The English translation (with `task` `transcribe`: the transcript)."),
     names.TOKEN_IDS: TensorDoc("The generated token ids, without the forced prompt."),
     names.TRANSCRIPT: TensorDoc("The Hindi transcript; empty unless `return_transcript` was true."),
-    names.EMOTION_LABEL: TensorDoc(f"The classifier's emotion: one of {EMOTIONS}."),
-    names.EMOTION_PROBABILITIES: TensorDoc(f"The 8 emotion probabilities, in the order {EMOTIONS}."),
+    names.EMOTION_LABEL: TensorDoc(
+        f"The classifier's emotion: one of `emotion_label_names` ({EMOTIONS} for the project's classifiers)."
+    ),
+    names.EMOTION_PROBABILITIES: TensorDoc(
+        f"One probability per label of the classifier, in the order of `emotion_label_names` "
+        f"(8, in the order {EMOTIONS}, for the project's classifiers)."
+    ),
+    names.EMOTION_LABEL_NAMES: TensorDoc(
+        "The classifier's label names (its checkpoint's `id2label`), in the order of `emotion_probabilities`."
+    ),
     names.EMOTION: TensorDoc("The emotion the prompt used: `emotion_override` if given, else `emotion_label`."),
     names.PROMPT: TensorDoc("The prompt given to Stable Diffusion."),
     names.NEGATIVE_PROMPT: TensorDoc("The negative prompt given to Stable Diffusion."),

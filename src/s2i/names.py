@@ -31,7 +31,12 @@ LOGITS = "logits"
 EMOTION_CLASSIFIER = "emotion_classifier"
 EMOTION_CLASSIFIER_GRAPH = "emotion_classifier_graph"
 EMOTION_LABEL = "emotion_label"  # BYTES [1]: the most probable emotion
-EMOTION_PROBABILITIES = "emotion_probabilities"  # FP32 [8]: softmax, in the checkpoint's label order
+EMOTION_PROBABILITIES = "emotion_probabilities"  # FP32 [labels]: softmax, in the checkpoint's label order
+# BYTES [labels]: the checkpoint's label names (its config's `id2label`), in probability order.
+EMOTION_LABEL_NAMES = "emotion_label_names"
+# Model config parameter of `prompt_composer`: the classifier's labels as a JSON list (what
+# `emotion_override` may name besides RAVDESS's), written at conversion, read at initialize.
+EMOTION_LABELS_PARAMETER = "emotion_labels"
 # RAVDESS's emotions (codes 01-08), the label order of every emotion checkpoint this project trains.
 EMOTION_LABELS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 
@@ -55,6 +60,8 @@ IMAGE = "image"  # UINT8 [height, width, 3], RGB
 POOLER_OUTPUT = "pooler_output"
 SAMPLE = "sample"
 TIMESTEP = "timestep"
+# LCM-distilled UNets: FP32 [time_cond_proj_dim], the guidance scale's embedding (w-embedding).
+TIMESTEP_COND = "timestep_cond"
 OUT_SAMPLE = "out_sample"
 LATENT_SAMPLE = "latent_sample"
 

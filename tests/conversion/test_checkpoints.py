@@ -46,12 +46,15 @@ def test_check_checkpoint_accepts_tiny_checkpoints_when_in_the_matrix(checkpoint
     EmotionStage().check_checkpoint(checkpoints["emotion"])
 
 
-def test_check_checkpoint_raises_naming_lcm_when_unet_has_time_cond_proj_dim(diffusion_configs):
+def test_check_checkpoint_accepts_lcm_unet_with_guidance_input_when_unet_has_time_cond_proj_dim(diffusion_configs):
+    from s2i import names
+    from s2i.stages.diffusion.specs import diffusion_components, read_configs
+
     _edit_json(diffusion_configs / "unet" / "config.json", time_cond_proj_dim=256)
-    with pytest.raises(
-        UnsupportedCheckpointError, match=r"LCM-distilled UNet \(`time_cond_proj_dim` 256.*supported: S"
-    ):
-        DiffusionStage().check_checkpoint(diffusion_configs)
+    DiffusionStage().check_checkpoint(diffusion_configs)
+    unet = {c.model_name: c for c in diffusion_components(read_configs(diffusion_configs))}[names.UNET]
+    inputs = {tensor.name: tensor.dims for tensor in unet.inputs}
+    assert inputs[names.TIMESTEP_COND] == (256,)
 
 
 def test_check_checkpoint_raises_naming_sdxl_when_checkpoint_has_second_text_encoder(diffusion_configs):
@@ -111,8 +114,8 @@ def test_convert_leaves_previous_repository_untouched_when_checkpoint_refused(
     previous_repository, diffusion_configs, checkpoints, tmp_path
 ):
     before = _tree_digest(previous_repository)
-    _edit_json(diffusion_configs / "unet" / "config.json", time_cond_proj_dim=256)
-    with pytest.raises(UnsupportedCheckpointError, match="LCM"):
+    _edit_json(diffusion_configs / "unet" / "config.json", in_channels=9)
+    with pytest.raises(UnsupportedCheckpointError, match="inpainting"):
         convert(
             {"emotion": checkpoints["emotion"], "diffusion": diffusion_configs},
             previous_repository,
@@ -187,7 +190,7 @@ def test_cli_convert_exits_2_naming_the_family_when_checkpoint_is_refused(diffus
     import sys
     from pathlib import Path
 
-    _edit_json(diffusion_configs / "unet" / "config.json", time_cond_proj_dim=256)
+    _edit_json(diffusion_configs / "unet" / "config.json", in_channels=9)
     s2i = str(Path(sys.executable).with_name("s2i"))
     completed = subprocess.run(
         [s2i, "convert", "--diffusion", str(diffusion_configs), "--output", str(tmp_path / "repository")],
@@ -196,6 +199,72 @@ def test_cli_convert_exits_2_naming_the_family_when_checkpoint_is_refused(diffus
     )
     assert completed.returncode == 2
     assert completed.stderr.startswith("error: `")
-    assert "LCM-distilled UNet" in completed.stderr
+    assert "an inpainting or depth model" in completed.stderr
     assert not (tmp_path / "repository").exists()
     assert not (tmp_path / "onnx").exists()
+
+
+def _with_safety_checker(checkpoint):
+    """Name a safety checker and its feature extractor in ``model_index.json``, as SD 1.5's does."""
+    _edit_json(
+        checkpoint / "model_index.json",
+        safety_checker=["stable_diffusion", "StableDiffusionSafetyChecker"],
+        feature_extractor=["transformers", "CLIPImageProcessor"],
+        requires_safety_checker=True,
+    )
+    return checkpoint
+
+
+def test_convert_refuses_naming_the_flag_when_pipeline_has_a_safety_checker(diffusion_configs, tmp_path):
+    _with_safety_checker(diffusion_configs)
+    with pytest.raises(UnsupportedCheckpointError, match=r"safety checker `safety_checker`.*`--no-safety-checker`"):
+        convert({"diffusion": diffusion_configs}, tmp_path / "repository", work_dir=tmp_path / "onnx")
+    assert not (tmp_path / "onnx").exists()  # refused before any export
+    assert not (tmp_path / "repository").exists()
+
+
+def test_dropped_parts_is_empty_when_pipeline_was_saved_without_a_safety_checker(checkpoints):
+    # diffusers writes `[null, null]` for a pipeline saved with `safety_checker=None`.
+    assert DiffusionStage().dropped_parts(checkpoints["diffusion"]) == []
+
+
+@pytest.mark.slow
+def test_convert_drops_the_safety_checker_when_told_to(checkpoints, tmp_path, caplog):
+    from diffusers import StableDiffusionPipeline
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    tiny = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    checker = StableDiffusionSafetyChecker(
+        CLIPConfig(text_config=tiny, vision_config={**tiny, "image_size": 32, "patch_size": 8}, projection_dim=8)
+    )
+    pipeline = StableDiffusionPipeline.from_pretrained(checkpoints["diffusion"])
+    pipeline.register_modules(safety_checker=checker, feature_extractor=CLIPImageProcessor(size=32, crop_size=32))
+    pipeline.save_pretrained(tmp_path / "sd15-with-checker", safe_serialization=True)
+    checkpoint = tmp_path / "sd15-with-checker"
+    assert DiffusionStage().dropped_parts(checkpoint) == [
+        "safety checker `safety_checker` (stable_diffusion.StableDiffusionSafetyChecker)"
+    ]
+    with caplog.at_level("WARNING", logger="s2i.conversion.convert"):
+        report = convert(
+            {"diffusion": checkpoint}, tmp_path / "repository", work_dir=tmp_path / "onnx", drop_safety_checker=True
+        )
+    assert sorted(report.models) == ["diffusion", "text_encoder", "unet", "vae_decoder"]
+    assert "dropping its safety checker" in caplog.text
+
+
+def test_cli_convert_exits_2_naming_the_flag_when_pipeline_has_a_safety_checker(diffusion_configs, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _with_safety_checker(diffusion_configs)
+    s2i = str(Path(sys.executable).with_name("s2i"))
+    completed = subprocess.run(
+        [s2i, "convert", "--diffusion", str(diffusion_configs), "--output", str(tmp_path / "repository")],
+        capture_output=True,
+        text=True,
+    )
+    assert completed.returncode == 2
+    assert "`--no-safety-checker`" in completed.stderr
+    assert not (tmp_path / "repository").exists()

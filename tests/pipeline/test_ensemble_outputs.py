@@ -2,7 +2,7 @@
 
 Triton prunes the ensemble steps a request does not need; its pruning miscounts some graphs
 (see `s2i.pipeline.specs.ensemble_spec`). The generated ensemble is checked twice: offline, by
-replaying Triton's pruning for every one of the 2^16 - 1 subsets, and against the real server.
+replaying Triton's pruning for every one of the 2^17 - 1 subsets, and against the real server.
 """
 
 import itertools
@@ -76,7 +76,7 @@ def needed_steps(config, requested: set[str]) -> set[int]:
 
 def test_ensemble_keeps_every_needed_step_when_any_subset_of_outputs_is_requested(ensemble_config):
     outputs = [tensor.name for tensor in ensemble_config.output]
-    assert len(outputs) == 16
+    assert len(outputs) == 17
     for size in range(1, len(outputs) + 1):
         for subset in itertools.combinations(outputs, size):
             requested = set(subset)
@@ -181,7 +181,7 @@ def full_grpc(triton_server, hindi_clips):
 
 
 def test_pipeline_returns_each_single_output_equal_to_the_full_request_over_grpc(triton_server, hindi_clips, full_grpc):
-    assert len(full_grpc) == 16
+    assert len(full_grpc) == 17
     for name in sorted(full_grpc):
         assert_same_values(grpc_infer(triton_server.grpc_url, hindi_clips[0].wav_bytes, [name]), full_grpc, [name])
 
@@ -203,7 +203,7 @@ def test_pipeline_returns_random_output_subsets_equal_to_the_full_request_over_h
     samples = clip.samples[: clip.sample_rate_hz]  # one second keeps the JSON small
     every = sorted(tensor for tensor in names_of_outputs(triton_server))
     full = http_infer(triton_server.http_url, samples, clip.sample_rate_hz, every)
-    assert len(full) == 16
+    assert len(full) == 17
     for subset in [[names.TEXT, names.EMOTION, names.PROMPT], *random_subsets(every, 4, seed=16)]:
         assert_same_values(http_infer(triton_server.http_url, samples, clip.sample_rate_hz, subset), full, subset)
 

@@ -149,10 +149,13 @@ def test_diffusion_training_writes_validation_pngs_the_saved_pipeline_reproduces
 
 
 @pytest.mark.slow
-def test_diffusion_training_output_converts_with_trained_unet(trained, base_checkpoint, tmp_path):
+def test_diffusion_training_output_converts_and_serves_same_image_as_diffusers(trained, base_checkpoint, tmp_path):
     from diffusers import UNet2DConditionModel
 
+    from s2i.client import Client
     from s2i.conversion.convert import convert
+    from s2i.stages.diffusion.reference import DiffusionReference
+    from tests.conftest import started_server
 
     output_dir = trained[1].output_dir
     report = convert({"diffusion": output_dir}, tmp_path / "repository", work_dir=tmp_path / "onnx")
@@ -161,6 +164,13 @@ def test_diffusion_training_output_converts_with_trained_unet(trained, base_chec
     trained_unet = UNet2DConditionModel.from_pretrained(output_dir, subfolder="unet").state_dict()
     base_unet = UNet2DConditionModel.from_pretrained(base_checkpoint, subfolder="unet").state_dict()
     assert max(float((trained_unet[k] - base_unet[k]).abs().max()) for k in base_unet) > 1e-3
+    options = dict(num_inference_steps=3, guidance_scale=7.5, seed=2)
+    log_name = "tritonserver-trained-diffusion"
+    with started_server(report.repository, log_name) as server, Client(server.grpc_url) as client:
+        served = client.text_to_image("a dog runs on the beach", **options).image.astype(int)
+    expected = DiffusionReference(output_dir).generate("a dog runs on the beach", **options).astype(int)
+    assert served.shape == expected.shape
+    assert np.abs(served - expected).max() <= 1
 
 
 def test_diffusion_training_skips_and_names_bad_lines_and_images_when_policy_is_skip(trained):

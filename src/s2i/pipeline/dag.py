@@ -197,6 +197,8 @@ PIPELINE = Pipeline(
         PipelineOutput(names.TRANSCRIPT, names.WHISPER),
         PipelineOutput(names.EMOTION_LABEL, names.PROMPT_COMPOSER),
         PipelineOutput(names.EMOTION_PROBABILITIES, names.EMOTION_CLASSIFIER),
+        # The checkpoint's label set, which the probabilities are in the order of.
+        PipelineOutput(names.EMOTION_LABEL_NAMES, names.EMOTION_CLASSIFIER),
         PipelineOutput(names.EMOTION, names.PROMPT_COMPOSER),
         PipelineOutput(names.PROMPT, names.PROMPT_COMPOSER),
         PipelineOutput(names.NEGATIVE_PROMPT, names.PROMPT_COMPOSER),

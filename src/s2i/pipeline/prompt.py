@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from s2i import names
@@ -103,6 +103,7 @@ def compose_prompt(
     *,
     emotion_override: str | None = None,
     template_name: str | None = None,
+    labels: Sequence[str] = names.EMOTION_LABELS,
 ) -> ComposedPrompt:
     """Fuse the English text and the emotion into a prompt and a negative prompt.
 
@@ -112,12 +113,13 @@ def compose_prompt(
         templates: The style templates.
         emotion_override: Use this emotion instead of the classifier's (``""`` or ``None``: no override).
         template_name: Style template (``""`` or ``None``: the file's default).
+        labels: The classifier's label set (its checkpoint's ``id2label``); ``emotion_override``
+            may name one of them or one of RAVDESS's, which the templates have prompts for.
     """
     if emotion_override:
-        if emotion_override not in names.EMOTION_LABELS:
-            raise InvalidInputError(
-                names.EMOTION_OVERRIDE, f"must be one of {list(names.EMOTION_LABELS)}, got {shown(emotion_override)}."
-            )
+        allowed = list(dict.fromkeys([*labels, *names.EMOTION_LABELS]))
+        if emotion_override not in allowed:
+            raise InvalidInputError(names.EMOTION_OVERRIDE, f"must be one of {allowed}, got {shown(emotion_override)}.")
         emotion = emotion_override
     name = template_name or templates.default_template
     if name not in templates.templates:

@@ -90,7 +90,7 @@ class ReferencePipeline:
             emotion=composed.emotion,
             detected_emotion=state[names.EMOTION_LABEL],
             # Keyed as the client keys the served scores, so results compare equal.
-            emotion_scores=emotion_scores(state[names.EMOTION_PROBABILITIES]),
+            emotion_scores=emotion_scores(state[names.EMOTION_PROBABILITIES], state[names.EMOTION_LABEL_NAMES]),
             prompt=composed.prompt,
             negative_prompt=composed.negative_prompt,
             seed=seed,
@@ -129,6 +129,7 @@ class ReferencePipeline:
         probabilities = np.asarray(self.emotion.probabilities(state[names.AUDIO_SAMPLES]), dtype=np.float32)
         state[names.EMOTION_PROBABILITIES] = probabilities.reshape(-1)
         # The checkpoint's own labels: RAVDESS's for the classifiers this project trains.
+        state[names.EMOTION_LABEL_NAMES] = tuple(self.emotion.labels)
         state[names.EMOTION_LABEL] = self.emotion.labels[int(state[names.EMOTION_PROBABILITIES].argmax())]
 
     def _compose(self, request: dict, state: dict) -> None:
@@ -138,6 +139,7 @@ class ReferencePipeline:
             self.templates,
             emotion_override=request[names.EMOTION_OVERRIDE],
             template_name=request[names.STYLE_TEMPLATE],
+            labels=state[names.EMOTION_LABEL_NAMES],
         )
 
     def _diffusion(self, request: dict, state: dict) -> None:

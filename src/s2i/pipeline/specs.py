@@ -26,6 +26,7 @@ from s2i.model_repository.deployment import CPU, policy
 from s2i.pipeline.dag import PIPELINE, REQUEST, Pipeline, Step
 from s2i.pipeline.prompt import STYLES_FILE
 from s2i.pipeline.streaming import LEFT_OUT
+from s2i.stages.emotion.config import load_config
 
 # The pipeline's own models, described here; the other steps are stage models read from the repository.
 OWN_STEPS = (names.PREPROCESS, names.PROMPT_COMPOSER, names.POSTPROCESS)
@@ -78,8 +79,12 @@ def preprocess_spec(num_mel_bins: int, device: str = CPU) -> ModelSpec:
     )
 
 
-def prompt_composer_spec(device: str = CPU) -> ModelSpec:
-    """Text + emotion (+ optional override and template) in, prompt pair and final emotion out."""
+def prompt_composer_spec(device: str = CPU, emotion_labels: tuple[str, ...] = names.EMOTION_LABELS) -> ModelSpec:
+    """Text + emotion (+ optional override and template) in, prompt pair and final emotion out.
+
+    ``emotion_labels`` (the classifier's label set) is a parameter the model reads at
+    initialize: ``emotion_override`` may name any of them.
+    """
     chosen = policy(names.PROMPT_COMPOSER, device)
     return ModelSpec(
         name=names.PROMPT_COMPOSER,
@@ -102,6 +107,7 @@ def prompt_composer_spec(device: str = CPU) -> ModelSpec:
         ),
         max_batch_size=chosen.max_batch_size,
         instance_groups=(InstanceGroup(chosen.instances),),
+        parameters={names.EMOTION_LABELS_PARAMETER: json.dumps(list(emotion_labels))},
     )
 
 
@@ -273,6 +279,8 @@ def pipeline_repository_models(repository: Path, device: str = CPU, styles: Path
             f"{num_mel_bins} mel bins and the emotion classifier expects {emotion_mel_bins}; retrain or convert "
             "matching checkpoints."
         )
+    # The classifier's own labels (its checkpoint's `id2label`), for `emotion_override`.
+    emotion_labels = load_config(Path(repository) / names.EMOTION_CLASSIFIER / "1" / "assets").labels
     steps = {
         names.PREPROCESS: RepositoryModel(
             preprocess_spec(num_mel_bins, device),
@@ -280,7 +288,9 @@ def pipeline_repository_models(repository: Path, device: str = CPU, styles: Path
             files={"assets/preprocessor_config.json": whisper_checkpoint / "preprocessor_config.json"},
         ),
         names.PROMPT_COMPOSER: RepositoryModel(
-            prompt_composer_spec(device), python_model="prompt_composer", files={STYLES_FILE: styles or styles_file()}
+            prompt_composer_spec(device, emotion_labels),
+            python_model="prompt_composer",
+            files={STYLES_FILE: styles or styles_file()},
         ),
         names.POSTPROCESS: RepositoryModel(postprocess_spec(device), python_model="postprocess"),
     }

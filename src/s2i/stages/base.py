@@ -91,6 +91,14 @@ class Stage(abc.ABC):
         except FileNotFoundError as error:
             raise UnsupportedCheckpointError(str(error)) from error
 
+    def dropped_parts(self, checkpoint: Path) -> list[str]:
+        """Parts of the checkpoint its reference library runs by default but the served model would not.
+
+        Conversion refuses a checkpoint with such parts unless told to drop them
+        (``s2i convert --no-safety-checker``), so nothing is left out silently.
+        """
+        return []
+
     @abc.abstractmethod
     def build_tiny(self, output_dir: Path, size: str) -> Path:
         """Write a deterministic random checkpoint of preset ``size`` into ``output_dir``."""

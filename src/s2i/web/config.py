@@ -16,7 +16,7 @@ from pathlib import Path
 SERVER_MAX_DURATION_S = 30.0
 # diffusers schedulers the server knows (s2i.stages.diffusion.sampling.SCHEDULERS; a test
 # checks they agree). Listed here so the web app does not import the diffusion stack.
-SCHEDULERS = ("ddim", "euler", "euler_ancestral", "dpmsolver++", "pndm")
+SCHEDULERS = ("ddim", "euler", "euler_ancestral", "dpmsolver++", "pndm", "lcm")
 ENV_PREFIX = "S2I_WEB_"
 
 

@@ -78,6 +78,7 @@ def test_rendered_configs_batch_dynamically_with_a_dynamic_time_axis(model_repos
     assert [(t.name, list(t.dims)) for t in bls.output] == [
         ("emotion_label", [1]),
         ("emotion_probabilities", [8]),
+        ("emotion_label_names", [8]),
         ("compute_ms", [1]),
     ]
     assets = sorted(p.name for p in (repository / "emotion_classifier" / "1" / "assets").iterdir())

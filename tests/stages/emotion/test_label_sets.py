@@ -1,12 +1,13 @@
 """An emotion classifier trained on another label set (6 classes): runtime, client parsing, prompt templates."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 
 from s2i import names
-from s2i.audio import prepare_audio
+from s2i.audio import InvalidInputError, prepare_audio
 from s2i.client.operations import classify_emotion, parse_speech_to_image
 from s2i.model_repository.onnx_stage import OnnxStage, onnx_stage_runner
 from s2i.pipeline.prompt import StyleTemplates, compose_prompt
@@ -70,21 +71,40 @@ def test_emotion_model_spec_declares_six_probabilities_when_checkpoint_has_six_l
     assert inputs[names.INPUT_FEATURES].dims[0] == 128
 
 
-def _served(prediction):
+def _served(prediction, label_names=SIX_LABELS):
     """The outputs the server sends for one prediction (batch axis first)."""
-    return {
+    outputs = {
         names.EMOTION_LABEL: np.array([[prediction.label.encode()]], dtype=np.object_),
         names.EMOTION_PROBABILITIES: prediction.probabilities[None, :].astype(np.float32),
     }
+    if label_names:
+        outputs[names.EMOTION_LABEL_NAMES] = np.array([[label.encode() for label in label_names]], dtype=np.object_)
+    return outputs
 
 
-def test_client_parses_six_probabilities_when_classifier_has_another_label_set(predictions):
+def test_client_keys_scores_by_label_names_when_server_sends_another_label_set(predictions):
     prediction = predictions[0]
     result = classify_emotion(np.zeros(1600, np.float32), 16_000).parse(_served(prediction))
     assert result.label == prediction.label
+    assert result.label_names == SIX_LABELS
     np.testing.assert_array_equal(result.probabilities, prediction.probabilities)
+    assert list(result.scores) == list(SIX_LABELS)
+    assert result.scores[prediction.label] == max(result.scores.values())
+
+
+def test_client_keys_scores_by_index_when_server_sends_no_label_names(predictions):
+    prediction = predictions[0]
+    result = classify_emotion(np.zeros(1600, np.float32), 16_000).parse(_served(prediction, label_names=()))
     assert list(result.scores) == ["0", "1", "2", "3", "4", "5"]
     assert result.scores[str(SIX_LABELS.index(prediction.label))] == max(result.scores.values())
+
+
+def test_client_raises_naming_label_names_when_their_count_differs_from_probabilities(predictions):
+    from s2i.client import ClientError
+
+    outputs = _served(predictions[0], label_names=SIX_LABELS[:5])
+    with pytest.raises(ClientError, match="5 `emotion_label_names` for 6 probabilities"):
+        classify_emotion(np.zeros(1600, np.float32), 16_000).parse(outputs)
 
 
 def test_client_parses_pipeline_result_when_classifier_has_six_labels(predictions):
@@ -99,7 +119,7 @@ def test_client_parses_pipeline_result_when_classifier_has_six_labels(prediction
     }
     result = parse_speech_to_image(outputs)
     assert result.detected_emotion == prediction.label
-    assert len(result.emotion_scores) == 6
+    assert list(result.emotion_scores) == list(SIX_LABELS)
     assert result.prompt == f"a red boat, {prediction.label} atmosphere, photograph"
 
 
@@ -111,6 +131,30 @@ def test_compose_prompt_uses_template_fallback_when_emotion_is_not_a_ravdess_lab
     assert painting.prompt == "a cat, painting with a joy mood"
     # RAVDESS labels keep their own prompts.
     assert compose_prompt("a cat", "happy", templates).prompt.startswith("a cat, bright sunshine")
+
+
+def test_compose_prompt_accepts_override_from_checkpoint_labels_when_classifier_has_another_label_set():
+    templates = StyleTemplates.load()
+    composed = compose_prompt("a cat", "fear", templates, emotion_override="joy", labels=SIX_LABELS)
+    assert (composed.emotion, composed.prompt) == ("joy", "a cat, joy atmosphere, photograph")
+    # RAVDESS's labels stay accepted: the templates have prompts for them.
+    assert compose_prompt("a cat", "fear", templates, emotion_override="happy", labels=SIX_LABELS).emotion == "happy"
+    with pytest.raises(InvalidInputError, match=r"`emotion_override`: must be one of \['anger'.*'surprised'\]"):
+        compose_prompt("a cat", "fear", templates, emotion_override="elated", labels=SIX_LABELS)
+    with pytest.raises(InvalidInputError, match="`emotion_override`"):
+        compose_prompt("a cat", "fear", templates, emotion_override="joy")  # RAVDESS classifier: not a label
+
+
+def test_pipeline_models_carry_checkpoint_labels_when_classifier_has_another_label_set(six_class_checkpoint):
+    from s2i.pipeline.specs import prompt_composer_spec
+    from s2i.stages.emotion.config import load_config
+
+    config = load_config(six_class_checkpoint)
+    outputs = {tensor.name: tensor for tensor in emotion_model_spec(config).outputs}
+    assert outputs[names.EMOTION_LABEL_NAMES].dims == (6,)
+    assert outputs[names.EMOTION_LABEL_NAMES].datatype == "BYTES"
+    parameters = prompt_composer_spec(emotion_labels=config.labels).parameters
+    assert json.loads(parameters[names.EMOTION_LABELS_PARAMETER]) == list(SIX_LABELS)
 
 
 def test_compose_prompt_bounds_label_when_classifier_label_is_long():

@@ -12,11 +12,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from s2i import names
 from s2i.conversion.validation import GraphError, check_errors, export_once, graph_error, optimum_export
 from s2i.model_repository.components import OnnxComponent
 from s2i.model_repository.onnx_stage import OnnxStage
 from s2i.stages.base import StageExport
+from s2i.stages.diffusion.sampling import guidance_scale_embedding
 from s2i.stages.diffusion.specs import diffusion_components, read_configs
 
 LOGGER = logging.getLogger(__name__)
@@ -150,9 +153,15 @@ def validate_diffusion_export(
     sample = torch.randn(2, unet.config.in_channels, height, width, generator=generator)
     timestep = torch.tensor([981.0, 1.0])
     latents = torch.randn(2, vae.config.latent_channels, height, width, generator=generator)
+    unet_extra: dict[str, torch.Tensor] = {}
+    if unet.config.time_cond_proj_dim is not None:
+        # Two requests' embeddings: guidance 8.5 and 1.0 (w = guidance - 1).
+        unet_extra[names.TIMESTEP_COND] = torch.from_numpy(
+            np.concatenate([guidance_scale_embedding(w, unet.config.time_cond_proj_dim) for w in (7.5, 0.0)])
+        )
     with torch.no_grad():
         hidden = text_encoder(ids).last_hidden_state
-        noise = unet(sample, timestep, encoder_hidden_states=hidden).sample
+        noise = unet(sample, timestep, encoder_hidden_states=hidden, **unet_extra).sample
         image = vae.decode(latents).sample
     LOGGER.debug("validation image %s from latents of %s (VAE scale %d)", list(image.shape), [height, width], vae_scale)
     diffs = {
@@ -166,6 +175,7 @@ def validate_diffusion_export(
                     names.SAMPLE: sample.numpy(),
                     names.TIMESTEP: timestep.numpy()[:, None],
                     names.ENCODER_HIDDEN_STATES: hidden.numpy(),
+                    **{name: value.numpy() for name, value in unet_extra.items()},
                 }
             )[names.OUT_SAMPLE],
         ),

@@ -12,12 +12,16 @@ import numpy as np
 
 
 class DiffusionReference:
-    """``StableDiffusionPipeline`` on a checkpoint folder, with a scheduler chosen per call."""
+    """The checkpoint's own pipeline class (``StableDiffusionPipeline``, ``LatentConsistencyModelPipeline``).
+
+    A scheduler is chosen per call; options left out take the pipeline's defaults.
+    """
 
     def __init__(self, checkpoint_dir: Path) -> None:
-        from diffusers import StableDiffusionPipeline
+        from diffusers import DiffusionPipeline
 
-        self.pipeline = StableDiffusionPipeline.from_pretrained(checkpoint_dir)
+        # The safety checker is not served (`s2i convert --no-safety-checker`): compare without it.
+        self.pipeline = DiffusionPipeline.from_pretrained(checkpoint_dir, safety_checker=None)
         self.pipeline.set_progress_bar_config(disable=True)
         self.default_scheduler = self.pipeline.scheduler
 
@@ -26,14 +30,16 @@ class DiffusionReference:
         prompt: str,
         *,
         negative_prompt: str | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         height: int | None = None,
         width: int | None = None,
         seed: int = 0,
         scheduler: str | None = None,
     ) -> np.ndarray:
         """The pipeline's image as ``uint8 [height, width, 3]`` (its ``output_type="pil"`` pixels)."""
+        import inspect
+
         import diffusers
         import torch
 
@@ -48,11 +54,19 @@ class DiffusionReference:
         else:
             cls = getattr(diffusers, SCHEDULERS[scheduler])
             self.pipeline.scheduler = cls.from_config(self.default_scheduler.config)
+        options = {
+            key: value
+            for key, value in dict(
+                negative_prompt=negative_prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale
+            ).items()
+            if value is not None
+        }
+        if "negative_prompt" not in inspect.signature(self.pipeline.__call__).parameters:
+            # LCM pipelines take no negative prompt (their guidance is the UNet's w-embedding).
+            options.pop("negative_prompt", None)
         image = self.pipeline(
             prompt,
-            negative_prompt=negative_prompt,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
+            **options,
             height=height,
             width=width,
             generator=torch.Generator().manual_seed(seed),

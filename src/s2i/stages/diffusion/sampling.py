@@ -43,9 +43,13 @@ SCHEDULERS = {
     "euler_ancestral": "EulerAncestralDiscreteScheduler",
     "dpmsolver++": "DPMSolverMultistepScheduler",
     "pndm": "PNDMScheduler",
+    "lcm": "LCMScheduler",
 }
 DEFAULT_NUM_INFERENCE_STEPS = 50  # the pipeline's default
 DEFAULT_GUIDANCE_SCALE = 7.5  # the pipeline's default
+# `LatentConsistencyModelPipeline`'s defaults: few steps, guidance through the UNet's w-embedding.
+LCM_NUM_INFERENCE_STEPS = 4
+LCM_GUIDANCE_SCALE = 8.5
 MAX_NUM_INFERENCE_STEPS = 150
 MAX_IMAGE_SIZE = 1024
 MAX_PROMPT_CHARS = 4096  # prompts are cut to 77 tokens anyway; this only bounds the work of tokenising
@@ -69,8 +73,8 @@ class ImageRequest:
 
     prompt: str
     negative_prompt: str = ""
-    num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS
-    guidance_scale: float = DEFAULT_GUIDANCE_SCALE
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
     height: int | None = None
     width: int | None = None
     seed: int | None = None
@@ -88,8 +92,8 @@ def image_request_from(value: Callable[[str], object]) -> ImageRequest:
     return ImageRequest(
         prompt=value(names.PROMPT) or "",
         negative_prompt=value(names.NEGATIVE_PROMPT) or "",
-        num_inference_steps=DEFAULT_NUM_INFERENCE_STEPS if steps is None else int(steps),
-        guidance_scale=DEFAULT_GUIDANCE_SCALE if guidance is None else float(guidance),
+        num_inference_steps=None if steps is None else int(steps),
+        guidance_scale=None if guidance is None else float(guidance),
         height=integer(names.HEIGHT),
         width=integer(names.WIDTH),
         seed=integer(names.SEED),
@@ -117,6 +121,8 @@ class _Job:
     generator: object
     latents: object  # torch.Tensor [1, C, h, w]
     step_kwargs: dict
+    # LCM UNets: the guidance scale's embedding `[1, time_cond_proj_dim]` (None for other UNets).
+    timestep_cond: np.ndarray | None = None
     step: int = 0
     cancelled: bool = False
 
@@ -127,6 +133,37 @@ class _Job:
     @property
     def rows(self) -> int:
         return 2 if self.guided else 1
+
+
+def guidance_scale_embedding(w: float, embedding_dim: int) -> np.ndarray:
+    """``[1, embedding_dim]`` sinusoidal embedding of ``w`` (``guidance_scale - 1``), as the LCM pipeline makes it.
+
+    ``LatentConsistencyModelPipeline.get_guidance_scale_embedding`` in float32 torch, so
+    the UNet sees the same bits as in the pipeline.
+    """
+    import torch
+
+    scaled = torch.tensor([w], dtype=torch.float32) * 1000.0
+    half = embedding_dim // 2
+    frequencies = torch.exp(torch.arange(half, dtype=torch.float32) * -(torch.log(torch.tensor(10000.0)) / (half - 1)))
+    angles = scaled[:, None] * frequencies[None, :]
+    embedding = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    if embedding_dim % 2:
+        embedding = torch.nn.functional.pad(embedding, (0, 1))
+    return embedding.numpy().astype(np.float32)
+
+
+def request_defaults(checkpoint_dir: Path, unet: dict) -> tuple[int, float]:
+    """The steps and guidance scale a request without them gets: what the checkpoint's pipeline class defaults to.
+
+    ``LatentConsistencyModelPipeline`` (an LCM UNet) defaults to 4 steps at guidance 8.5;
+    ``StableDiffusionPipeline`` (SD 1.x/2.x, and SD-Turbo, whose folder names it too) to 50 at 7.5.
+    """
+    index_file = Path(checkpoint_dir) / "model_index.json"
+    pipeline = json.loads(index_file.read_text()).get("_class_name", "") if index_file.is_file() else ""
+    if pipeline == "LatentConsistencyModelPipeline" or (not pipeline and unet.get("time_cond_proj_dim") is not None):
+        return LCM_NUM_INFERENCE_STEPS, LCM_GUIDANCE_SCALE
+    return DEFAULT_NUM_INFERENCE_STEPS, DEFAULT_GUIDANCE_SCALE
 
 
 class DiffusionRunner:
@@ -148,7 +185,10 @@ class DiffusionRunner:
         self.latent_channels = int(unet["in_channels"])
         self.vae_scale_factor = 2 ** (len(vae["block_out_channels"]) - 1)
         self.scaling_factor = float(vae.get("scaling_factor", 0.18215))
-        self.guidance_allowed = unet.get("time_cond_proj_dim") is None
+        # LCM-distilled UNets take the guidance scale as an embedding (`timestep_cond`), not as CFG.
+        self.time_cond_proj_dim = unet.get("time_cond_proj_dim")
+        self.guidance_allowed = self.time_cond_proj_dim is None
+        self.default_steps, self.default_guidance = request_defaults(checkpoint_dir, unet)
         self.default_size = int(unet["sample_size"]) * self.vae_scale_factor
         # The exported UNet is traced for latents its downsamplings divide evenly
         # (the pipeline's odd-size path is a Python branch the graph does not keep).
@@ -171,12 +211,12 @@ class DiffusionRunner:
                 raise InvalidInputError(field, f"must be text, got {type(text).__name__}.")
             if len(text) > MAX_PROMPT_CHARS:
                 raise InvalidInputError(field, f"has {len(text)} characters; the limit is {MAX_PROMPT_CHARS}.")
-        steps = request.num_inference_steps
+        steps = self.default_steps if request.num_inference_steps is None else request.num_inference_steps
         if not 1 <= steps <= MAX_NUM_INFERENCE_STEPS:
             raise InvalidInputError(
                 names.NUM_INFERENCE_STEPS, f"must be between 1 and {MAX_NUM_INFERENCE_STEPS}, got {steps}."
             )
-        guidance = request.guidance_scale
+        guidance = self.default_guidance if request.guidance_scale is None else request.guidance_scale
         if not (math.isfinite(guidance) and 0 <= guidance <= MAX_GUIDANCE_SCALE):
             raise InvalidInputError(
                 names.GUIDANCE_SCALE, f"must be a finite number between 0 and {MAX_GUIDANCE_SCALE:g}, got {guidance}."
@@ -196,7 +236,15 @@ class DiffusionRunner:
         scheduler = request.scheduler or self.default_scheduler
         if scheduler != self.default_scheduler:
             scheduler_class(scheduler)
-        return dataclasses.replace(request, height=height, width=width, seed=seed, scheduler=scheduler)
+        return dataclasses.replace(
+            request,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            height=height,
+            width=width,
+            seed=seed,
+            scheduler=scheduler,
+        )
 
     # -- stages -----------------------------------------------------------------------------------------------------
 
@@ -248,7 +296,12 @@ class DiffusionRunner:
         if "generator" in accepted:
             step_kwargs["generator"] = generator
         guided = request.guidance_scale > 1 and self.guidance_allowed
-        return _Job(request, request.seed, guided, embeddings, scheduler, generator, latents, step_kwargs)
+        timestep_cond = None
+        if self.time_cond_proj_dim is not None:
+            timestep_cond = guidance_scale_embedding(request.guidance_scale - 1, int(self.time_cond_proj_dim))
+        return _Job(
+            request, request.seed, guided, embeddings, scheduler, generator, latents, step_kwargs, timestep_cond
+        )
 
     def _denoise_group(self, jobs: Sequence[_Job]) -> None:
         """One step of several same-shape jobs in one UNet call."""
@@ -261,15 +314,14 @@ class DiffusionRunner:
             samples.append(job.scheduler.scale_model_input(model_input, t).numpy())
             timesteps.append(np.full((job.rows, 1), float(t), dtype=np.float32))
             hidden.append(job.embeddings)
-        outputs = self.run_stage(
-            names.UNET,
-            {
-                names.SAMPLE: np.concatenate(samples).astype(np.float32),
-                names.TIMESTEP: np.concatenate(timesteps),
-                names.ENCODER_HIDDEN_STATES: np.concatenate(hidden).astype(np.float32),
-            },
-            [names.OUT_SAMPLE],
-        )
+        inputs = {
+            names.SAMPLE: np.concatenate(samples).astype(np.float32),
+            names.TIMESTEP: np.concatenate(timesteps),
+            names.ENCODER_HIDDEN_STATES: np.concatenate(hidden).astype(np.float32),
+        }
+        if self.time_cond_proj_dim is not None:
+            inputs[names.TIMESTEP_COND] = np.concatenate([job.timestep_cond for job in jobs])
+        outputs = self.run_stage(names.UNET, inputs, [names.OUT_SAMPLE])
         noise = torch.from_numpy(np.ascontiguousarray(outputs[names.OUT_SAMPLE]))
         offset = 0
         for job in jobs:

@@ -42,6 +42,12 @@ def read_configs(checkpoint: Path) -> dict[str, dict]:
     }
 
 
+def unet_guidance_inputs(unet: dict) -> tuple[TensorSpec, ...]:
+    """The LCM UNet's guidance embedding input (``timestep_cond``); none for other UNets."""
+    dim = unet.get("time_cond_proj_dim")
+    return () if dim is None else (TensorSpec(names.TIMESTEP_COND, "FP32", (int(dim),)),)
+
+
 def diffusion_components(configs: dict[str, dict]) -> list[OnnxComponent]:
     """Descriptions of the text encoder, UNet and VAE decoder graphs for a checkpoint's configs."""
     text, unet, vae = configs["text_encoder"], configs["unet"], configs["vae"]
@@ -79,6 +85,7 @@ def diffusion_components(configs: dict[str, dict]) -> list[OnnxComponent]:
                 TensorSpec(names.SAMPLE, "FP32", (int(unet["in_channels"]), -1, -1)),
                 TensorSpec(names.TIMESTEP, "FP32", (1,)),
                 TensorSpec(names.ENCODER_HIDDEN_STATES, "FP32", (sequence, hidden)),
+                *unet_guidance_inputs(unet),
             ),
             outputs=(TensorSpec(names.OUT_SAMPLE, "FP32", (int(unet["out_channels"]), -1, -1)),),
             atol=ATOL,

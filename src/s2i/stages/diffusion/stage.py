@@ -10,8 +10,9 @@ from s2i.stages.base import Stage, StageExport, UnsupportedCheckpointError
 from s2i.stages.diffusion.specs import diffusion_components, diffusion_model_spec, read_configs
 
 SUPPORTED = (
-    "Stable Diffusion 1.x/2.x layouts (`StableDiffusionPipeline`: one CLIP text encoder, "
-    "`UNet2DConditionModel` without added conditioning, `AutoencoderKL`)"
+    "Stable Diffusion 1.x/2.x layouts (`StableDiffusionPipeline`, SD-Turbo, or `LatentConsistencyModelPipeline` "
+    "with an LCM-distilled UNet: one CLIP text encoder, `UNet2DConditionModel` without added conditioning, "
+    "`AutoencoderKL`)"
 )
 
 
@@ -53,11 +54,6 @@ class DiffusionStage(Stage):
                 f"`text_encoder_2` or UNet `addition_embed_type` {unet.get('addition_embed_type')!r}): "
                 f"SDXL's second text encoder and added conditioning are not supported; supported: {SUPPORTED}."
             )
-        if unet.get("time_cond_proj_dim") is not None:
-            raise UnsupportedCheckpointError(
-                f"`{checkpoint}` has an LCM-distilled UNet (`time_cond_proj_dim` {unet['time_cond_proj_dim']}, "
-                f"guidance embedding input `timestep_cond`), which is not supported; supported: {SUPPORTED}."
-            )
         if int(unet.get("in_channels", 4)) != int(vae.get("latent_channels", 4)):
             raise UnsupportedCheckpointError(
                 f"`{checkpoint}` has a UNet with {unet.get('in_channels')} input channels for "
@@ -68,6 +64,15 @@ class DiffusionStage(Stage):
             diffusion_components(read_configs(checkpoint))
         except (ValueError, KeyError) as error:
             raise UnsupportedCheckpointError(f"`{checkpoint}`: {error} Supported: {SUPPORTED}.") from error
+
+    def dropped_parts(self, checkpoint: Path) -> list[str]:
+        """The safety checker, when ``model_index.json`` names one (SD 1.5 does; diffusers runs it by default)."""
+        index = json.loads((Path(checkpoint) / "model_index.json").read_text())
+        checker = index.get("safety_checker")
+        # diffusers writes `[null, null]` for a pipeline saved without one.
+        if isinstance(checker, list) and any(checker):
+            return [f"safety checker `safety_checker` ({'.'.join(str(part) for part in checker if part)})"]
+        return []
 
     def build_tiny(self, output_dir: Path, size: str) -> Path:
         """A random ``StableDiffusionPipeline`` checkpoint with the real CLIP tokenizer."""

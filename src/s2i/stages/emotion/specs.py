@@ -49,6 +49,8 @@ def emotion_model_spec(config: EmotionConfig, device: str = CPU) -> ModelSpec:
         outputs=(
             TensorSpec(names.EMOTION_LABEL, "BYTES", (1,)),
             TensorSpec(names.EMOTION_PROBABILITIES, "FP32", (config.num_labels,)),
+            # The label set travels with the answer: a client names the probabilities without the checkpoint.
+            TensorSpec(names.EMOTION_LABEL_NAMES, "BYTES", (config.num_labels,)),
             TensorSpec(names.COMPUTE_MS, "FP32", (1,)),
         ),
         max_batch_size=chosen.max_batch_size,

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from s2i.stages.whisper.tokenizer_files import build_whisper_tokenizer, non_speech_tokens, special_tokens
+from s2i.stages.whisper.tokenizer_files import NUM_LANGUAGES, build_whisper_tokenizer, non_speech_tokens, special_tokens
 
 LOGGER = logging.getLogger(__name__)
 
@@ -41,7 +41,10 @@ WHISPER_SIZES = {
 
 
 def whisper_generation_config(
-    tokenizer, suppress_timestamps: bool = True, max_target_positions: int = MAX_TARGET_POSITIONS
+    tokenizer,
+    suppress_timestamps: bool = True,
+    max_target_positions: int = MAX_TARGET_POSITIONS,
+    num_languages: int = NUM_LANGUAGES,
 ):
     """The generation config released multilingual checkpoints carry, from the tokenizer's ids.
 
@@ -49,12 +52,13 @@ def whisper_generation_config(
         tokenizer: The multilingual Whisper tokenizer.
         suppress_timestamps: Also suppress the timestamp tokens (see below).
         max_target_positions: The decoder's positions (``max_length``, as released checkpoints set it).
+        num_languages: 99 (v1/v2 checkpoints) or 100 (v3, with Cantonese).
     """
     from transformers import GenerationConfig
 
     ids = tokenizer.convert_tokens_to_ids
     # special_tokens(): <|endoftext|>, <|startoftranscript|>, the languages, then 6 task/control tokens.
-    lang_to_id = {token: ids(token) for token in special_tokens()[2:-6]}
+    lang_to_id = {token: ids(token) for token in special_tokens(num_languages)[2:-6]}
     eot = ids("<|endoftext|>")
     suppress = non_speech_tokens(tokenizer) + [
         ids(token) for token in ("<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>")
@@ -89,6 +93,8 @@ def build_tiny_whisper(
     init_std: float = 0.02,
     *,
     max_target_positions: int = MAX_TARGET_POSITIONS,
+    dims: WhisperSize | None = None,
+    num_languages: int = NUM_LANGUAGES,
 ) -> Path:
     """Write a random ``WhisperForConditionalGeneration`` checkpoint into ``output_dir``.
 
@@ -99,6 +105,8 @@ def build_tiny_whisper(
         init_std: Standard deviation of the random weights.
         max_target_positions: Decoder positions (448 in every released checkpoint; fewer
             to test limits derived from the checkpoint).
+        dims: Dimensions instead of the preset ``size``'s (a released family's ratios, scaled down).
+        num_languages: 99 (v1/v2: 51865 tokens) or 100 (large-v3 and its turbo/distil: 51866 tokens).
 
     Returns:
         ``output_dir``.
@@ -106,12 +114,14 @@ def build_tiny_whisper(
     import torch
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
-    if size not in WHISPER_SIZES:
+    if dims is None and size not in WHISPER_SIZES:
         raise ValueError(f"`size` must be one of {sorted(WHISPER_SIZES)}, got {size!r}.")
-    dims = WHISPER_SIZES[size]
+    dims = dims or WHISPER_SIZES[size]
     output_dir = Path(output_dir)
-    tokenizer = build_whisper_tokenizer(output_dir)
-    generation_config = whisper_generation_config(tokenizer, max_target_positions=max_target_positions)
+    tokenizer = build_whisper_tokenizer(output_dir, num_languages)
+    generation_config = whisper_generation_config(
+        tokenizer, max_target_positions=max_target_positions, num_languages=num_languages
+    )
     config = WhisperConfig(
         vocab_size=len(tokenizer),
         num_mel_bins=dims.num_mel_bins,
