@@ -61,6 +61,8 @@ def breakdown(before: dict[str, dict], after: dict[str, dict]) -> dict[str, dict
             "requests": requests,
             "failed": end["fail_count"] - start.get("fail_count", 0),
             "executions": executions,
+            # Rows: a loop that batches requests sends one stage call carrying several clips.
+            "inferences": inferences,
             "mean_batch_size": inferences / executions if executions else 0.0,
             **{
                 f"{phase}_ms_per_request": (end[f"{phase}_ns"] - start.get(f"{phase}_ns", 0)) / requests / 1e6

@@ -2,6 +2,7 @@
 
 import io
 import queue
+import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
@@ -114,7 +115,15 @@ def test_dynamic_batcher_merges_requests_when_a_full_batch_queues(batching_serve
             _, result, error = done.get(timeout=600)
             assert error is None, error
             np.testing.assert_allclose(result.as_numpy("emotion_probabilities")[0], expected[1], atol=PARITY_ATOL)
-        stats = raw.get_inference_statistics("emotion_classifier", headers=batching_server.admin_headers).model_stats[0]
+
+        def counted():
+            # Triton records an execution's statistics after it sends the responses.
+            stats = raw.get_inference_statistics("emotion_classifier", headers=batching_server.admin_headers)
+            return stats.model_stats[0]
+
+        deadline = time.monotonic() + 120
+        while (stats := counted()).inference_count < requests and time.monotonic() < deadline:
+            time.sleep(0.2)
     finally:
         raw.close()
     assert stats.inference_count == requests
