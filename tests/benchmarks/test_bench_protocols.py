@@ -1,5 +1,7 @@
 """`s2i bench` over HTTP and through system shared memory, against the session's real server."""
 
+import csv
+import json
 import os
 import subprocess
 import sys
@@ -67,6 +69,23 @@ def test_bench_model_workload_uses_shared_memory_over_http_and_cleans_up(triton_
     report = run_benchmark(target, workload, CONFIG)
     assert_clean_run(report, "http", "system", "text_encoder")
     assert bench_regions(triton_server) == [] and bench_files() == []
+
+
+def test_bench_cli_records_protocol_and_shared_memory_in_the_report_and_csv_when_http_and_system(
+    triton_server, tmp_path
+):
+    command = [sys.executable, "-m", "s2i.cli", "bench", "--url", triton_server.http_url, "--protocol", "http"]
+    command += ["--shared-memory", "system", "--admin-key", ADMIN_KEY, "--workload", "model:text_encoder"]
+    command += ["--concurrency", "1", "--requests", "2", "--warmup", "1", "--output", str(tmp_path)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert (report["protocol"], report["shared_memory"], report["statistics"]) == ("http", "system", "on")
+    assert report["runs"][0]["completed"] == 2 and report["runs"][0]["errors"] == 0
+    with (tmp_path / "report.csv").open() as stream:
+        (row,) = list(csv.DictReader(stream))
+    assert (row["Protocol"], row["Shared Memory"], row["Errors"]) == ("http", "system", "0")
+    assert bench_regions(triton_server) == []
 
 
 def test_bench_releases_regions_when_the_requests_fail(triton_server):
