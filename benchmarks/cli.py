@@ -41,7 +41,9 @@ def add_parser(commands) -> None:
     bench.add_argument(
         "--preview-every", type=int, help="`stream`: a preview every this many steps (default: half the steps)"
     )
-    bench.add_argument("--url", help="gRPC host:port of a running server (default: start one on --preset)")
+    bench.add_argument(
+        "--url", help="host:port of a running server's --protocol endpoint (default: start one on --preset)"
+    )
     bench.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model sizes for a started server")
     bench.add_argument("--build-dir", type=Path, default=Path("build"), help="where preset models are built")
     bench.add_argument("--concurrency", type=_ints, default=[1, 2, 4, 8], help="closed-loop levels, e.g. 1,2,4,8,16")
@@ -88,7 +90,29 @@ def add_parser(commands) -> None:
     target.add_argument("--ssl", action="store_true", help="TLS")
     target.add_argument("--root-certificates", help="PEM file of the CA that signed the server's certificate")
     target.add_argument("--no-stats", action="store_true", help="skip Triton's statistics API (no per-model breakdown)")
+    transport = bench.add_argument_group("protocol and shared memory")
+    transport.add_argument(
+        "--protocol",
+        choices=("grpc", "http"),
+        default="grpc",
+        help="`grpc`, or `http` (KServe v2 REST, binary tensors; not for the `stream` workload: decoupled "
+        "streaming is gRPC-only); a started server turns HTTP on",
+    )
+    transport.add_argument(
+        "--shared-memory",
+        choices=("none", "system"),
+        default="none",
+        help="`system`: inputs (and large outputs, such as the image) through POSIX shared-memory regions "
+        "registered once per in-flight request slot and reused; only for a server on THIS host; its "
+        "shared-memory API is restricted, so a hardened server needs --admin-key; not for `stream`",
+    )
     bench.set_defaults(handler=run)
+
+
+def _endpoint(args, url: str):
+    from s2i.benchmarks.protocols import Endpoint
+
+    return Endpoint(_connection(args, url), protocol=args.protocol, shared_memory=args.shared_memory)
 
 
 def _connection(args, url: str):
@@ -131,13 +155,14 @@ def _server(args):
     checkpoints = build_tiny_checkpoints(args.build_dir / "checkpoints", sizes=sizes)
     repository = repository_dir(args)
     convert(checkpoints, repository, work_dir=args.build_dir / "onnx", quantize=args.quantize)
-    options = ServerOptions(str(repository)).with_free_ports()
+    # HTTP only when the bench sends over it (Triton's HTTP endpoint stays off by default, s2i.server).
+    options = ServerOptions(str(repository), http=args.protocol == "http").with_free_ports()
     print("starting tritonserver ...", file=sys.stderr, flush=True)
     log_file = args.build_dir / f"tritonserver-bench-{args.preset}.log"
     with TritonServer(options, log_file=log_file, startup_timeout_s=args.startup_timeout_s) as server:
         # The started server locks its admin APIs (statistics included) with a key of its own.
         args.admin_key = args.admin_key or server.options.restricted_api_key
-        yield server.grpc_url, checkpoints, server.pid
+        yield server.http_url if args.protocol == "http" else server.grpc_url, checkpoints, server.pid
 
 
 WORKLOADS = ("pipeline", "stream", "whisper")
@@ -192,6 +217,19 @@ def _check_args(args) -> str | None:
         return "`--preview-every` needs `--workload stream` and a value of 0 (no previews) or more"
     if args.stability_percentage is None and args.measurement_interval_s is not None:
         return "`--measurement-interval-s` needs `--stability-percentage`"
+    return _check_transport(args)
+
+
+def _check_transport(args) -> str | None:
+    """What is wrong with ``--protocol`` / ``--shared-memory`` for this workload; ``None`` when nothing."""
+    if args.workload == "stream" and args.protocol == "http":
+        return "`--workload stream` needs `--protocol grpc`: decoupled streaming is gRPC-only in Triton"
+    if args.workload == "stream" and args.shared_memory != "none":
+        return "`--workload stream` sends its tensors inline: `--shared-memory` must be `none`"
+    if args.workload == "whisper-tokens" and (args.protocol != "grpc" or args.shared_memory != "none"):
+        return "`--workload whisper-tokens` runs over gRPC without shared memory"
+    if args.protocol == "http" and args.ssl:
+        return "`--ssl` is for gRPC; `--protocol http` sends plaintext (put TLS in front of HTTP)"
     return None
 
 
@@ -208,18 +246,20 @@ def _stability(args):
     )
 
 
-def _reachable(connection) -> str | None:
-    """Why the server cannot be reached with these connection options (plaintext vs TLS); ``None`` if it can."""
-    import tritonclient.grpc as grpcclient
+def _reachable(endpoint) -> str | None:
+    """Why the server cannot be reached with these connection options (protocol, TLS); ``None`` if it can."""
+    import aiohttp
     from tritonclient.utils import InferenceServerException
 
+    connection = endpoint.connection
     try:
-        with grpcclient.InferenceServerClient(**connection.client_kwargs()) as client:
-            client.is_server_live(headers=connection.call_headers(), client_timeout=10)
-    except InferenceServerException as e:
+        endpoint.call("get_server_metadata")
+    except (InferenceServerException, aiohttp.ClientError, OSError) as e:
         reason = str(e)[:300]
         if "restricted" in reason:
             return None  # the server answered: it restricts even health (the load's calls may still pass)
+        if endpoint.http:
+            return f"cannot reach {connection.url} over HTTP ({reason}); is the server's HTTP endpoint on this port?"
         if connection.ssl:
             return (
                 f"cannot reach {connection.url} over TLS ({reason}); check that the server serves TLS on this port "
@@ -279,7 +319,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_tokens(args)
     with _server(args) as (url, checkpoints, server_pid):
         config = dataclasses.replace(config, server_pid=server_pid)
-        connection = _connection(args, url)
+        connection = _endpoint(args, url)
         unreachable = _reachable(connection)
         if unreachable:
             print(f"error: {unreachable}", file=sys.stderr)

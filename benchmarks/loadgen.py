@@ -1,10 +1,12 @@
-"""Load generation over the asyncio gRPC client: closed-loop concurrency and open-loop Poisson arrivals.
+"""Load generation over the asyncio clients: closed-loop concurrency and open-loop Poisson arrivals.
 
 ``tritonclient`` 2.73 does not ship ``perf_analyzer``, so this is the load
 generator. Every run is bounded by a request count *and* a duration, and stops
 by itself; with a :class:`Stability` it is measured in windows until they agree,
 as perf_analyzer does. Unary requests are timed to their response, streamed ones
 (``speech_to_image_stream``) to their first message of each kind and their image.
+Unary requests go over gRPC or HTTP, their tensors inline or through system shared
+memory (:mod:`s2i.benchmarks.protocols`).
 """
 
 from __future__ import annotations
@@ -16,18 +18,30 @@ import random
 import time
 from collections.abc import Callable
 
+import aiohttp
 import grpc
 import numpy as np
-import tritonclient.grpc.aio as grpcclient_aio
 from tritonclient.utils import InferenceServerException
+from tritonclient.utils.shared_memory import SharedMemoryException
 
 from s2i import names
+from s2i.benchmarks.protocols import Endpoint, RegionPool, SharedResponse, Tensor, as_endpoint
 from s2i.client.transport import Connection
 
-# Builds request number i: (model name, inputs, requested outputs).
-RequestFactory = Callable[[int], tuple[str, list, list]]
+# Builds request number i: (model name, input tensors, requested output names).
+RequestFactory = Callable[[int], tuple[str, list[Tensor], list[str]]]
 # Checks a response; raises when its content is wrong (empty outputs are errors, not successes).
 ResponseCheck = Callable[[object], None]
+# What fails one unary request (counted as its error) rather than the run: the server's refusal,
+# a wrong response, HTTP transport errors and timeouts, a shared-memory copy that did not fit.
+UNARY_ERRORS = (
+    InferenceServerException,
+    ValueError,
+    AssertionError,
+    aiohttp.ClientError,
+    asyncio.TimeoutError,
+    SharedMemoryException,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,19 +302,64 @@ def _error(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e)[:200]}"
 
 
-async def _one(
-    client, factory: RequestFactory, index: int, check: ResponseCheck | None, timeout_s: float, connection: Connection
-) -> tuple[float | None, str | None, dict[str, float]]:
-    model, inputs, outputs = factory(index)
-    started = time.perf_counter()
-    try:
-        headers = connection.call_headers()
-        response = await client.infer(model, inputs, outputs=outputs, client_timeout=timeout_s, headers=headers)
-        if check is not None:
-            check(response)
-    except (InferenceServerException, ValueError, AssertionError) as e:
-        return None, _error(e), {}
-    return time.perf_counter() - started, None, {}
+class _Sender:
+    """Sends one unary request over the endpoint's protocol, inline or through shared memory."""
+
+    def __init__(self, client, endpoint: Endpoint, output_bytes: dict[str, int]) -> None:
+        self.client = client
+        self.endpoint = endpoint
+        self.pool = RegionPool(client, endpoint, output_bytes) if endpoint.shared_memory == "system" else None
+
+    async def __call__(
+        self, factory: RequestFactory, index: int, check: ResponseCheck | None, timeout_s: float
+    ) -> tuple[float | None, str | None, dict[str, float]]:
+        model, tensors, outputs = factory(index)
+        started = time.perf_counter()
+        try:
+            if self.pool is None:
+                response = await self._infer(model, self.endpoint.inputs(tensors), self.endpoint.outputs(outputs))
+                if check is not None:
+                    check(response)
+            else:
+                async with self.pool.lease() as regions:
+                    inputs, requested = await regions.inputs(tensors), await regions.outputs(outputs)
+                    response = SharedResponse(await self._infer(model, inputs, requested), regions)
+                    if check is not None:
+                        check(response)  # while the lease holds: the region is the next request's afterwards
+        except UNARY_ERRORS as e:
+            return None, _error(e), {}
+        return time.perf_counter() - started, None, {}
+
+    async def _infer(self, model: str, inputs: list, outputs: list):
+        options = self.endpoint.infer_options(self.endpoint.connection.timeout_s)
+        return await self.client.infer(model, inputs, outputs=outputs, headers=self.endpoint.headers(), **options)
+
+    async def close(self) -> None:
+        """Unregister and unlink the shared-memory regions (if any)."""
+        if self.pool is not None:
+            await self.pool.close()
+
+
+@contextlib.asynccontextmanager
+async def _sending(
+    target: str | Connection | Endpoint, streaming: bool, output_bytes: dict[str, int] | None, timeout_s: float
+):
+    """The call one request makes (unary or streamed), its client open and its regions cleaned up after."""
+    endpoint = as_endpoint(target)
+    endpoint = dataclasses.replace(endpoint, connection=dataclasses.replace(endpoint.connection, timeout_s=timeout_s))
+    async with endpoint.aio_client() as client:
+        if streaming:
+
+            async def stream(factory, index, check, timeout_s):
+                return await _one_stream(client, factory, index, check, timeout_s, endpoint)
+
+            yield stream
+            return
+        sender = _Sender(client, endpoint, output_bytes or {})
+        try:
+            yield sender
+        finally:
+            await sender.close()
 
 
 def _event_kind(result) -> str | None:
@@ -309,7 +368,7 @@ def _event_kind(result) -> str | None:
 
 
 async def _one_stream(
-    client, factory: RequestFactory, index: int, check: ResponseCheck | None, timeout_s: float, connection: Connection
+    client, factory: RequestFactory, index: int, check: ResponseCheck | None, timeout_s: float, endpoint: Endpoint
 ) -> tuple[float | None, str | None, dict[str, float]]:
     """One streamed request: the time to its first message of each kind, and to its ``image`` (the latency).
 
@@ -317,8 +376,9 @@ async def _one_stream(
     client cancels a gRPC stream whose final response is still on its way
     (triton-inference-server/server#7368, fixed in 24.12), and a bench must not take its server down.
     """
-    model, inputs, outputs = factory(index)
-    request = {"model_name": model, "inputs": inputs, "outputs": outputs, "enable_empty_final_response": True}
+    model, tensors, outputs = factory(index)
+    inputs, requested = endpoint.inputs(tensors), endpoint.outputs(outputs)
+    request = {"model_name": model, "inputs": inputs, "outputs": requested, "enable_empty_final_response": True}
     request["request_id"] = f"bench-{index}"
 
     async def requests():
@@ -329,7 +389,7 @@ async def _one_stream(
     image, failure = None, None
     try:
         async for result, error in client.stream_infer(
-            requests(), stream_timeout=timeout_s, headers=connection.call_headers()
+            requests(), stream_timeout=timeout_s, headers=endpoint.headers()
         ):
             if error is not None:
                 failure = failure or error
@@ -352,7 +412,7 @@ async def _one_stream(
 
 
 async def closed_loop(
-    url: str | Connection,
+    url: str | Connection | Endpoint,
     factory: RequestFactory,
     *,
     concurrency: int,
@@ -363,28 +423,29 @@ async def closed_loop(
     on_done: Callable[[], None] | None = None,
     stability: Stability | None = None,
     streaming: bool = False,
+    output_bytes: dict[str, int] | None = None,
 ) -> RunResult:
     """``concurrency`` workers, each sending its next request when the last one returns.
 
     With ``stability``, ``max_requests`` is the size of a count window (or ignored with time
     windows) and the run goes on until the windows agree or run out (:class:`Stability`).
+    ``output_bytes``: outputs read back through shared memory (with ``--shared-memory system``)
+    and the most bytes each can take.
     """
     window_requests = max_requests
     if stability is not None:
         max_requests = max_requests * stability.max_trials if stability.interval_s is None else 2**62
     counter = iter(range(max_requests))
-    call = _one_stream if streaming else _one
     cpu_started, started = time.process_time(), time.perf_counter()
     deadline = started + max_duration_s
     recorder = Recorder(stability, window_requests)
-    connection = as_connection(url)
-    async with grpcclient_aio.InferenceServerClient(**connection.client_kwargs()) as client:
+    async with _sending(url, streaming, output_bytes, timeout_s) as call:
 
         async def worker():
             for index in counter:
                 if time.perf_counter() > deadline or recorder.stop.is_set():
                     return
-                recorder.add(*await call(client, factory, index, check, timeout_s, connection))
+                recorder.add(*await call(factory, index, check, timeout_s))
                 if on_done:
                     on_done()
 
@@ -408,7 +469,7 @@ async def _with_ticker(recorder: Recorder, load) -> None:
 
 
 async def open_loop(
-    url: str | Connection,
+    url: str | Connection | Endpoint,
     factory: RequestFactory,
     *,
     rate_per_s: float,
@@ -420,6 +481,7 @@ async def open_loop(
     on_done: Callable[[], None] | None = None,
     stability: Stability | None = None,
     streaming: bool = False,
+    output_bytes: dict[str, int] | None = None,
 ) -> RunResult:
     """Poisson arrivals at ``rate_per_s``, whatever the server's speed (shows queueing).
 
@@ -429,15 +491,13 @@ async def open_loop(
     window_requests = max_requests
     if stability is not None:
         max_requests = max_requests * stability.max_trials if stability.interval_s is None else 2**62
-    call = _one_stream if streaming else _one
     tasks = []
     cpu_started, started = time.process_time(), time.perf_counter()
     recorder = Recorder(stability, window_requests)
-    connection = as_connection(url)
-    async with grpcclient_aio.InferenceServerClient(**connection.client_kwargs()) as client:
+    async with _sending(url, streaming, output_bytes, timeout_s) as call:
 
         async def send(index):
-            recorder.add(*await call(client, factory, index, check, timeout_s, connection))
+            recorder.add(*await call(factory, index, check, timeout_s))
             if on_done:
                 on_done()
 

@@ -15,7 +15,8 @@ def markdown(report: dict) -> str:
     lines = [
         f"### `{report['workload']}` on {report['machine']['cpu']} ({report['machine']['cpu_count']} cores)",
         "",
-        f"Server statistics: {report.get('statistics', 'on')}.",
+        f"Protocol: {report.get('protocol', 'grpc')}, shared memory: {report.get('shared_memory', 'none')}; "
+        f"server statistics: {report.get('statistics', 'on')}.",
         "",
         "| mode | concurrency / rate | requests | errors | throughput (req/s) | p50 ms | p90 ms | p95 ms "
         "| p99 ms | max ms | client CPU ms/req |",
@@ -190,7 +191,7 @@ PERF_ANALYZER_COLUMNS = (
     "p99 latency",
     "Avg latency",
 )
-EXTRA_COLUMNS = ("Errors", "Stable", "Windows")
+EXTRA_COLUMNS = ("Errors", "Stable", "Windows", "Protocol", "Shared Memory")
 # Streamed requests: time to the first message of each kind, in microseconds.
 STREAM_EVENTS = ("text", "preview", "image")
 STREAM_COLUMNS = tuple(f"p{p} time to first {kind}" for kind in STREAM_EVENTS for p in (50, 95))
@@ -240,6 +241,8 @@ def csv_rows(report: dict, mode: str = "closed") -> list[list]:
             run["errors"],
             "" if not stability else str(stability["stable"]).lower(),
             len(stability.get("windows", [])) if stability else "",
+            report.get("protocol", "grpc"),
+            report.get("shared_memory", "none"),
         ]
         if report.get("streaming"):
             marks = run.get("time_to_first_ms", {})

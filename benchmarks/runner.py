@@ -11,13 +11,13 @@ import time
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from s2i.benchmarks import server_stats
 from s2i.benchmarks.cpu import process_tree_cpu_s
-from s2i.benchmarks.loadgen import Stability, as_connection, closed_loop, open_loop
+from s2i.benchmarks.loadgen import Stability, closed_loop, open_loop
 from s2i.benchmarks.peers import in_process_summary, peer_ratios, run_peer
+from s2i.benchmarks.protocols import Endpoint, as_endpoint
 from s2i.benchmarks.workloads import Workload
 from s2i.client.transport import Connection, wrap_error
 
@@ -55,7 +55,7 @@ class BenchConfig:
     stability: Stability | None = None
 
 
-def machine_info(url: str | Connection) -> dict:
+def machine_info(url: str | Connection | Endpoint) -> dict:
     """Host, CPU, package versions and the server's version."""
     cpu = platform.processor()
     try:
@@ -69,10 +69,7 @@ def machine_info(url: str | Connection) -> dict:
             versions[package] = version(package)
         except PackageNotFoundError:
             versions[package] = None
-    connection = as_connection(url)
-    with grpcclient.InferenceServerClient(**connection.client_kwargs()) as client:
-        metadata = client.get_server_metadata(as_json=True, headers=connection.call_headers())
-        versions["tritonserver"] = metadata.get("version")
+    versions["tritonserver"] = as_endpoint(url).call("get_server_metadata").get("version")
     return {"hostname": platform.node(), "cpu": cpu, "cpu_count": os.cpu_count(), "versions": versions}
 
 
@@ -98,7 +95,7 @@ def run_baseline(workload: Workload, requests: int) -> dict | None:
     return in_process_summary(latencies, time.perf_counter() - started, time.process_time() - cpu_started)
 
 
-def _statistics_state(url: Connection, wanted: bool) -> str:
+def _statistics_state(url: Endpoint, wanted: bool) -> str:
     """``on``, ``off``, or why Triton's statistics API cannot be read (the run goes on without it)."""
     if not wanted:
         return "off"
@@ -111,9 +108,13 @@ def _statistics_state(url: Connection, wanted: bool) -> str:
     return "on"
 
 
-def run_benchmark(url: str | Connection, workload: Workload, config: BenchConfig) -> dict:
-    """Run everything ``config`` asks for against the server at ``url``; return the report dict."""
-    url = as_connection(url)
+def run_benchmark(url: str | Connection | Endpoint, workload: Workload, config: BenchConfig) -> dict:
+    """Run everything ``config`` asks for against the server at ``url``; return the report dict.
+
+    ``url`` is ``host:port`` (gRPC), a connection (gRPC), or an :class:`Endpoint` (its protocol
+    and shared-memory mode).
+    """
+    url = as_endpoint(url)
     statistics = _statistics_state(url, config.statistics)
     asyncio.run(
         closed_loop(
@@ -124,6 +125,7 @@ def run_benchmark(url: str | Connection, workload: Workload, config: BenchConfig
             max_duration_s=config.max_duration_s,
             check=workload.check,
             streaming=workload.streaming,
+            output_bytes=workload.output_bytes,
         )
     )
     common = dict(
@@ -132,6 +134,7 @@ def run_benchmark(url: str | Connection, workload: Workload, config: BenchConfig
         check=workload.check,
         stability=config.stability,
         streaming=workload.streaming,
+        output_bytes=workload.output_bytes,
     )
     plan = [
         (f"concurrency {level}", max(config.requests_per_level, level), closed_loop, {"concurrency": level})
@@ -167,6 +170,8 @@ def run_benchmark(url: str | Connection, workload: Workload, config: BenchConfig
     return {
         "workload": workload.name,
         "streaming": workload.streaming,
+        "protocol": url.protocol,
+        "shared_memory": url.shared_memory,
         "statistics": statistics,
         "config": dataclasses.asdict(config),
         "machine": machine_info(url),

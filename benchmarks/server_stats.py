@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import time
 
-import tritonclient.grpc as grpcclient
-
-from s2i.benchmarks.loadgen import as_connection
+from s2i.benchmarks.protocols import Endpoint, as_endpoint
 from s2i.client.transport import Connection
 
 PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
 
 
-def snapshot(url: str | Connection) -> dict[str, dict]:
-    """Cumulative statistics of every model: counts and nanoseconds per phase."""
-    connection = as_connection(url)
-    with grpcclient.InferenceServerClient(**connection.client_kwargs()) as client:
-        stats = client.get_inference_statistics(as_json=True, headers=connection.call_headers())
+def snapshot(url: str | Connection | Endpoint) -> dict[str, dict]:
+    """Cumulative statistics of every model (over the endpoint's protocol): counts and nanoseconds per phase."""
+    stats = as_endpoint(url).call("get_inference_statistics")
     models = {}
     for model in stats.get("model_stats", []):
         inference = model.get("inference_stats", {})
@@ -30,7 +26,7 @@ def snapshot(url: str | Connection) -> dict[str, dict]:
     return models
 
 
-def settled_snapshot(url: str | Connection, timeout_s: float = 2.0, poll_s: float = 0.05) -> dict[str, dict]:
+def settled_snapshot(url: str | Connection | Endpoint, timeout_s: float = 2.0, poll_s: float = 0.05) -> dict[str, dict]:
     """A snapshot taken once the counters stop moving.
 
     Triton updates a model's statistics just after it sends the response, so a

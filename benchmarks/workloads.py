@@ -7,10 +7,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import tritonclient.grpc as grpcclient
 
 from s2i import names
 from s2i.audio import prepare_audio
+from s2i.stages.diffusion.sampling import MAX_IMAGE_SIZE
+
+# The most bytes a `png` output takes: an uncompressed RGB PNG of the largest image (a filter
+# byte per row), headers, and the 4-byte length prefix of a BYTES element in shared memory.
+MAX_PNG_BYTES = MAX_IMAGE_SIZE * (3 * MAX_IMAGE_SIZE + 1) + 64 * 2**10
 
 
 @dataclasses.dataclass
@@ -19,7 +23,8 @@ class Workload:
 
     Attributes:
         name: What is benchmarked (``whisper``, a stage model name, …).
-        factory: Builds request ``i`` (model, inputs, outputs) for the async client.
+        factory: Builds request ``i``: (model, input tensors as (name, KServe datatype, array),
+            requested output names); :mod:`s2i.benchmarks.protocols` sends them.
         check: Raises when a response's content is wrong (so empty outputs count as errors).
         baseline: Runs request ``i`` in-process with the reference libraries, or ``None``.
         items_per_request: Images (or clips) a request produces, for items/s.
@@ -27,15 +32,18 @@ class Workload:
             Triton deployment (:mod:`s2i.benchmarks.peers`).
         streaming: Requests go over ``ModelStreamInfer`` (a decoupled model): each run also
             reports the time to the first message of each kind.
+        output_bytes: Large outputs the check reads -> the most bytes each takes; with
+            ``--shared-memory system`` they come back through a shared-memory region.
     """
 
     name: str
-    factory: Callable[[int], tuple[str, list, list]]
+    factory: Callable[[int], tuple[str, list[tuple[str, str, np.ndarray]], list[str]]]
     check: Callable[[object], None]
     baseline: Callable[[int], None] | None = None
     items_per_request: int = 1
     peers: dict[str, Callable[[int], None]] = dataclasses.field(default_factory=dict)
     streaming: bool = False
+    output_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 # Recorded audio: what `--audio` accepts (what the server decodes), and how many files at most.
@@ -99,20 +107,16 @@ def whisper_workload(
     clips: Sequence[tuple[np.ndarray, int]], max_new_tokens: int, checkpoint_dir: Path | None = None
 ) -> Workload:
     """Translate the clips round-robin with a fixed token budget (random models never stop early)."""
-    import tritonclient.grpc.aio as aio
-
     prepared = [prepare_audio(samples, rate) for samples, rate in clips]
 
     def factory(index: int):
         samples = prepared[index % len(prepared)]
-        audio = aio.InferInput(names.AUDIO_SAMPLES, [1, samples.shape[0]], "FP32")
-        audio.set_data_from_numpy(samples[None, :])
-        rate = aio.InferInput(names.SAMPLE_RATE_HZ, [1, 1], "INT32")
-        rate.set_data_from_numpy(np.array([[16_000]], np.int32))
-        budget = aio.InferInput(names.MAX_NEW_TOKENS, [1, 1], "INT32")
-        budget.set_data_from_numpy(np.array([[max_new_tokens]], np.int32))
-        outputs = [aio.InferRequestedOutput(names.TOKEN_IDS)]
-        return names.WHISPER, [audio, rate, budget], outputs
+        inputs = [
+            (names.AUDIO_SAMPLES, "FP32", samples[None, :]),
+            (names.SAMPLE_RATE_HZ, "INT32", np.array([[16_000]], np.int32)),
+            (names.MAX_NEW_TOKENS, "INT32", np.array([[max_new_tokens]], np.int32)),
+        ]
+        return names.WHISPER, inputs, [names.TOKEN_IDS]
 
     def check(response) -> None:
         token_ids = response.as_numpy(names.TOKEN_IDS)
@@ -162,15 +166,8 @@ def pipeline_workload(
         return request
 
     def factory(index: int):
-        import tritonclient.grpc.aio as aio
-
         request = operation(index)
-        inputs = []
-        for name, datatype, value in request.inputs:
-            tensor = aio.InferInput(name, list(value.shape), datatype)
-            tensor.set_data_from_numpy(value)
-            inputs.append(tensor)
-        return request.model, inputs, [aio.InferRequestedOutput(name) for name in request.outputs]
+        return request.model, list(request.inputs), list(request.outputs)
 
     def check(response) -> None:
         png = response.as_numpy(names.PNG)
@@ -192,23 +189,22 @@ def pipeline_workload(
             )
 
     model = names.SPEECH_TO_IMAGE_STREAM if streaming else names.SPEECH_TO_IMAGE
-    return Workload(model, factory, check, baseline, streaming=streaming)
+    output_bytes = {} if streaming else {names.PNG: MAX_PNG_BYTES}
+    return Workload(model, factory, check, baseline, streaming=streaming, output_bytes=output_bytes)
 
 
 def stage_workload(url, model_name: str, dynamic_size: int = 1, seed: int = 0) -> Workload:
     """Random inputs for any one model, shaped from its config (``-1`` axes become ``dynamic_size``).
 
-    ``url`` is ``host:port`` or a :class:`~s2i.client.transport.Connection` (headers, TLS, admin key:
-    the model-config API is restricted in a hardened deployment).
+    ``url`` is ``host:port``, a :class:`~s2i.client.transport.Connection` (headers, TLS, admin key:
+    the model-config API is restricted in a hardened deployment) or a
+    :class:`~s2i.benchmarks.protocols.Endpoint` (the config is read over its protocol).
     """
-    import tritonclient.grpc.aio as aio
-
-    from s2i.benchmarks.loadgen import as_connection
+    from s2i.benchmarks.protocols import as_endpoint
     from s2i.model_repository.config import TRITON_TO_NUMPY
 
-    connection = as_connection(url)
-    with grpcclient.InferenceServerClient(**connection.client_kwargs()) as client:
-        config = client.get_model_config(model_name, as_json=True, headers=connection.call_headers())["config"]
+    config = as_endpoint(url).call("get_model_config", model_name)
+    config = config.get("config", config)  # gRPC wraps the config, HTTP returns it
     batched = int(config.get("max_batch_size", 0)) > 0
     rng = np.random.default_rng(seed)
     tensors = []
@@ -227,12 +223,7 @@ def stage_workload(url, model_name: str, dynamic_size: int = 1, seed: int = 0) -
     outputs = [tensor["name"] for tensor in config["output"]]
 
     def factory(index: int):
-        inputs = []
-        for name, datatype, value in tensors:
-            tensor = aio.InferInput(name, list(value.shape), datatype)
-            tensor.set_data_from_numpy(value)
-            inputs.append(tensor)
-        return model_name, inputs, [aio.InferRequestedOutput(name) for name in outputs]
+        return model_name, tensors, outputs
 
     def check(response) -> None:
         for name in outputs:
@@ -240,4 +231,18 @@ def stage_workload(url, model_name: str, dynamic_size: int = 1, seed: int = 0) -
             if value is None or value.size == 0:
                 raise ValueError(f"`{name}` came back empty")
 
-    return Workload(model_name, factory, check)
+    return Workload(model_name, factory, check, output_bytes=_fixed_output_bytes(config))
+
+
+def _fixed_output_bytes(config: dict) -> dict[str, int]:
+    """Outputs whose size the config fixes (no ``-1`` axis, not BYTES): they fit a region sized up front."""
+    from s2i.model_repository.config import TRITON_TO_NUMPY
+
+    sizes = {}
+    for tensor in config["output"]:
+        datatype = tensor["data_type"].removeprefix("TYPE_")
+        dims = [int(d) for d in tensor["dims"]]
+        if datatype in ("STRING", "BYTES") or any(d < 0 for d in dims):
+            continue
+        sizes[tensor["name"]] = int(np.prod([1, *dims])) * np.dtype(TRITON_TO_NUMPY[datatype]).itemsize
+    return sizes

@@ -124,7 +124,7 @@ def test_csv_follows_perf_analyzer_columns_then_the_bench_own_when_written():
     report = {"workload": "whisper", "runs": [run(), run("open")]}
     header = csv_header(report, "closed")
     assert ",".join(header[:PERF_ANALYZER_COUNT]) == PERF_ANALYZER_HEADER
-    assert header[PERF_ANALYZER_COUNT:] == ["Errors", "Stable", "Windows"]
+    assert header[PERF_ANALYZER_COUNT:] == ["Errors", "Stable", "Windows", "Protocol", "Shared Memory"]
     assert csv_header(report, "open")[0] == "Request Rate"
     (row,) = csv_rows(report, "closed")
     values = dict(zip(header, row, strict=True))
