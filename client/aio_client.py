@@ -7,19 +7,20 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
-import numpy as np
 import tritonclient.grpc.aio as aio
 from tritonclient.grpc._utils import get_error_grpc
-from tritonclient.utils import InferenceServerException, serialize_byte_tensor, serialized_byte_size
+from tritonclient.utils import InferenceServerException
 
 from s2i import names
 from s2i.client import operations
 from s2i.client.errors import ClientError, RestrictedApiError, ServerUnavailableError
 from s2i.client.grpc_client import (
     SHARED_MEMORY_INITIAL_BYTES,
-    SHARED_MEMORY_MIN_BYTES,
     UNREGISTER_ATTEMPTS,
     client_region_name,
+    place_in_region,
+    plan_tensors,
+    read_from_region,
 )
 from s2i.client.operations import AudioInput, Operation, parse_speech_to_image
 from s2i.client.results import EmotionResult, GeneratedImage, SpeechToImageResult, StreamEvent, Translation
@@ -135,40 +136,13 @@ class AsyncClient:
 
     async def _infer_with_shared_memory(self, operation: Operation, **kwargs) -> dict:
         """One call with large inputs and the known-size outputs in the client's shared-memory region."""
-        import tritonclient.utils.shared_memory as shm
-
-        inputs, outputs, placed = [], [], []
-        for name, datatype, value in operation.inputs:
-            tensor = aio.InferInput(name, list(value.shape), datatype)
-            payload = serialize_byte_tensor(value) if datatype == "BYTES" else value
-            size = serialized_byte_size(payload) if datatype == "BYTES" else value.nbytes
-            if size >= SHARED_MEMORY_MIN_BYTES:
-                placed.append((tensor, size, payload))
-            else:
-                tensor.set_data_from_numpy(value)
-            inputs.append(tensor)
-        for name in operation.outputs:
-            output = aio.InferRequestedOutput(name)
-            if name in operation.shared_memory_outputs:
-                shape, dtype = operation.shared_memory_outputs[name]
-                placed.append((output, int(np.prod(shape)) * np.dtype(dtype).itemsize, (name, shape, dtype)))
-            outputs.append(output)
+        inputs, outputs, placed = plan_tensors(operation, use_shared_memory=True)
         region = self._shared_memory
         async with region.lock:
             await region.ensure(max(1, sum(size for _, size, _ in placed)))
-            offset, readers = 0, {}
-            for tensor, size, what in placed:
-                tensor.set_shared_memory(region.name, size, offset=offset)
-                if isinstance(tensor, aio.InferInput):
-                    shm.set_shared_memory_region(region.handle, [what], offset=offset)
-                else:
-                    readers[what[0]] = (offset, what[1], what[2])
-                offset += size
+            readers = place_in_region(region, placed)
             result = await self._client.infer(operation.model, inputs, outputs=outputs, **kwargs)
-            values = {
-                name: np.array(shm.get_contents_as_numpy(region.handle, dtype, shape, offset=at))
-                for name, (at, shape, dtype) in readers.items()
-            }
+            values = read_from_region(region, readers)
         values.update({name: result.as_numpy(name) for name in operation.outputs if name not in values})
         return values
 

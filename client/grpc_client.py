@@ -186,46 +186,15 @@ class Client:
             The ``InferInput``s, the ``InferRequestedOutput``s, and a function that reads the
             shared-memory outputs back after the call (name -> array).
         """
-        import tritonclient.utils.shared_memory as shm
-
-        inputs, outputs, placed, readers = [], [], [], {}
-        for name, datatype, value in operation.inputs:
-            tensor = grpcclient.InferInput(name, list(value.shape), datatype)
-            payload = serialize_byte_tensor(value) if datatype == "BYTES" else value
-            size = serialized_byte_size(payload) if datatype == "BYTES" else value.nbytes
-            if self.use_shared_memory and size >= SHARED_MEMORY_MIN_BYTES:
-                placed.append((tensor, size, payload))
-            else:
-                tensor.set_data_from_numpy(value)
-            inputs.append(tensor)
-        for name in operation.outputs:
-            output = grpcclient.InferRequestedOutput(name)
-            if self.use_shared_memory and name in operation.shared_memory_outputs:
-                shape, dtype = operation.shared_memory_outputs[name]
-                placed.append((output, int(np.prod(shape)) * np.dtype(dtype).itemsize, (name, shape, dtype)))
-            outputs.append(output)
+        inputs, outputs, placed = plan_tensors(operation, self.use_shared_memory)
         if not placed:
             yield inputs, outputs, dict
             return
         region = self._shared_memory
         with region.lock:
             region.ensure(sum(size for _, size, _ in placed))
-            offset = 0
-            for tensor, size, what in placed:
-                tensor.set_shared_memory(region.name, size, offset=offset)
-                if isinstance(tensor, grpcclient.InferInput):
-                    shm.set_shared_memory_region(region.handle, [what], offset=offset)
-                else:
-                    readers[what[0]] = (offset, what[1], what[2])
-                offset += size
-
-            def read_shared_outputs() -> dict:
-                return {
-                    name: np.array(shm.get_contents_as_numpy(region.handle, dtype, shape, offset=at))
-                    for name, (at, shape, dtype) in readers.items()
-                }
-
-            yield inputs, outputs, read_shared_outputs
+            readers = place_in_region(region, placed)
+            yield inputs, outputs, lambda: read_from_region(region, readers)
 
     def execute(self, operation: Operation, timeout_s: float | None = None, call: CallOptions | None = None):
         """Run an :class:`~s2i.client.operations.Operation` and return its result.
@@ -348,3 +317,55 @@ class Client:
         result = self.execute(operation, timeout_s, call)
         result.timings_ms["total"] = 1000 * (time.perf_counter() - started)
         return result
+
+
+def plan_tensors(operation: Operation, use_shared_memory: bool) -> tuple[list, list, list]:
+    """The call's ``InferInput``s and ``InferRequestedOutput``s, and which of them go through shared memory.
+
+    Returns:
+        Inputs, outputs, and ``(tensor, byte size, what)`` for each shared-memory tensor:
+        ``what`` is the serialized payload of an input, ``(name, shape, dtype)`` of an output.
+        Inputs under :data:`SHARED_MEMORY_MIN_BYTES` carry their data in the request.
+    """
+    inputs, outputs, placed = [], [], []
+    for name, datatype, value in operation.inputs:
+        tensor = grpcclient.InferInput(name, list(value.shape), datatype)
+        payload = serialize_byte_tensor(value) if datatype == "BYTES" else value
+        size = serialized_byte_size(payload) if datatype == "BYTES" else value.nbytes
+        if use_shared_memory and size >= SHARED_MEMORY_MIN_BYTES:
+            placed.append((tensor, size, payload))
+        else:
+            tensor.set_data_from_numpy(value)
+        inputs.append(tensor)
+    for name in operation.outputs:
+        output = grpcclient.InferRequestedOutput(name)
+        if use_shared_memory and name in operation.shared_memory_outputs:
+            shape, dtype = operation.shared_memory_outputs[name]
+            placed.append((output, int(np.prod(shape)) * np.dtype(dtype).itemsize, (name, shape, dtype)))
+        outputs.append(output)
+    return inputs, outputs, placed
+
+
+def place_in_region(region, placed: list) -> dict[str, tuple[int, tuple, str]]:
+    """Lay ``placed`` out back to back in ``region`` (inputs written); return output name -> (offset, shape, dtype)."""
+    import tritonclient.utils.shared_memory as shm
+
+    offset, readers = 0, {}
+    for tensor, size, what in placed:
+        tensor.set_shared_memory(region.name, size, offset=offset)
+        if isinstance(tensor, grpcclient.InferInput):
+            shm.set_shared_memory_region(region.handle, [what], offset=offset)
+        else:
+            readers[what[0]] = (offset, what[1], what[2])
+        offset += size
+    return readers
+
+
+def read_from_region(region, readers: dict[str, tuple[int, tuple, str]]) -> dict[str, np.ndarray]:
+    """The outputs :func:`place_in_region` laid out, copied out of ``region``."""
+    import tritonclient.utils.shared_memory as shm
+
+    return {
+        name: np.array(shm.get_contents_as_numpy(region.handle, dtype, shape, offset=at))
+        for name, (at, shape, dtype) in readers.items()
+    }
