@@ -38,6 +38,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 LOGGER = logging.getLogger("gpu_check")
+# The project's source, so a bare checkout on the GPU host imports the python-torch target's runners.
+SOURCE = Path(__file__).resolve().parents[1] / "src"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,9 +126,23 @@ DRY_RUN = Dimensions(
 )
 
 
-def row(stage: str, batch: int, seconds: float) -> dict:
+def row(stage: str, batch: int, seconds: float, **extra) -> dict:
     """One line of the results table."""
-    return dict(stage=stage, batch=batch, ms=1000 * seconds, ms_per_item=1000 * seconds / batch)
+    return dict(stage=stage, batch=batch, ms=1000 * seconds, ms_per_item=1000 * seconds / batch, **extra)
+
+
+def guarded(rows: list[dict], stage: str, batch: int, measure: Callable[[], list[dict]]) -> None:
+    """Append ``measure()``'s rows, or one row naming its error: one failing variant must not cost the others.
+
+    The check runs once, unattended, on a borrowed machine; a table with a hole beats no table.
+    """
+    try:
+        rows.extend(measure())
+    except Exception as error:  # noqa: BLE001 - recorded in the table, the run goes on
+        LOGGER.exception("%s at batch %d failed", stage, batch)
+        rows.append(
+            dict(stage=stage, batch=batch, ms=None, ms_per_item=None, error=f"{type(error).__name__}: {error}"[:300])
+        )
 
 
 class Timer:
@@ -171,12 +187,7 @@ def whisper_rows(torch, dims: Dimensions, device: str, dtype, timer: Timer) -> l
         prompt = torch.tensor([[50258, 50276, 50358, 50363]] * batch, device=device)
 
         def decode(encoder_out=encoder_out, prompt=prompt) -> None:
-            # The prompt step, then `decode_tokens` greedy steps with the cache (generate's loop, minus its rules).
-            out = model(encoder_outputs=encoder_out, decoder_input_ids=prompt, use_cache=True)
-            past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
-            for _ in range(dims.decode_tokens):
-                out = model(encoder_outputs=encoder_out, decoder_input_ids=token, past_key_values=past, use_cache=True)
-                past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+            transformers_greedy(torch, model, encoder_out, prompt, dims.decode_tokens + 1)
 
         def prompt_only(encoder_out=encoder_out, prompt=prompt) -> None:
             model(encoder_outputs=encoder_out, decoder_input_ids=prompt, use_cache=True)
@@ -184,7 +195,54 @@ def whisper_rows(torch, dims: Dimensions, device: str, dtype, timer: Timer) -> l
         step_s = (timer.median_s(decode, dims.repeats) - timer.median_s(prompt_only, dims.repeats)) / dims.decode_tokens
         step_s = max(step_s, 0.0)
         rows.append(row("whisper_decode_step", batch, step_s))
+        for cuda_graph in (False, True) if device == "cuda" else (False,):
+            stage = "whisper_decode_step_static" + ("_cuda_graph" if cuda_graph else "")
+            guarded(
+                rows,
+                stage,
+                batch,
+                lambda encoder_out=encoder_out, prompt=prompt, stage=stage, cuda_graph=cuda_graph: static_decode_rows(
+                    torch, model, encoder_out, prompt, dims, timer, stage, cuda_graph
+                ),
+            )
     return rows
+
+
+def transformers_greedy(torch, model, encoder_out, prompt, new_tokens: int):
+    """Greedy tokens by transformers' own forward and cache (generate's loop, minus its rules)."""
+    out = model(encoder_outputs=encoder_out, decoder_input_ids=prompt, use_cache=True)
+    tokens = [out.logits[:, -1].argmax(-1, keepdim=True)]
+    for _ in range(new_tokens - 1):
+        out = model(
+            encoder_outputs=encoder_out,
+            decoder_input_ids=tokens[-1],
+            past_key_values=out.past_key_values,
+            use_cache=True,
+        )
+        tokens.append(out.logits[:, -1].argmax(-1, keepdim=True))
+    return torch.cat(tokens, dim=1)
+
+
+def static_decode_rows(torch, model, encoder_out, prompt, dims: Dimensions, timer: Timer, stage: str, cuda_graph: bool):
+    """A decoding step of :class:`StaticWhisperDecoder` (the python-torch target's decoder), tokens checked.
+
+    The preallocated cache gives each step fixed shapes, so on CUDA the step is one graph replay.
+    """
+    from s2i.stages.whisper.static_decoding import StaticWhisperDecoder
+
+    batch, new_tokens = prompt.shape[0], dims.decode_tokens + 1
+    decoder = StaticWhisperDecoder(model, batch, prompt.shape[1] + new_tokens, encoder_out[0].shape[1])
+    decoder.set_encoder_output(encoder_out[0])
+    if cuda_graph:
+        decoder.capture()
+    with torch.inference_mode():
+        tokens = decoder.generate(prompt, new_tokens)
+        expected = transformers_greedy(torch, model, encoder_out, prompt, new_tokens)
+    # A fraction, not an assertion: fp16 kernels of the two paths may round a near-tie differently.
+    agree = float((tokens == expected).float().mean())
+    full_s = timer.median_s(lambda: decoder.generate(prompt, new_tokens), dims.repeats)
+    first_s = timer.median_s(lambda: decoder.generate(prompt, 1), dims.repeats)
+    return [row(stage, batch, max(full_s - first_s, 0.0) / dims.decode_tokens, tokens_equal_generate=agree)]
 
 
 def diffusion_components(torch, dims: Dimensions, device: str, dtype):
@@ -291,7 +349,143 @@ def diffusion_rows(torch, dims: Dimensions, device: str, dtype, timer: Timer) ->
 
         seconds = timer.median_s(end_to_end, max(1, dims.repeats - 1))
         rows.append(row(f"sd_end_to_end_{steps}_steps", batch, seconds))
+    guarded(
+        rows, "sd_loop", 0, lambda: loop_rows(torch, dims, device, dtype, timer, text_encoder, unet, vae, scheduler)
+    )
     return rows
+
+
+class GraphedUNet:
+    """The UNet's noise prediction at fixed shapes, recorded once as a CUDA graph and replayed.
+
+    At batch 1 a UNet step is hundreds of small kernels whose launches cost about as much as
+    their arithmetic; a replay launches them all at once.
+    """
+
+    def __init__(self, torch, unet, sample, timestep, embeddings, warmup_calls: int = 2) -> None:
+        self.sample, self.timestep, self.embeddings = sample.clone(), timestep.clone(), embeddings.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.inference_mode(), torch.cuda.stream(stream):
+            for _ in range(warmup_calls):
+                unet(self.sample, self.timestep, encoder_hidden_states=self.embeddings)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(self.graph):
+            self.noise = unet(self.sample, self.timestep, encoder_hidden_states=self.embeddings).sample
+
+    def __call__(self, sample, timestep, embeddings):
+        """The noise prediction for these inputs (a view of the graph's output: read before the next call)."""
+        self.sample.copy_(sample)
+        self.timestep.copy_(timestep)
+        self.embeddings.copy_(embeddings)
+        self.graph.replay()
+        return self.noise
+
+
+def denoise(
+    torch, unet_call, scheduler, vae, embeddings, batch: int, steps: int, latent: int, guidance_scale: float = 7.5
+):
+    """The served loop's arithmetic in-process: guided DDIM steps from seeded noise, then the VAE."""
+    scheduler.set_timesteps(steps, device=embeddings.device)
+    generator = torch.Generator(embeddings.device).manual_seed(0)
+    latents = torch.randn((batch, 4, latent, latent), generator=generator, device=embeddings.device)
+    latents = latents.to(embeddings.dtype) * scheduler.init_noise_sigma
+    for timestep in scheduler.timesteps:
+        unconditional, conditional = unet_call(torch.cat([latents] * 2), timestep, embeddings).chunk(2)
+        guided = unconditional + guidance_scale * (conditional - unconditional)
+        latents = scheduler.step(guided, timestep, latents).prev_sample
+    image = vae.decode(latents / 0.18215).sample
+    return (image / 2 + 0.5).clamp(0, 1)
+
+
+def tune(torch, unet) -> None:
+    """Channels-last activations, one fused QKV projection per attention, cuDNN's algorithm search."""
+    unet.to(memory_format=torch.channels_last)
+    unet.fuse_qkv_projections()
+    torch.backends.cudnn.benchmark = True
+
+
+def loop_rows(
+    torch, dims: Dimensions, device: str, dtype, timer: Timer, text_encoder, unet, vae, scheduler
+) -> list[dict]:
+    """Whole images through :func:`denoise`: eager, then (on CUDA) the UNet as a CUDA graph, tuned, compiled.
+
+    Variants apply on top of each other. ``max_pixel_difference`` compares each image with the
+    plain eager one (same seed, [0, 1] range): the optimisations must not change the picture.
+    """
+    latent = dims.image_size // 8
+    reference_images: dict[int, object] = {}
+
+    def eager_unet(sample, timestep, embeddings):
+        return unet(sample, timestep, encoder_hidden_states=embeddings).sample
+
+    def variant_rows(variant: str) -> list[dict]:
+        rows: list[dict] = []
+        runner = unet
+        if variant == "_tuned":
+            tune(torch, unet)
+        if variant == "_compiled":
+            runner = torch.compile(unet)
+        for batch, steps in ((dims.batches[0], dims.steps_single), (dims.batches[-1], dims.steps_batched)):
+            generator = torch.Generator(device).manual_seed(batch)
+            ids = torch.randint(0, 49408, (batch, 77), device=device, generator=generator)
+            with torch.inference_mode():
+                conditional = text_encoder(ids)[0]
+                embeddings = torch.cat([torch.zeros_like(conditional), conditional])
+            calls = {"eager": eager_unet} if variant != "_compiled" else {}
+            if device == "cuda":
+                sample = torch.randn(2 * batch, 4, latent, latent, device=device, dtype=dtype)
+                compile_started = time.perf_counter()
+                with torch.inference_mode():
+                    graphed = GraphedUNet(torch, runner, sample, scheduler.timesteps[:1][0].to(device), embeddings)
+                calls["cuda_graph"] = graphed
+                seconds = timer.median_s(
+                    lambda graphed=graphed, sample=sample, embeddings=embeddings: graphed(
+                        sample, torch.tensor(500, device=device), embeddings
+                    ),
+                    dims.repeats,
+                )
+                rows.append(
+                    row(
+                        f"unet_step_cuda_graph{variant}",
+                        batch,
+                        seconds,
+                        capture_s=time.perf_counter() - compile_started,
+                    )
+                )
+            for name, call in calls.items():
+                images: dict[str, object] = {}
+
+                def end_to_end(call=call, ids=ids, batch=batch, steps=steps, images=images):
+                    conditional = text_encoder(ids)[0]
+                    embeddings = torch.cat([torch.zeros_like(conditional), conditional])
+                    images["last"] = denoise(torch, call, scheduler, vae, embeddings, batch, steps, latent)
+
+                seconds = timer.median_s(end_to_end, max(1, dims.repeats - 1))
+                reference_images.setdefault(batch, images["last"])
+                difference = float((images["last"] - reference_images[batch]).abs().max())
+                rows.append(
+                    row(f"sd_loop_{name}{variant}_{steps}_steps", batch, seconds, max_pixel_difference=difference)
+                )
+        return rows
+
+    rows: list[dict] = []
+    for variant in ["", "_tuned"] + (["_compiled"] if device == "cuda" else []):
+        guarded(rows, f"sd_loop{variant}", 0, lambda variant=variant: variant_rows(variant))
+    return rows
+
+
+def markdown_row(result: dict) -> str:
+    """One table line; checks made along the way (token agreement, pixel differences, errors) go in notes."""
+    notes = ", ".join(
+        f"{key} {value:.4g}" if isinstance(value, float) else f"{key}: {value}"
+        for key, value in result.items()
+        if key not in ("stage", "batch", "ms", "ms_per_item")
+    )
+    if result["ms"] is None:
+        return f"| {result['stage']} | {result['batch']} | – | – | {notes} |"
+    return f"| {result['stage']} | {result['batch']} | {result['ms']:.2f} | {result['ms_per_item']:.2f} | {notes} |"
 
 
 def markdown(results: dict) -> str:
@@ -301,10 +495,10 @@ def markdown(results: dict) -> str:
         f"torch {results['versions']['torch']}, transformers {results['versions']['transformers']}, "
         f"diffusers {results['versions']['diffusers']}, {results['total_s']:.0f} s in all.",
         "",
-        "| stage | batch | ms per call | ms per item |",
-        "|---|---|---|---|",
+        "| stage | batch | ms per call | ms per item | notes |",
+        "|---|---|---|---|---|",
     ]
-    lines += [f"| {r['stage']} | {r['batch']} | {r['ms']:.2f} | {r['ms_per_item']:.2f} |" for r in results["rows"]]
+    lines += [markdown_row(r) for r in results["rows"]]
     return "\n".join(lines) + "\n"
 
 
@@ -314,6 +508,8 @@ def run(dry_run: bool, output: Path, device: str | None = None) -> dict:
     import torch
     import transformers
 
+    if str(SOURCE) not in sys.path:
+        sys.path.insert(0, str(SOURCE))
     started = time.perf_counter()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if not dry_run and device != "cuda":

@@ -42,6 +42,7 @@ LAYER_OF: tuple[tuple[str, str], ...] = (
     ("s2i.stages.*.decoding", RUNTIME),
     ("s2i.stages.*.sampling", RUNTIME),
     ("s2i.stages.*.runtime", RUNTIME),
+    ("s2i.stages.*.static_decoding", RUNTIME),
     ("s2i.pipeline", RUNTIME),
     ("s2i.pipeline.dag", RUNTIME),
     ("s2i.pipeline.prompt", RUNTIME),

@@ -28,6 +28,10 @@ def test_gpu_check_dry_run_writes_a_row_per_stage_and_batch_when_run_on_cpu(tmp_
     rows = {(row["stage"], row["batch"]): row for row in results["rows"]}
     assert {(stage, batch) for stage in STAGES for batch in (1, 2)} <= set(rows)
     assert {("sd_end_to_end_2_steps", 1), ("sd_end_to_end_2_steps", 2)} <= set(rows)
+    assert {("sd_loop_eager_2_steps", 1), ("sd_loop_eager_2_steps", 2)} <= set(rows)
+    assert not [row for row in rows.values() if "error" in row]
+    # The python-torch target's decoder, timed and checked against transformers on the same weights (fp32: exact).
+    assert [rows[("whisper_decode_step_static", batch)]["tokens_equal_generate"] for batch in (1, 2)] == [1.0, 1.0]
     for (stage, batch), row in rows.items():
         # A decoding step is a difference of two timings; the rest are timings themselves.
         assert row["ms"] >= 0 if stage == "whisper_decode_step" else row["ms"] > 0
