@@ -34,7 +34,8 @@ BUILT_IN = list(registry.STAGES)
 
 
 @pytest.fixture(scope="module")
-def toy_stage():
+def toy_stage(checkpoints):
+    # The session's checkpoints first: built while the toy is registered, they would include it.
     stage = LoudnessStage()
     registry.register(stage)
     yield stage
