@@ -306,7 +306,7 @@ class Client:
             call: Request id, model version, priority, trace context.
             **options: ``seed``, ``num_inference_steps``, ``guidance_scale``, ``height``, ``width``,
                 ``scheduler``, ``emotion_override``, ``style_template``, ``return_transcript``,
-                ``max_new_tokens``.
+                ``max_new_tokens``; ``extra_outputs``, more pipeline outputs to return (in ``outputs``).
 
         Idempotent with a ``seed`` (then retried on ``UNAVAILABLE``); without one, not retried.
         """

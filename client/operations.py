@@ -8,7 +8,7 @@ execute the same operations, so a model's request format lives in one place.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -216,6 +216,10 @@ SPEECH_TO_IMAGE_OUTPUTS = [
 ]
 
 
+# What a result's own fields hold, and a stream message's kind: the rest goes to `SpeechToImageResult.outputs`.
+_RESULT_FIELDS = frozenset((*SPEECH_TO_IMAGE_OUTPUTS, names.IMAGE, names.EVENT, names.STEP))
+
+
 def parse_speech_to_image(outputs: Mapping[str, np.ndarray], model: str = names.SPEECH_TO_IMAGE) -> SpeechToImageResult:
     """The typed result of ``speech_to_image`` (and of the stream's messages, where fields may be empty)."""
     probabilities = outputs.get(names.EMOTION_PROBABILITIES)
@@ -236,6 +240,7 @@ def parse_speech_to_image(outputs: Mapping[str, np.ndarray], model: str = names.
         seed=int(seed.reshape(-1)[0]) if seed is not None and seed.size else -1,
         timings_ms=timings,
         image_pixels=outputs[names.IMAGE][0] if outputs.get(names.IMAGE) is not None else None,
+        outputs={name: value for name, value in outputs.items() if name not in _RESULT_FIELDS},
     )
 
 
@@ -255,11 +260,14 @@ def speech_to_image(
     max_new_tokens: int | None = None,
     model: str = names.SPEECH_TO_IMAGE,
     pixels_via_shared_memory: bool = False,
+    extra_outputs: Sequence[str] = (),
 ) -> Operation:
     """``speech_to_image``: Hindi speech to an emotion-aware image, with the texts and timings.
 
     With ``pixels_via_shared_memory`` and both ``height`` and ``width`` given, the raw ``image``
     is also requested, sized in advance so it can come back through shared memory.
+    ``extra_outputs`` names more pipeline outputs to request (a stage added to the pipeline
+    brings its own); they come back in the result's ``outputs``.
     """
     inputs = audio_inputs(audio, sample_rate_hz)
     _diffusion_options(
@@ -279,7 +287,7 @@ def speech_to_image(
     operation = Operation(
         model,
         inputs,
-        list(SPEECH_TO_IMAGE_OUTPUTS),
+        [*SPEECH_TO_IMAGE_OUTPUTS, *(name for name in extra_outputs if name not in SPEECH_TO_IMAGE_OUTPUTS)],
         lambda outputs: parse_speech_to_image(outputs, model),
         idempotent=seed is not None,  # without a seed the server draws one
     )

@@ -92,6 +92,8 @@ class SpeechToImageResult:
         seed: The seed of the image's initial noise.
         timings_ms: Server time per pipeline step (``preprocess``, ``whisper``, …) and the
             client's round trip (``total``).
+        outputs: The other outputs asked for with ``extra_outputs``, by name, as the server sent
+            them (a stage added to the pipeline brings its own).
     """
 
     png: bytes
@@ -106,6 +108,7 @@ class SpeechToImageResult:
     timings_ms: dict[str, float]
     # Raw pixels when they came through shared memory (``Client(use_shared_memory=True)``).
     image_pixels: np.ndarray | None = None
+    outputs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def image(self):

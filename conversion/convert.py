@@ -15,6 +15,7 @@ from pathlib import Path
 from s2i.conversion.quantize import QUANTIZATIONS, quantized_export
 from s2i.conversion.repository import ONNXRUNTIME, PYTHON_ONNXRUNTIME, TARGETS, device_of, write_model
 from s2i.model_repository.deployment import CPU
+from s2i.pipeline.dag import PIPELINE, Pipeline
 from s2i.pipeline.specs import has_pipeline_models, pipeline_repository_models
 from s2i.stages.base import Stage, UnsupportedCheckpointError
 from s2i.stages.registry import STAGES
@@ -78,6 +79,7 @@ def convert(
     work_dir: Path | None = None,
     quantize: str | None = None,
     drop_safety_checker: bool = False,
+    pipeline: Pipeline = PIPELINE,
 ) -> ConversionReport:
     """Export, validate and write every given stage into the model repository ``output``, atomically.
 
@@ -96,6 +98,8 @@ def convert(
             :mod:`s2i.conversion.quantize`); ``None`` serves the validated float graphs.
         drop_safety_checker: Convert a checkpoint whose pipeline runs a safety checker
             (Stable Diffusion 1.5) without it; refused otherwise (the served model has no checker).
+        pipeline: The DAG the ensemble and the stream follow, written when the repository holds
+            every stage it composes (:data:`~s2i.pipeline.dag.PIPELINE` by default).
     """
     if target not in TARGETS:
         raise ValueError(f"`target` must be one of {list(TARGETS)}, got {target!r}.")
@@ -125,8 +129,8 @@ def convert(
                 report.models.append(model.spec.name)
             report.max_abs_diff.update(exported.max_abs_diff)
             report.normalised_error.update(exported.normalised_error)
-        if has_pipeline_models(staging):
-            for model in pipeline_repository_models(staging, device_of(target)):
+        if has_pipeline_models(staging, pipeline):
+            for model in pipeline_repository_models(staging, device_of(target), pipeline=pipeline):
                 write_model(staging, model)
                 report.models.append(model.spec.name)
         check_repository(staging, report.models)

@@ -8,6 +8,7 @@ then ``image``; then the empty final response. The steps are the same models the
 """
 
 import contextlib
+import json
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from s2i import names
 from s2i.audio import RequestCancelledError
 from s2i.model_repository.observability import RequestObserver
 from s2i.model_repository.triton_io import error_response, make_stage_runner, request_inputs, scalar
+from s2i.pipeline.dag import PIPELINE, Pipeline
 from s2i.pipeline.streaming import StreamRequest, run_stream
 
 
@@ -24,8 +26,13 @@ class TritonPythonModel:
     """One request at a time per instance; several instances serve concurrent streams."""
 
     def initialize(self, args):
-        """Load the diffusion runner from the ``diffusion`` model's assets copy."""
+        """Load the diffusion runner from the ``diffusion`` model's assets copy, and the DAG to follow."""
         from s2i.stages.diffusion.sampling import DiffusionRunner
+
+        # The DAG the ensemble beside it was written from (its config's `pipeline` parameter).
+        parameters = json.loads(args["model_config"]).get("parameters", {})
+        written = parameters.get(names.PIPELINE_PARAMETER, {}).get("string_value")
+        self.pipeline = Pipeline.from_json(written) if written else PIPELINE
 
         self.run_stage = make_stage_runner(pb_utils)
         assets = Path(args["model_repository"]) / args["model_version"] / "assets"
@@ -84,6 +91,7 @@ class TritonPythonModel:
                 send,
                 clock=time.perf_counter,
                 cancelled=request.is_cancelled,
+                pipeline=self.pipeline,
             )
         except RequestCancelledError:
             # The client is gone (gRPC stream cancelled): nobody reads an error; free the instance.

@@ -37,6 +37,8 @@ EMOTION_LABEL_NAMES = "emotion_label_names"
 # Model config parameter of `prompt_composer`: the classifier's labels as a JSON list (what
 # `emotion_override` may name besides RAVDESS's), written at conversion, read at initialize.
 EMOTION_LABELS_PARAMETER = "emotion_labels"
+# Parameter of `speech_to_image_stream`: the pipeline DAG it follows, as JSON (s2i.pipeline.dag).
+PIPELINE_PARAMETER = "pipeline"
 # RAVDESS's emotions (codes 01-08), the label order of every emotion checkpoint this project trains.
 EMOTION_LABELS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 

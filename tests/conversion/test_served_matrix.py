@@ -143,10 +143,10 @@ def served(request):
     pipeline = ReferencePipeline(checkpoints) if "emotion" in checkpoints else None
     # transformers' `generate` refuses `language` on the older layouts; their weights are the current layout's.
     whisper_reference = WHISPER_REFERENCE_LAYOUT.get(group.name, lambda _root: checkpoints["whisper"])(ROOT)
-    whisper = pipeline.whisper if pipeline else WhisperReference(whisper_reference)
+    whisper = pipeline.references["whisper"] if pipeline else WhisperReference(whisper_reference)
     diffusion = None
     if "diffusion" in checkpoints:
-        diffusion = pipeline.diffusion if pipeline else DiffusionReference(checkpoints["diffusion"])
+        diffusion = pipeline.references["diffusion"] if pipeline else DiffusionReference(checkpoints["diffusion"])
     with started_server(report.repository, f"tritonserver-matrix-{group.name}") as server:
         yield Served(group, checkpoints, server.grpc_url, whisper, diffusion, pipeline)
 
@@ -215,7 +215,7 @@ def test_served_pipeline_equals_references_when_request_sends_only_audio(served,
 def test_classify_emotion_names_checkpoint_labels_when_classifier_has_another_label_set(served, client, hindi_clips):
     clip = hindi_clips[2]
     result = client.classify_emotion(clip.wav_bytes)
-    reference = served.pipeline.emotion
+    reference = served.pipeline.references["emotion"]
     samples = prepare_audio(clip.samples, clip.sample_rate_hz)
     assert result.label_names == served.group.labels
     assert list(result.scores) == list(served.group.labels)

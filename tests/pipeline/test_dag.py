@@ -1,7 +1,8 @@
 """The pipeline DAG is the one description: the ensemble, the stream and the reference follow it.
 
 No server: the ensemble is built from the models' descriptions, the stream runs on a recording
-stage runner, and a toy step added to the DAG alone reaches the ensemble and the stream.
+stage runner, the reference runs registered stages' recording references, and a toy step added
+to the DAG alone reaches the ensemble and the stream.
 """
 
 import dataclasses
@@ -15,8 +16,17 @@ from s2i.model_repository.config import ModelSpec, TensorSpec
 from s2i.pipeline import dag
 from s2i.pipeline.dag import PIPELINE, REQUEST, Output, Pipeline, PipelineOutput, Step
 from s2i.pipeline.reference import ReferencePipeline
-from s2i.pipeline.specs import ensemble_spec, internal, postprocess_spec, preprocess_spec, prompt_composer_spec
+from s2i.pipeline.specs import (
+    ensemble_spec,
+    internal,
+    postprocess_spec,
+    preprocess_spec,
+    prompt_composer_spec,
+    stream_spec,
+)
 from s2i.pipeline.streaming import LEFT_OUT, StreamRequest, run_stream
+from s2i.stages import registry
+from s2i.stages.base import Stage
 from s2i.stages.diffusion.specs import diffusion_model_spec
 from s2i.stages.emotion.config import EmotionConfig
 from s2i.stages.emotion.specs import emotion_model_spec
@@ -199,6 +209,76 @@ def test_stream_sends_a_new_diffusion_option_to_the_loop_when_the_request_holds_
     assert diffusion.requests[0].height == 32
 
 
-def test_reference_runs_every_step_of_the_dag_in_order():
-    reference = ReferencePipeline.__new__(ReferencePipeline)
-    assert list(reference.steps) == [step.model for step in PIPELINE.steps]
+class FakeStage(Stage):
+    """A registered stage whose reference records each call and answers ``outputs``."""
+
+    def __init__(self, name: str, outputs: dict) -> None:
+        self.name, self.bls_model, self.outputs, self.calls = name, name, outputs, []
+
+    def reference(self, checkpoint):
+        return types.SimpleNamespace(step=lambda inputs, request: self.calls.append((inputs, request)) or self.outputs)
+
+    def build_tiny(self, output_dir, size):
+        raise NotImplementedError
+
+    def export(self, checkpoint, onnx_dir):
+        raise NotImplementedError
+
+    def bls_spec(self, checkpoint, exported, device):
+        raise NotImplementedError
+
+
+@pytest.fixture()
+def fake_stages():
+    stages = [FakeStage("listen", {"heard": "words", "noise": 0.5}), FakeStage("draw", {"picture": "cat"})]
+    for stage in stages:
+        registry.register(stage)
+    yield stages
+    for stage in stages:
+        registry.unregister(stage.name)
+
+
+def test_reference_runs_the_registered_stages_steps_as_the_dag_wires_them(fake_stages, tmp_path):
+    listen, draw = fake_stages
+    pipeline = Pipeline(
+        steps=(
+            Step("listen", "listen_ms", {"level": REQUEST}),
+            Step("draw", "draw_ms", {"caption": Output("listen", "heard")}, request_options=True),
+        ),
+        outputs=(PipelineOutput("picture", "draw"), PipelineOutput("noise", "listen")),
+    )
+    reference = ReferencePipeline({"listen": tmp_path, "draw": tmp_path}, pipeline=pipeline)
+    assert list(reference.steps) == ["listen", "draw"]
+    assert set(reference.references) == {"listen", "draw"}
+    outputs = reference.outputs(np.zeros(1600, np.float32), 16_000, level=3, colour="red")
+    [(listen_inputs, request)], [(draw_inputs, _)] = listen.calls, draw.calls
+    assert listen_inputs == {"level": 3}
+    # The request-options step gets every request input no step names, and the earlier step's output.
+    assert draw_inputs == {"caption": "words", "colour": "red"}
+    assert request[names.AUDIO_SAMPLES].shape == (1600,) and request[names.SAMPLE_RATE_HZ] == 16_000
+    assert {name: outputs[name] for name in ("picture", "noise")} == {"picture": "cat", "noise": 0.5}
+    assert set(outputs) == {"picture", "noise", "listen_ms", "draw_ms"}
+
+
+def test_reference_refuses_a_step_when_no_registered_stage_serves_its_model(tmp_path):
+    pipeline = Pipeline((Step("unknown", "unknown_ms", {"x": REQUEST}),), ())
+    with pytest.raises(ValueError, match="`unknown` is neither a pipeline model nor a registered stage's model"):
+        ReferencePipeline({}, pipeline=pipeline)
+
+
+def test_reference_refuses_a_stage_step_when_its_checkpoint_is_missing(fake_stages):
+    pipeline = Pipeline((Step("listen", "listen_ms", {"level": REQUEST}),), ())
+    with pytest.raises(ValueError, match="must name a `listen` checkpoint"):
+        ReferencePipeline({}, pipeline=pipeline)
+
+
+@pytest.mark.parametrize("pipeline", [PIPELINE, with_watermark(PIPELINE)], ids=["pipeline", "with-toy-step"])
+def test_pipeline_reads_back_the_same_dag_when_written_as_json(pipeline):
+    assert Pipeline.from_json(pipeline.to_json()) == pipeline
+
+
+def test_stream_spec_carries_the_dag_it_was_written_from():
+    pipeline = with_watermark(PIPELINE)
+    ensemble = ensemble_spec(None, {**step_specs(), WATERMARK: watermark_spec()}, pipeline)
+    stream = stream_spec(ensemble, pipeline=pipeline)
+    assert Pipeline.from_json(stream.parameters[names.PIPELINE_PARAMETER]) == pipeline

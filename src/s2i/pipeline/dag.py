@@ -13,6 +13,7 @@ step claims (``diffusion``'s options: a new one reaches the ensemble and the str
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 
 from s2i import names
@@ -112,6 +113,38 @@ class Pipeline:
     def named_request_inputs(self) -> tuple[str, ...]:
         """The pipeline inputs the steps name (the rest go to the ``request_options`` step)."""
         return tuple(dict.fromkeys(name for step in self.steps for name in step.request_inputs()))
+
+    def to_json(self) -> str:
+        """The DAG as JSON (the stream model's config carries it): :meth:`from_json` reads it back."""
+        steps = [
+            {
+                "model": step.model,
+                "timing": step.timing,
+                "inputs": {
+                    name: None if source is REQUEST else [source.step, source.tensor]
+                    for name, source in step.inputs.items()
+                },
+                "request_options": step.request_options,
+            }
+            for step in self.steps
+        ]
+        outputs = [[output.name, output.step, output.tensor] for output in self.outputs]
+        return json.dumps({"steps": steps, "outputs": outputs}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Pipeline:
+        """The DAG :meth:`to_json` wrote, checked again."""
+        data = json.loads(text)
+        steps = tuple(
+            Step(
+                step["model"],
+                step["timing"],
+                {name: REQUEST if source is None else Output(*source) for name, source in step["inputs"].items()},
+                bool(step["request_options"]),
+            )
+            for step in data["steps"]
+        )
+        return cls(steps, tuple(PipelineOutput(*output) for output in data["outputs"]))
 
 
 def check(pipeline: Pipeline) -> None:

@@ -30,8 +30,11 @@ from s2i.stages.emotion.config import load_config
 
 # The pipeline's own models, described here; the other steps are stage models read from the repository.
 OWN_STEPS = (names.PREPROCESS, names.PROMPT_COMPOSER, names.POSTPROCESS)
-# The composed stage models; all must be in the repository for the pipeline to be written.
-COMPOSED = tuple(step.model for step in PIPELINE.steps if step.model not in OWN_STEPS)
+
+
+def composed(pipeline: Pipeline = PIPELINE) -> tuple[str, ...]:
+    """The stage models ``pipeline`` composes; all must be in the repository for the pipeline to be written."""
+    return tuple(step.model for step in pipeline.steps if step.model not in OWN_STEPS)
 
 
 def _config_type_to_datatype(data_type: int) -> str:
@@ -141,8 +144,10 @@ def ensemble_spec(repository: Path, step_specs: dict[str, ModelSpec], pipeline: 
     input, and charges the optional inputs nobody reads to the *first* step. So here no
     tensor is both (a value a later step reads is passed under an internal name, and the
     client's copy comes from the step that read it), and the first step is the pipeline's
-    last (`postprocess`), which needs every other step anyway. :func:`check_prunable`
-    enforces both.
+    last (`postprocess`), which needs every step that feeds the image. A step off that
+    path (one whose outputs only the client reads, a side output) may join when every
+    request input it reads is also read on the first step's path, so pruning it never
+    charges the first step. :func:`check_prunable` enforces these rules.
     """
     inputs_of: dict[str, dict[str, TensorSpec]] = {}
     outputs_of: dict[str, dict[str, TensorSpec]] = {}
@@ -217,8 +222,10 @@ def check_prunable(
 ) -> None:
     """Raise unless Triton's ensemble pruning keeps every step a request for any output subset needs.
 
-    Two rules (see :func:`ensemble_spec`): no ensemble output is read by a step, and the first
-    step depends, directly or not, on every other step (so it is never needed while another is not).
+    Two rules (see :func:`ensemble_spec`): no ensemble output is read by a step, and every ensemble
+    input a step reads is also read by the first step or a step it depends on, directly or not.
+    Triton charges an ensemble input left unread by the pruned steps to the first step; with the
+    second rule that happens only when the first step is not needed either.
     """
     output_names = {tensor.name for tensor in outputs}
     read = {tensor for step in steps for tensor in step.input_map.values()}
@@ -232,13 +239,27 @@ def check_prunable(
             if tensor in producer and producer[tensor] not in needed:
                 needed.add(producer[tensor])
                 frontier.append(producer[tensor])
-    if len(needed) != len(steps):
-        missing = sorted(steps[index].model_name for index in set(range(len(steps))) - needed)
-        raise ValueError(f"The first ensemble step `{steps[0].model_name}` does not depend on steps {missing}.")
+    on_path = {tensor for index in needed for tensor in steps[index].input_map.values()}
+    ensemble_inputs = {tensor.name for tensor in inputs}
+    off_path = sorted(
+        (steps[index].model_name, tensor)
+        for index in set(range(len(steps))) - needed
+        for tensor in steps[index].input_map.values()
+        if tensor in ensemble_inputs and tensor not in on_path
+    )
+    if off_path:
+        raise ValueError(
+            f"Steps that the first ensemble step `{steps[0].model_name}` does not depend on read request inputs "
+            f"no step on its path reads: {off_path}; Triton's pruning would charge them to `{steps[0].model_name}`."
+        )
 
 
-def stream_spec(ensemble: ModelSpec, device: str = CPU) -> ModelSpec:
-    """The decoupled ``speech_to_image_stream`` model: the ensemble's inputs and outputs, plus the message kind."""
+def stream_spec(ensemble: ModelSpec, device: str = CPU, pipeline: Pipeline = PIPELINE) -> ModelSpec:
+    """The decoupled ``speech_to_image_stream`` model: the ensemble's inputs and outputs, plus the message kind.
+
+    The DAG it follows travels in its config (``pipeline`` parameter), so the served stream walks
+    the same steps as the ensemble it was written beside.
+    """
     chosen = policy(names.SPEECH_TO_IMAGE_STREAM, device)
     return ModelSpec(
         name=names.SPEECH_TO_IMAGE_STREAM,
@@ -251,6 +272,7 @@ def stream_spec(ensemble: ModelSpec, device: str = CPU) -> ModelSpec:
         max_batch_size=chosen.max_batch_size,
         instance_groups=(InstanceGroup(chosen.instances),),
         decoupled=True,
+        parameters={names.PIPELINE_PARAMETER: pipeline.to_json()},
     )
 
 
@@ -259,15 +281,19 @@ def styles_file() -> Path:
     return Path(str(importlib.resources.files("s2i.pipeline").joinpath(STYLES_FILE)))
 
 
-def has_pipeline_models(repository: Path) -> bool:
-    """Whether ``repository`` holds every model the pipeline composes."""
-    return all((Path(repository) / model / "config.pbtxt").is_file() for model in COMPOSED)
+def has_pipeline_models(repository: Path, pipeline: Pipeline = PIPELINE) -> bool:
+    """Whether ``repository`` holds every model ``pipeline`` composes."""
+    return all((Path(repository) / model / "config.pbtxt").is_file() for model in composed(pipeline))
 
 
-def pipeline_repository_models(repository: Path, device: str = CPU, styles: Path | None = None):
-    """The pipeline's own models and the ensemble, for a repository holding whisper, emotion and diffusion."""
-    if not has_pipeline_models(repository):
-        raise ValueError(f"The pipeline needs models {list(COMPOSED)} in {repository}; convert all three stages.")
+def pipeline_repository_models(
+    repository: Path, device: str = CPU, styles: Path | None = None, pipeline: Pipeline = PIPELINE
+):
+    """The pipeline's own models, the ensemble and the stream of ``pipeline``, for a repository holding its stages."""
+    if not has_pipeline_models(repository, pipeline):
+        raise ValueError(
+            f"The pipeline needs models {list(composed(pipeline))} in {repository}; convert every stage it composes."
+        )
     # Whisper's own copy of its feature-extractor config, so both compute the same features.
     whisper_checkpoint = Path(repository) / names.WHISPER / "1" / "assets"
     num_mel_bins = json.loads((whisper_checkpoint / "preprocessor_config.json").read_text())["feature_size"]
@@ -294,11 +320,13 @@ def pipeline_repository_models(repository: Path, device: str = CPU, styles: Path
         ),
         names.POSTPROCESS: RepositoryModel(postprocess_spec(device), python_model="postprocess"),
     }
-    ensemble = ensemble_spec(repository, {name: model.spec for name, model in steps.items()})
+    ensemble = ensemble_spec(repository, {name: model.spec for name, model in steps.items()}, pipeline)
     # The stream runs the denoising loop itself (for previews), from the `diffusion` model's assets.
     diffusion_assets = Path(repository) / names.DIFFUSION / "1" / "assets"
     stream_assets = {
         f"assets/{path.relative_to(diffusion_assets)}": path for path in diffusion_assets.rglob("*") if path.is_file()
     }
-    stream = RepositoryModel(stream_spec(ensemble, device), python_model="speech_to_image_stream", files=stream_assets)
+    stream = RepositoryModel(
+        stream_spec(ensemble, device, pipeline), python_model="speech_to_image_stream", files=stream_assets
+    )
     return [*steps.values(), RepositoryModel(ensemble), stream]

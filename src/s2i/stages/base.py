@@ -7,7 +7,9 @@ builder and the CLI iterate over the registry and never name a stage.
 
 A stage exports its graphs and describes its BLS model; the rest is shared:
 every graph becomes a stage model for the chosen target, and the BLS model gets
-the checkpoint files it reads at ``initialize`` (``assets/``).
+the checkpoint files it reads at ``initialize`` (``assets/``). A stage that joins
+the pipeline DAG brings its in-process reference (:meth:`Stage.reference`), whose
+``step`` is its step of the reference pipeline.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import abc
 import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Protocol
 
 from s2i.conversion.repository import TARGETS, RepositoryModel, device_of, stage_repository_model
 from s2i.model_repository.components import OnnxComponent
@@ -52,6 +54,25 @@ class StageExport:
             max_abs_diff={name: error.max_abs_diff for name, error in errors.items()},
             normalised_error={name: error.normalised for name, error in errors.items()},
         )
+
+
+class Reference(Protocol):
+    """A stage's in-process reference (transformers, diffusers or PyTorch; no Triton, no ONNX)."""
+
+    def step(self, inputs: Mapping[str, Any], request: Mapping[str, Any]) -> dict[str, Any]:
+        """The stage's step of the reference pipeline, for one request.
+
+        Args:
+            inputs: The step's inputs as the pipeline DAG wires them, by its model's input
+                names: the request's value (``None`` when it has none) or an earlier step's
+                reference output.
+            request: Every pipeline input of the request by name; ``audio_samples`` is the
+                clip decoded and resampled to 16 kHz (what speech references start from).
+
+        Returns:
+            The step's outputs by its served model's output names (those later steps and
+            the client read).
+        """
 
 
 class Stage(abc.ABC):
@@ -90,6 +111,21 @@ class Stage(abc.ABC):
             self.assets(checkpoint)
         except FileNotFoundError as error:
             raise UnsupportedCheckpointError(str(error)) from error
+
+    @property
+    def pipeline_model(self) -> str:
+        """The model the stage's step of the pipeline DAG calls: its BLS model (named after the stage by default)."""
+        return self.bls_model if isinstance(self.bls_model, str) else self.name
+
+    def reference(self, checkpoint: Path) -> Reference:
+        """The stage's in-process reference on ``checkpoint``: the parity tests' oracle and its reference step.
+
+        Only a stage in the pipeline DAG needs one; the default refuses, naming the stage.
+        """
+        raise NotImplementedError(
+            f"The {self.name} stage has no in-process reference (`Stage.reference`), so the reference "
+            f"pipeline cannot run its step `{self.pipeline_model}`."
+        )
 
     def dropped_parts(self, checkpoint: Path) -> list[str]:
         """Parts of the checkpoint its reference library runs by default but the served model would not.

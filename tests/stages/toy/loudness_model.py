@@ -1,4 +1,4 @@
-"""Triton Python-backend model of the toy ``loudness`` stage: checks the clip, calls the graph through BLS."""
+"""Triton Python-backend model of the toy ``loudness`` stage: checks the features, calls the graph through BLS."""
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -6,7 +6,8 @@ import triton_python_backend_utils as pb_utils
 from s2i.errors import InvalidInputError
 from s2i.model_repository.triton_io import answer_batch, make_stage_runner
 
-MAX_SAMPLES = 16_000 * 30
+MAX_MEL_BINS = 256
+MAX_FRAMES = 3000
 
 
 class TritonPythonModel:
@@ -14,17 +15,19 @@ class TritonPythonModel:
         self.run_stage = make_stage_runner(pb_utils)
 
     def _parse(self, inputs):
-        samples = inputs["audio_samples"]
-        if samples.ndim != 2 or samples.shape[0] != 1 or not 1 <= samples.shape[1] <= MAX_SAMPLES:
+        features = inputs["features"]
+        if features.ndim != 3 or features.shape[0] != 1 or not 1 <= features.shape[1] <= MAX_MEL_BINS:
             raise InvalidInputError(
-                "audio_samples", f"must hold one clip of 1 to {MAX_SAMPLES} samples, got shape {list(samples.shape)}."
+                "features", f"must hold one [mel bins, frames] array, got shape {list(features.shape)}."
             )
-        if not np.isfinite(samples).all():
-            raise InvalidInputError("audio_samples", "must be finite.")
-        return samples.astype(np.float32)
+        if not 1 <= features.shape[2] <= MAX_FRAMES:
+            raise InvalidInputError("features", f"must have 1 to {MAX_FRAMES} frames, got {features.shape[2]}.")
+        if not np.isfinite(features).all():
+            raise InvalidInputError("features", "must be finite.")
+        return features.astype(np.float32)
 
     def _run(self, clips):
-        return [self.run_stage("loudness_graph", {"samples": clip}, ["loudness"])["loudness"] for clip in clips]
+        return [self.run_stage("loudness_graph", {"features": clip}, ["loudness"])["loudness"] for clip in clips]
 
     def execute(self, requests):
         return answer_batch(
@@ -32,5 +35,5 @@ class TritonPythonModel:
             requests,
             self._parse,
             self._run,
-            lambda loudness, compute_ms: {"loudness": loudness.astype(np.float32)},
+            lambda loudness, compute_ms: {"loudness": loudness.astype(np.float32), "compute_ms": compute_ms},
         )

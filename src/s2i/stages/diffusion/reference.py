@@ -6,9 +6,13 @@ and benchmarks use it as the in-process baseline.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from s2i import names
 
 
 class DiffusionReference:
@@ -73,3 +77,11 @@ class DiffusionReference:
             output_type="pil",
         ).images[0]
         return np.asarray(image)
+
+    def step(self, inputs: Mapping[str, Any], request: Mapping[str, Any]) -> dict[str, Any]:
+        """The ``diffusion`` step of the reference pipeline: the prompts and the request's options to an image."""
+        wired = (names.PROMPT, names.NEGATIVE_PROMPT)
+        options = {name: value for name, value in inputs.items() if name not in wired and value is not None}
+        seed = options.pop(names.SEED, 0)
+        image = self.generate(inputs[names.PROMPT], negative_prompt=inputs[names.NEGATIVE_PROMPT], seed=seed, **options)
+        return {names.IMAGE: image, names.SEED: seed}

@@ -80,6 +80,12 @@ class DiffusionStage(Stage):
 
         return build_tiny_diffusion(output_dir, size=size, seed=0)
 
+    def reference(self, checkpoint: Path):
+        """The checkpoint's own diffusers pipeline in-process."""
+        from s2i.stages.diffusion.reference import DiffusionReference
+
+        return DiffusionReference(checkpoint)
+
     def export(self, checkpoint: Path, onnx_dir: Path) -> StageExport:
         """Text encoder, UNet (per-row timesteps) and VAE decoder graphs, validated."""
         from s2i.stages.diffusion.export import export_diffusion

@@ -7,10 +7,13 @@ frames, as the pipeline does, and softmax is PyTorch's.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from s2i import names
 from s2i.audio import MODEL_SAMPLE_RATE_HZ
 from s2i.stages.emotion.features import slice_whisper_features
 from s2i.stages.emotion.modeling import EmotionClassifier
@@ -44,3 +47,13 @@ class EmotionReference:
     def label(self, samples_16khz: np.ndarray) -> str:
         """The most probable emotion of one clip."""
         return self.labels[int(self.probabilities(samples_16khz).argmax())]
+
+    def step(self, inputs: Mapping[str, Any], request: Mapping[str, Any]) -> dict[str, Any]:
+        """The ``emotion_classifier`` step of the reference pipeline: probabilities, their labels, the top one."""
+        probabilities = np.asarray(self.probabilities(request[names.AUDIO_SAMPLES]), dtype=np.float32).reshape(-1)
+        return {
+            names.EMOTION_PROBABILITIES: probabilities,
+            # The checkpoint's own labels: RAVDESS's for the classifiers this project trains.
+            names.EMOTION_LABEL_NAMES: tuple(self.labels),
+            names.EMOTION_LABEL: self.labels[int(probabilities.argmax())],
+        }

@@ -40,6 +40,12 @@ class EmotionStage(Stage):
 
         return build_tiny_emotion(output_dir, size=size, seed=0, init_scale=TINY_INIT_SCALE)
 
+    def reference(self, checkpoint: Path):
+        """The classifier in PyTorch on the feature extractor's own features."""
+        from s2i.stages.emotion.reference import EmotionReference
+
+        return EmotionReference(checkpoint)
+
     def export(self, checkpoint: Path, onnx_dir: Path) -> StageExport:
         """The classifier graph, validated against PyTorch."""
         from s2i.stages.emotion.export import export_emotion

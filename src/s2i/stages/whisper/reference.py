@@ -6,9 +6,13 @@ and benchmarks use it as the one-request-at-a-time baseline.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from s2i import names
 
 
 class WhisperReference:
@@ -45,3 +49,14 @@ class WhisperReference:
             generated = self.model.generate(features, language=language, task=task, **limit)
         token_ids = generated[0].tolist()
         return token_ids, self.processor.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
+
+    def step(self, inputs: Mapping[str, Any], request: Mapping[str, Any]) -> dict[str, Any]:
+        """The ``whisper`` step of the reference pipeline: the clip's translation, and its transcript on request."""
+        samples = request[names.AUDIO_SAMPLES]
+        max_new_tokens = inputs.get(names.MAX_NEW_TOKENS)
+        options = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+        text = self.generate(samples, task="translate", **options)[1]
+        transcript = (
+            self.generate(samples, task="transcribe", **options)[1] if inputs.get(names.RETURN_TRANSCRIPT) else ""
+        )
+        return {names.TEXT: text, names.TRANSCRIPT: transcript}

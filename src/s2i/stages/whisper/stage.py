@@ -80,6 +80,12 @@ class WhisperStage(Stage):
         init_std = TINY_INIT_STD if size == "tiny" else 0.02
         return build_tiny_whisper(output_dir, size=size, seed=0, init_std=init_std)
 
+    def reference(self, checkpoint: Path):
+        """``WhisperForConditionalGeneration.generate`` in-process (transformers)."""
+        from s2i.stages.whisper.reference import WhisperReference
+
+        return WhisperReference(checkpoint)
+
     def export(self, checkpoint: Path, onnx_dir: Path) -> StageExport:
         """Encoder, decoder and decoder-with-past graphs, validated."""
         from s2i.stages.whisper.export import export_whisper
