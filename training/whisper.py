@@ -12,6 +12,14 @@ directly. Beside it: ``checkpoint-N/`` folders (resumable; rerunning the same
 command continues from the newest), ``metrics.csv`` (``step,split,name,value``),
 ``data_issues.tsv`` (skipped samples) and ``eval_predictions.tsv``.
 
+``--task both`` trains transcription and translation together (every clip
+twice, once per task prompt, as Whisper itself was trained) and evaluates each
+held-out clip on both: WER/CER of the transcripts, chrF/BLEU of the
+translations, before training too with ``--eval-on-start``; the figures also go
+to ``eval_results.json``. ``--freeze-encoder`` trains the decoder only and
+computes the encoder's output once per clip instead of in every step, which is
+what makes a CPU fine-tune of a real checkpoint fit minutes rather than hours.
+
 Mixed precision (``fp16``/``bf16``) needs a CUDA GPU; ``auto`` picks it there
 and full precision on CPU.
 """
@@ -21,7 +29,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import importlib.util
+import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -41,19 +51,26 @@ from s2i.training.common import (
     resolve_mixed_precision,
 )
 from s2i.training.whisper_data import (
+    BOTH,
     DEFAULT_AUDIO_COLUMN,
     DEFAULT_TEXT_COLUMNS,
     TASKS,
+    TRAINING_TASKS,
     TRANSCRIBE,
+    EncodedWhisperDataset,
     WhisperCollator,
     WhisperDataset,
+    encode_clips,
+    merge_splits,
     prepare_split,
     read_split,
 )
+from s2i.training.whisper_eval import TaskEvaluation, evaluate_tasks, task_references, write_task_predictions
 
 LOGGER = logging.getLogger(__name__)
 
 EVAL_PREDICTIONS_FILE = "eval_predictions.tsv"
+EVAL_RESULTS_FILE = "eval_results.json"
 REPORT_TARGETS = ("tensorboard",)
 
 
@@ -65,7 +82,7 @@ class WhisperTrainingConfig:
         data: Common Voice language folder or Hugging Face ``datasets`` folder.
         checkpoint: Whisper checkpoint folder (or hub id) to start from.
         output_dir: Where checkpoints, the final model and logs go.
-        task: ``transcribe`` (Hindi text) or ``translate`` (English targets).
+        task: ``transcribe`` (Hindi text), ``translate`` (English targets) or ``both``.
         language: Language code of the speech (``hi``).
         text_column: Column of the targets (default: ``sentence`` to transcribe, ``translation`` to translate).
         audio_column: Audio column of a ``datasets`` folder.
@@ -73,6 +90,8 @@ class WhisperTrainingConfig:
         eval_split: Split to evaluate on (``None``: no evaluation).
         learning_rate: Peak learning rate (AdamW, linear decay after warm-up).
         max_steps: Optimizer steps.
+        max_train_minutes: Stop after the optimizer step that passes this much training time (``None``: no limit);
+            bounds a build on an unknown CPU, so the step count then depends on the machine.
         per_device_train_batch_size: Clips per forward pass.
         per_device_eval_batch_size: Clips per evaluation batch.
         gradient_accumulation_steps: Forward passes per optimizer step.
@@ -84,6 +103,7 @@ class WhisperTrainingConfig:
         save_total_limit: Keep at most this many checkpoints (``None``: all).
         generation_max_length: ``max_length`` of ``generate`` during evaluation.
         gradient_checkpointing: Recompute activations in the backward pass (less memory, ~30 % slower).
+        freeze_encoder: Train the decoder only, on encoder outputs computed once per clip.
         mixed_precision: ``auto``, ``no``, ``fp16`` or ``bf16`` (the last two need CUDA).
         seed: Seed of initialisation-independent randomness (data order).
         on_bad_data: ``skip`` or ``error`` (see :mod:`s2i.training.common`).
@@ -106,6 +126,7 @@ class WhisperTrainingConfig:
     eval_split: str | None = "test"
     learning_rate: float = 1e-5
     max_steps: int = 4000
+    max_train_minutes: float | None = None
     per_device_train_batch_size: int = 4
     per_device_eval_batch_size: int = 8
     gradient_accumulation_steps: int = 4
@@ -117,6 +138,7 @@ class WhisperTrainingConfig:
     save_total_limit: int | None = 3
     generation_max_length: int = 225
     gradient_checkpointing: bool = False
+    freeze_encoder: bool = False
     mixed_precision: str = "auto"
     seed: int = 42
     on_bad_data: str = SKIP
@@ -128,13 +150,22 @@ class WhisperTrainingConfig:
     report_to: tuple[str, ...] = ()
 
     @property
-    def targets_column(self) -> str:
-        """The column the targets are read from."""
-        return self.text_column or DEFAULT_TEXT_COLUMNS[self.task]
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks trained (two for ``both``)."""
+        return TASKS if self.task == BOTH else (self.task,)
+
+    def targets_column(self, task: str) -> str:
+        """The column ``task``'s targets are read from."""
+        return self.text_column or DEFAULT_TEXT_COLUMNS[task]
 
     def validate(self) -> None:
         """Refuse inconsistent settings before any heavy work, naming the field."""
-        check_choice("task", self.task, TASKS)
+        check_choice("task", self.task, TRAINING_TASKS)
+        if self.task == BOTH and self.text_column:
+            raise ValueError(
+                "`text_column` cannot be set with `task` 'both': transcripts come from `sentence` and "
+                "translations from `translation`."
+            )
         check_choice("on_bad_data", self.on_bad_data, BAD_DATA_POLICIES)
         for name in ("learning_rate", "max_steps", "per_device_train_batch_size", "per_device_eval_batch_size"):
             check_positive(name, getattr(self, name))
@@ -142,7 +173,7 @@ class WhisperTrainingConfig:
             check_positive(name, getattr(self, name))
         for name in ("warmup_steps", "weight_decay", "dataloader_num_workers"):
             check_positive(name, getattr(self, name), allow_zero=True)
-        for name in ("save_total_limit", "max_train_samples", "max_eval_samples"):
+        for name in ("save_total_limit", "max_train_samples", "max_eval_samples", "max_train_minutes"):
             if getattr(self, name) is not None:
                 check_positive(name, getattr(self, name))
         if not 1 <= self.generation_max_length <= 448:
@@ -162,7 +193,10 @@ class WhisperTrainingResult:
         global_step: Optimizer steps done in total (across resumed runs).
         resumed_from: The checkpoint this run continued from, if any.
         train_losses: ``(step, loss)`` as logged, including before a resume.
-        eval_metrics: The final evaluation (``wer``, ``cer``, ``loss``, ...), empty without an eval split.
+        eval_metrics: The final evaluation (``wer``, ``cer``, ``loss``, ...; with ``both``: ``transcribe_wer``,
+            ``translate_chrf``, ...), empty without an eval split.
+        baseline_metrics: The evaluation before training (``both`` with ``eval_on_start``), else empty.
+        train_seconds: Wall-clock time of the training loop.
         skipped_samples: How many samples were left out as unusable.
     """
 
@@ -172,6 +206,8 @@ class WhisperTrainingResult:
     train_losses: list[tuple[int, float]]
     eval_metrics: dict[str, float]
     skipped_samples: int
+    baseline_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    train_seconds: float = 0.0
 
 
 class _ErrorRateMetric:
@@ -191,6 +227,75 @@ class _ErrorRateMetric:
         return error_rates(references, hypotheses)
 
 
+class _OwnEvaluation:
+    """Evaluation of ``both`` tasks on the eval split: encoder outputs once, then each task's decoding."""
+
+    def __init__(self, config: WhisperTrainingConfig, model, processor, eval_data: dict) -> None:
+        self.config, self.model, self.processor = config, model, processor
+        self.clips, self.references = task_references({task: split.samples for task, split in eval_data.items()})
+        self.log = MetricsLog(Path(config.output_dir) / METRICS_FILE)
+        self._states = None
+
+    def states(self) -> list:
+        """Encoder outputs of the eval clips (kept while the encoder is frozen: they cannot change)."""
+        if self._states is None or not self.config.freeze_encoder:
+            self._states = encode_clips(self.clips, self.processor.feature_extractor, self.model.model.encoder)
+        return self._states
+
+    def run(self, step: int, when: str) -> TaskEvaluation:
+        """Evaluate now; log the metrics at ``step`` and write ``eval_predictions[_before].tsv``."""
+        was_training = self.model.training
+        self.model.eval()
+        result = evaluate_tasks(
+            self.model,
+            self.processor.tokenizer,
+            self.states(),
+            self.references,
+            language=self.config.language,
+            batch_size=self.config.per_device_eval_batch_size,
+            max_new_tokens=self.config.generation_max_length,
+        )
+        self.model.train(was_training)
+        self.log.write(step, "eval", result.metrics)
+        name = EVAL_PREDICTIONS_FILE if when == "after" else EVAL_PREDICTIONS_FILE.replace(".tsv", f"_{when}.tsv")
+        write_task_predictions(Path(self.config.output_dir) / name, result.predictions)
+        LOGGER.info("Evaluation %s training (step %d): %s", when, step, result.metrics)
+        return result
+
+    def write_results(self, baseline: TaskEvaluation | None, after: dict, steps: int, seconds: float) -> None:
+        """``eval_results.json``: before/after metrics, steps, clips and training time."""
+        results = {
+            "checkpoint": str(self.config.checkpoint),
+            "eval_clips": len(self.clips),
+            "steps": steps,
+            "train_seconds": round(seconds, 1),
+            "freeze_encoder": self.config.freeze_encoder,
+            "before": baseline.metrics if baseline else None,
+            "after": after,
+        }
+        path = Path(self.config.output_dir) / EVAL_RESULTS_FILE
+        path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+
+def _time_budget_callback(minutes: float):
+    from transformers import TrainerCallback
+
+    class TimeBudgetCallback(TrainerCallback):
+        """Ends training (with a final save) after the step that passes the time budget."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.monotonic()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if time.monotonic() - self.started >= minutes * 60:
+                LOGGER.info("Time budget of %.1f min reached at step %d; stopping", minutes, state.global_step)
+                control.should_training_stop = True
+                control.should_save = True
+            return control
+
+    return TimeBudgetCallback()
+
+
 def _metrics_callback(log: MetricsLog):
     from transformers import TrainerCallback
 
@@ -207,7 +312,7 @@ def _metrics_callback(log: MetricsLog):
 
 
 def _read_data(config: WhisperTrainingConfig, tokenizer, max_label_tokens: int):
-    """Train and eval splits, checked; issues recorded in ``data_issues.tsv`` and the policy applied."""
+    """Train and eval splits per task (``{role: {task: PreparedSplit}}``), checked, with the bad-data policy applied."""
     splits = {"train": config.train_split}
     if config.eval_split:
         splits["eval"] = config.eval_split
@@ -215,22 +320,29 @@ def _read_data(config: WhisperTrainingConfig, tokenizer, max_label_tokens: int):
     # The file describes this run's data; a resumed run rewrites it.
     (Path(config.output_dir) / DATA_ISSUES_FILE).unlink(missing_ok=True)
     for role, split in splits.items():
-        issues = DataIssues(config.on_bad_data, f"{config.data} split `{split}`")
-        others = tuple(s for s in (config.eval_split, "dev", "test") if s and s != split)
-        samples = read_split(
-            config.data,
-            split,
-            text_column=config.targets_column,
-            audio_column=config.audio_column,
-            issues=issues,
-            other_splits=others,
-        )
-        limit = config.max_train_samples if role == "train" else config.max_eval_samples
-        samples = samples[:limit] if limit else samples
-        prepared[role] = prepare_split(samples, tokenizer, max_label_tokens=max_label_tokens, issues=issues)
-        issues.finish(len(prepared[role].samples), Path(config.output_dir) / DATA_ISSUES_FILE)
-        skipped += len(issues.issues)
-        LOGGER.info("%s split `%s`: %d clips", role, split, len(prepared[role].samples))
+        prepared[role] = {}
+        for task in config.tasks:
+            what = f"{config.data} split `{split}`" + (f" ({task})" if config.task == BOTH else "")
+            issues = DataIssues(config.on_bad_data, what)
+            others = tuple(s for s in (config.eval_split, "dev", "test") if s and s != split)
+            samples = read_split(
+                config.data,
+                split,
+                text_column=config.targets_column(task),
+                audio_column=config.audio_column,
+                issues=issues,
+                other_splits=others,
+            )
+            limit = config.max_train_samples if role == "train" else config.max_eval_samples
+            samples = samples[:limit] if limit else samples
+            # The labels start with this task's prompt.
+            tokenizer.set_prefix_tokens(language=config.language, task=task, predict_timestamps=False)
+            split_data = prepare_split(samples, tokenizer, max_label_tokens=max_label_tokens, issues=issues)
+            prepared[role][task] = split_data
+            issues.finish(len(split_data.samples), Path(config.output_dir) / DATA_ISSUES_FILE)
+            skipped += len(issues.issues)
+            LOGGER.info("%s split `%s` (%s): %d clips", role, split, task, len(split_data.samples))
+    tokenizer.set_prefix_tokens(language=config.language, task=config.tasks[0], predict_timestamps=False)
     return prepared, skipped
 
 
@@ -304,14 +416,21 @@ def train_whisper(config: WhisperTrainingConfig) -> WhisperTrainingResult:
     language_token = f"<|{config.language}|>"
     if language_token not in (getattr(generation, "lang_to_id", None) or {}):
         raise ValueError(f"`language` {config.language!r} is not a language of `{checkpoint}` (no {language_token}).")
-    processor.tokenizer.set_prefix_tokens(language=config.language, task=config.task, predict_timestamps=False)
     output_dir.mkdir(parents=True, exist_ok=True)
     data, skipped = _read_data(config, processor.tokenizer, model.config.max_target_positions)
 
-    # Evaluation (and anyone loading the output without arguments) decodes this language and task.
-    generation.language, generation.task, generation.forced_decoder_ids = config.language, config.task, None
+    # Evaluation (and anyone loading the output without arguments) decodes this language and task
+    # (the last one of `both`: translation, what the speech-to-image pipeline asks for).
+    generation.language, generation.task, generation.forced_decoder_ids = config.language, config.tasks[-1], None
     model.config.forced_decoder_ids = None
     model.config.use_cache = not config.gradient_checkpointing
+    if config.freeze_encoder:
+        model.model.encoder.requires_grad_(False)
+    # `both` is evaluated on each task here rather than by the Trainer (whose `generate` knows one task).
+    own_eval = None
+    if config.task == BOTH and "eval" in data:
+        own_eval = _OwnEvaluation(config, model, processor, data["eval"])
+    baseline = own_eval.run(0, "before") if own_eval and config.eval_on_start else None
 
     log = MetricsLog(output_dir / METRICS_FILE)
     resume_from = latest_checkpoint(output_dir) if config.resume else None
@@ -320,20 +439,31 @@ def train_whisper(config: WhisperTrainingConfig) -> WhisperTrainingResult:
         # Rows logged after that checkpoint by an interrupted run are logged again.
         log.truncate_after(checkpoint_step(resume_from))
     metric = _ErrorRateMetric(processor.tokenizer)
-    eval_data = data.get("eval")
+    eval_data = data["eval"][config.task] if "eval" in data and own_eval is None else None
+    train_data = merge_splits(list(data["train"].values()))
+    if config.freeze_encoder:
+        train_dataset = EncodedWhisperDataset(train_data, processor.feature_extractor, model.model.encoder)
+    else:
+        train_dataset = WhisperDataset(train_data, processor.feature_extractor)
     trainer = Seq2SeqTrainer(
         model=model,
         args=_training_arguments(config, precision, has_eval=eval_data is not None),
-        train_dataset=WhisperDataset(data["train"], processor.feature_extractor),
+        train_dataset=train_dataset,
         eval_dataset=WhisperDataset(eval_data, processor.feature_extractor) if eval_data else None,
         data_collator=WhisperCollator(model.config.decoder_start_token_id),
         processing_class=processor,
         compute_metrics=metric if eval_data else None,
-        callbacks=[_metrics_callback(log)],
+        callbacks=[_metrics_callback(log)]
+        + ([_time_budget_callback(config.max_train_minutes)] if config.max_train_minutes else []),
     )
+    started = time.monotonic()
     train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    train_seconds = time.monotonic() - started
     eval_metrics = {}
-    if eval_data:
+    if own_eval:
+        eval_metrics = own_eval.run(train_output.global_step, "after").metrics
+        own_eval.write_results(baseline, eval_metrics, train_output.global_step, train_seconds)
+    elif eval_data:
         eval_metrics = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
         _write_predictions(output_dir / EVAL_PREDICTIONS_FILE, metric.last)
         LOGGER.info("Final evaluation: WER %.4f, CER %.4f", eval_metrics["wer"], eval_metrics["cer"])
@@ -348,6 +478,8 @@ def train_whisper(config: WhisperTrainingConfig) -> WhisperTrainingResult:
         train_losses=losses,
         eval_metrics=eval_metrics,
         skipped_samples=skipped,
+        baseline_metrics=baseline.metrics if baseline else {},
+        train_seconds=train_seconds,
     )
 
 
@@ -366,7 +498,7 @@ def add_train_parser(train_commands) -> None:
     )
     data = parser.add_argument_group("data")
     data.add_argument("--data", type=Path, required=True, help="Common Voice language folder or `datasets` folder")
-    data.add_argument("--task", choices=TASKS, default=_default("task"))
+    data.add_argument("--task", choices=TRAINING_TASKS, default=_default("task"))
     data.add_argument("--language", default=_default("language"), help="language code of the speech")
     data.add_argument("--text-column", help="targets column (default: `sentence`; `translation` to translate)")
     data.add_argument("--audio-column", default=_default("audio_column"), help="audio column of a `datasets` folder")
@@ -391,7 +523,11 @@ def add_train_parser(train_commands) -> None:
         ("seed", int),
     ):
         optim.add_argument(f"--{name.replace('_', '-')}", type=kind, default=_default(name))
+    optim.add_argument("--max-train-minutes", type=float, help="stop after the step that passes this training time")
     optim.add_argument("--gradient-checkpointing", action="store_true", help="less activation memory, slower")
+    optim.add_argument(
+        "--freeze-encoder", action="store_true", help="train the decoder only, encoding each clip once (CPU budgets)"
+    )
     optim.add_argument("--mixed-precision", choices=MIXED_PRECISION, default=_default("mixed_precision"))
     optim.add_argument("--dataloader-num-workers", type=int, default=_default("dataloader_num_workers"))
     logs = parser.add_argument_group("evaluation, checkpoints, logs")
@@ -409,7 +545,15 @@ def run_cli(args) -> int:
         values["eval_split"] = None
     values["report_to"] = tuple(values.get("report_to") or ())
     result = train_whisper(WhisperTrainingConfig(**values))
-    if result.eval_metrics:
+    if result.eval_metrics and values.get("task") == BOTH:
+        for label, metrics in (("before", result.baseline_metrics), ("after", result.eval_metrics)):
+            if metrics:
+                print(
+                    f"{label}: WER {metrics['transcribe_wer']:.2%}, CER {metrics['transcribe_cer']:.2%}, "
+                    f"chrF {metrics['translate_chrf']:.1f}, BLEU {metrics['translate_bleu']:.1f}"
+                )
+        print(f"{result.global_step} steps in {result.train_seconds / 60:.1f} min")
+    elif result.eval_metrics:
         print(
             f"step {result.global_step}: WER {result.eval_metrics['wer']:.2%}, CER {result.eval_metrics['cer']:.2%}, "
             f"eval loss {result.eval_metrics['loss']:.4f}"

@@ -42,6 +42,9 @@ LOGGER = logging.getLogger(__name__)
 TRANSCRIBE = "transcribe"
 TRANSLATE = "translate"
 TASKS = (TRANSCRIBE, TRANSLATE)
+# Both tasks at once: every clip twice, once per task prompt (multitask, as Whisper itself was trained).
+BOTH = "both"
+TRAINING_TASKS = (*TASKS, BOTH)
 # Where each task's targets are read from unless `text_column` is given.
 DEFAULT_TEXT_COLUMNS = {TRANSCRIBE: "sentence", TRANSLATE: "translation"}
 DEFAULT_AUDIO_COLUMN = "audio"
@@ -336,8 +339,55 @@ class WhisperDataset:
         return {"input_features": features.input_features[0], "labels": self.prepared.labels[index]}
 
 
+class EncodedWhisperDataset:
+    """Like :class:`WhisperDataset`, with the frozen encoder's output computed once per clip instead of features.
+
+    With the encoder frozen its output never changes, so encoding each clip once
+    (instead of in every epoch's forward pass) leaves only the decoder's work per
+    step: on a CPU the encoder's 30 s window is most of the cost.
+    """
+
+    def __init__(self, prepared: PreparedSplit, feature_extractor, encoder, *, batch_size: int = 8) -> None:
+        self.labels = prepared.labels
+        self.states = encode_clips(prepared.samples, feature_extractor, encoder, batch_size=batch_size)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"encoder_outputs": self.states[index], "labels": self.labels[index]}
+
+
+def encode_clips(samples: list[SpeechSample], feature_extractor, encoder, *, batch_size: int = 8) -> list:
+    """The encoder's last hidden state (``[frames, d_model]`` tensors) of every clip; a clip twice is encoded once."""
+    import torch
+
+    unique: dict[str, int] = {}
+    for sample in samples:
+        unique.setdefault(sample.source, len(unique))
+    by_source = {sample.source: sample for sample in samples}
+    sources = list(unique)
+    states: list = []
+    with torch.inference_mode():
+        for start in range(0, len(sources), batch_size):
+            audio = [load_audio(by_source[source]) for source in sources[start : start + batch_size]]
+            features = feature_extractor(audio, sampling_rate=MODEL_SAMPLE_RATE_HZ, return_tensors="pt")
+            states.extend(encoder(features.input_features).last_hidden_state.clone())
+            LOGGER.info("Encoded %d/%d clips", len(states), len(sources))
+    return [states[unique[sample.source]] for sample in samples]
+
+
+def merge_splits(splits: list[PreparedSplit]) -> PreparedSplit:
+    """One split holding every sample and label of ``splits`` (e.g. the same clips with each task's targets)."""
+    merged = PreparedSplit([], [])
+    for split in splits:
+        merged.samples.extend(split.samples)
+        merged.labels.extend(split.labels)
+    return merged
+
+
 class WhisperCollator:
-    """Stacks features and pads labels with -100 (ignored by the loss).
+    """Stacks features (or precomputed encoder outputs) and pads labels with -100 (ignored by the loss).
 
     The tokenizer's labels start with ``<|startoftranscript|>``; the model
     prepends ``decoder_start_token_id`` itself when it shifts labels right, so
@@ -351,7 +401,6 @@ class WhisperCollator:
         """Batch a list of :class:`WhisperDataset` items."""
         import torch
 
-        input_features = torch.from_numpy(np.stack([f["input_features"] for f in features]))
         labels = [list(f["labels"]) for f in features]
         if all(label and label[0] == self.decoder_start_token_id for label in labels):
             labels = [label[1:] for label in labels]
@@ -359,4 +408,8 @@ class WhisperCollator:
         padded = torch.full((len(labels), width), -100, dtype=torch.long)
         for row, label in enumerate(labels):
             padded[row, : len(label)] = torch.tensor(label, dtype=torch.long)
+        if "encoder_outputs" in features[0]:
+            # A tuple, as the model's forward takes precomputed encoder outputs.
+            return {"encoder_outputs": (torch.stack([f["encoder_outputs"] for f in features]),), "labels": padded}
+        input_features = torch.from_numpy(np.stack([f["input_features"] for f in features]))
         return {"input_features": input_features, "labels": padded}

@@ -480,6 +480,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train_diffusion(train_commands)
 
+    from s2i.training.hindi_corpus import add_parser as _add_hindi_corpus
+
+    _add_hindi_corpus(commands)
+
     speak = commands.add_parser("speak", help="make Hindi speech with espeak-ng")
     speak.add_argument("text")
     speak.add_argument("-o", "--output", type=Path, required=True)

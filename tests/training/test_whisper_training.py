@@ -6,6 +6,7 @@ clip to cover the other formats libsndfile reads.
 """
 
 import csv
+import json
 import math
 import shutil
 from pathlib import Path
@@ -280,10 +281,70 @@ def test_whisper_training_refuses_mixed_precision_when_no_cuda(common_voice, bas
         train_whisper(config)
 
 
+@pytest.fixture(scope="module")
+def multitask(common_voice, base_checkpoint, tmp_path_factory):
+    """Four steps of `both` tasks on a frozen encoder, evaluated before and after."""
+    output_dir = tmp_path_factory.mktemp("whisper-multitask") / "out"
+    config = small_config(
+        common_voice, base_checkpoint, output_dir, task="both", freeze_encoder=True, eval_on_start=True, max_steps=4
+    )
+    return train_whisper(config)
+
+
+def test_whisper_training_scores_both_tasks_before_and_after_when_task_is_both(multitask):
+    names = {"transcribe_wer", "transcribe_cer", "translate_chrf", "translate_bleu"}
+    assert set(multitask.baseline_metrics) == set(multitask.eval_metrics) == names
+    results = json.loads((multitask.output_dir / "eval_results.json").read_text())
+    assert results["before"] == multitask.baseline_metrics and results["after"] == multitask.eval_metrics
+    assert (results["steps"], results["eval_clips"], results["freeze_encoder"]) == (4, 2, True)
+    rows = read_metrics(multitask.output_dir / "metrics.csv", "eval")
+    logged = {(step, name): value for step, _, name, value in rows}
+    assert logged[(0, "translate_chrf")] == pytest.approx(multitask.baseline_metrics["translate_chrf"])
+    assert logged[(4, "transcribe_wer")] == pytest.approx(multitask.eval_metrics["transcribe_wer"])
+    with (multitask.output_dir / "eval_predictions.tsv").open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert [(r["task"], r["reference"]) for r in rows] == [
+        ("transcribe", HINDI_SENTENCES[0]),
+        ("transcribe", HINDI_SENTENCES[1]),
+        ("translate", ENGLISH[0]),
+        ("translate", ENGLISH[1]),
+    ]
+
+
+def test_whisper_training_keeps_encoder_and_changes_decoder_when_encoder_is_frozen(multitask, base_checkpoint):
+    from transformers import WhisperForConditionalGeneration
+
+    base = WhisperForConditionalGeneration.from_pretrained(base_checkpoint).state_dict()
+    tuned = WhisperForConditionalGeneration.from_pretrained(multitask.output_dir).state_dict()
+    encoder = [name for name in base if name.startswith("model.encoder.")]
+    decoder = [name for name in base if name.startswith("model.decoder.layers.")]
+    assert encoder and decoder
+    assert all(torch_equal(base[name], tuned[name]) for name in encoder)
+    assert not all(torch_equal(base[name], tuned[name]) for name in decoder)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+def test_whisper_collator_stacks_encoder_outputs_when_items_hold_them():
+    import torch
+
+    collator = WhisperCollator(decoder_start_token_id=7)
+    items = [{"encoder_outputs": torch.full((3, 2), float(i)), "labels": [7, 1, 2][: 2 + i]} for i in range(2)]
+    batch = collator(items)
+    assert set(batch) == {"encoder_outputs", "labels"}
+    assert batch["encoder_outputs"][0].shape == (2, 3, 2)
+    assert batch["encoder_outputs"][0][1, 0, 0].item() == 1.0
+    assert batch["labels"].tolist() == [[1, -100], [1, 2]]
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("task", "summarize", r"`task` must be one of \['transcribe', 'translate'\]"),
+        ("task", "summarize", r"`task` must be one of \['transcribe', 'translate', 'both'\]"),
         ("learning_rate", 0.0, r"`learning_rate` must be > 0"),
         ("generation_max_length", 500, r"`generation_max_length` must be between 1 and 448"),
         ("on_bad_data", "ignore", r"`on_bad_data` must be one of \['skip', 'error'\]"),
@@ -292,6 +353,12 @@ def test_whisper_training_refuses_mixed_precision_when_no_cuda(common_voice, bas
 def test_whisper_config_validate_names_the_field_when_a_setting_is_invalid(field, value, message):
     config = WhisperTrainingConfig(data=Path("d"), checkpoint="c", output_dir=Path("o"), **{field: value})
     with pytest.raises(ValueError, match=message):
+        config.validate()
+
+
+def test_whisper_config_validate_refuses_text_column_when_task_is_both():
+    config = WhisperTrainingConfig(data=Path("d"), checkpoint="c", output_dir=Path("o"), task="both", text_column="x")
+    with pytest.raises(ValueError, match=r"`text_column` cannot be set with `task` 'both'"):
         config.validate()
 
 
