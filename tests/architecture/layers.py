@@ -42,6 +42,10 @@ LAYER_OF: tuple[tuple[str, str], ...] = (
     ("s2i.stages.*.decoding", RUNTIME),
     ("s2i.stages.*.sampling", RUNTIME),
     ("s2i.stages.*.runtime", RUNTIME),
+    # The python-torch runners and the networks they run (emotion's own classifier).
+    ("s2i.stages.torch_runner", RUNTIME),
+    ("s2i.stages.*.torch_runner", RUNTIME),
+    ("s2i.stages.*.modeling", RUNTIME),
     ("s2i.pipeline", RUNTIME),
     ("s2i.pipeline.dag", RUNTIME),
     ("s2i.pipeline.prompt", RUNTIME),
