@@ -10,6 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = {"whisper_encoder", "whisper_decode_step", "text_encoder", "unet_step", "vae_decode"}
+# The python-torch target's runners; their CUDA-graph variants exist on CUDA only.
+RUNNER_STAGES = {"torch_runner_decode_step", "torch_runner_decode_step_host_copies", "torch_runner_unet_step"}
 
 
 @pytest.mark.slow
@@ -28,6 +30,9 @@ def test_gpu_check_dry_run_writes_a_row_per_stage_and_batch_when_run_on_cpu(tmp_
     rows = {(row["stage"], row["batch"]): row for row in results["rows"]}
     assert {(stage, batch) for stage in STAGES for batch in (1, 2)} <= set(rows)
     assert {("sd_end_to_end_2_steps", 1), ("sd_end_to_end_2_steps", 2)} <= set(rows)
+    assert {(stage, batch) for stage in RUNNER_STAGES for batch in (1, 2)} <= set(rows)
+    assert not [stage for stage, _ in rows if stage.endswith("_cuda_graphs")]
+    assert all(rows[stage, batch]["graphs_captured"] == 0 for stage in RUNNER_STAGES for batch in (1, 2))
     for (stage, batch), row in rows.items():
         # A decoding step is a difference of two timings; the rest are timings themselves.
         assert row["ms"] >= 0 if stage == "whisper_decode_step" else row["ms"] > 0
