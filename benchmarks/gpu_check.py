@@ -298,6 +298,59 @@ def diffusion_rows(torch, dims: Dimensions, device: str, dtype, timer: Timer) ->
     return rows
 
 
+def markdown(results: dict) -> str:
+    """The results table."""
+    lines = [
+        f"GPU check on {results['device_name']} ({results['mode']}, {results['dtype']}), "
+        f"torch {results['versions']['torch']}, transformers {results['versions']['transformers']}, "
+        f"diffusers {results['versions']['diffusers']}, {results['total_s']:.0f} s in all.",
+        "",
+        "| stage | batch | ms per call | ms per item |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {r['stage']} | {r['batch']} | {r['ms']:.2f} | {r['ms_per_item']:.2f} |" for r in results["rows"]]
+    return "\n".join(lines) + "\n"
+
+
+def run(dry_run: bool, output: Path, device: str | None = None) -> dict:
+    """Measure every row and write ``results.json`` and ``results.md`` into ``output``."""
+    import diffusers
+    import torch
+    import transformers
+
+    started = time.perf_counter()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if not dry_run and device != "cuda":
+        raise SystemExit("no CUDA device: run with `--dry-run` (tiny dimensions, CPU) instead")
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    torch.manual_seed(0)
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    dims = DRY_RUN if dry_run else REAL
+    timer = Timer(torch, device)
+    rows = whisper_rows(torch, dims, device, dtype, timer)
+    LOGGER.info("whisper done after %.0f s", time.perf_counter() - started)
+    rows += diffusion_rows(torch, dims, device, dtype, timer)
+    rows += torch_runner_rows(torch, dims, device, dtype, timer)
+    results = {
+        "mode": "dry-run (tiny dimensions)" if dry_run else "Whisper-small and SD-1.5 dimensions",
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+        "dtype": str(dtype).removeprefix("torch."),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "diffusers": diffusers.__version__,
+        },
+        "rows": rows,
+        "total_s": time.perf_counter() - started,
+    }
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "results.json").write_text(json.dumps(results, indent=2))
+    (output / "results.md").write_text(markdown(results))
+    return results
+
+
 # --- The python-torch target's runners (issue #20 item 4) -------------------------------------
 
 # This checkout: the runners are imported from its `src` (the GPU host has no install of the project).
@@ -439,59 +492,6 @@ def torch_runner_rows(torch, dims: Dimensions, device: str, dtype, timer: Timer)
                 dict(stage=stage, batch=0, ms=None, ms_per_item=None, error=f"{type(error).__name__}: {error}"[:300])
             )
     return rows
-
-
-def markdown(results: dict) -> str:
-    """The results table."""
-    lines = [
-        f"GPU check on {results['device_name']} ({results['mode']}, {results['dtype']}), "
-        f"torch {results['versions']['torch']}, transformers {results['versions']['transformers']}, "
-        f"diffusers {results['versions']['diffusers']}, {results['total_s']:.0f} s in all.",
-        "",
-        "| stage | batch | ms per call | ms per item |",
-        "|---|---|---|---|",
-    ]
-    lines += [f"| {r['stage']} | {r['batch']} | {r['ms']:.2f} | {r['ms_per_item']:.2f} |" for r in results["rows"]]
-    return "\n".join(lines) + "\n"
-
-
-def run(dry_run: bool, output: Path, device: str | None = None) -> dict:
-    """Measure every row and write ``results.json`` and ``results.md`` into ``output``."""
-    import diffusers
-    import torch
-    import transformers
-
-    started = time.perf_counter()
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if not dry_run and device != "cuda":
-        raise SystemExit("no CUDA device: run with `--dry-run` (tiny dimensions, CPU) instead")
-    dtype = torch.float16 if device == "cuda" else torch.float32
-    torch.manual_seed(0)
-    if device == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-    dims = DRY_RUN if dry_run else REAL
-    timer = Timer(torch, device)
-    rows = whisper_rows(torch, dims, device, dtype, timer)
-    LOGGER.info("whisper done after %.0f s", time.perf_counter() - started)
-    rows += diffusion_rows(torch, dims, device, dtype, timer)
-    rows += torch_runner_rows(torch, dims, device, dtype, timer)
-    results = {
-        "mode": "dry-run (tiny dimensions)" if dry_run else "Whisper-small and SD-1.5 dimensions",
-        "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
-        "dtype": str(dtype).removeprefix("torch."),
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "diffusers": diffusers.__version__,
-        },
-        "rows": rows,
-        "total_s": time.perf_counter() - started,
-    }
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "results.json").write_text(json.dumps(results, indent=2))
-    (output / "results.md").write_text(markdown(results))
-    return results
 
 
 def main(argv: list[str] | None = None) -> int:
