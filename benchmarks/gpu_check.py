@@ -21,7 +21,11 @@ Rows of the results table (``results.md`` and ``results.json`` in ``--output``):
   ``vae_decode`` at batch 1 and 8;
 * ``sd_end_to_end``: ``StableDiffusionPipeline`` from prompt embeddings to an image
   array, batch 1 at 50 steps (goal <= 0.5 s on an H100) and batch 8 at 25 steps
-  (goal >= 4 images/s), text encoder included.
+  (goal >= 4 images/s), text encoder included;
+* ``torch_runner_*``: the ``python-torch`` target's runners (``src/s2i/stages/*/torch_runner.py``,
+  imported from this checkout) on the same random models: a greedy decoding step with the cache
+  on the device and with the stage model's host copies, and a guided UNet step, each with CUDA
+  graphs off and on (CUDA only).
 """
 
 from __future__ import annotations
@@ -523,6 +527,7 @@ def run(dry_run: bool, output: Path, device: str | None = None) -> dict:
     rows = whisper_rows(torch, dims, device, dtype, timer)
     LOGGER.info("whisper done after %.0f s", time.perf_counter() - started)
     rows += diffusion_rows(torch, dims, device, dtype, timer)
+    rows += torch_runner_rows(torch, dims, device, dtype, timer)
     results = {
         "mode": "dry-run (tiny dimensions)" if dry_run else "Whisper-small and SD-1.5 dimensions",
         "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
@@ -540,6 +545,149 @@ def run(dry_run: bool, output: Path, device: str | None = None) -> dict:
     (output / "results.json").write_text(json.dumps(results, indent=2))
     (output / "results.md").write_text(markdown(results))
     return results
+
+
+# --- The python-torch target's runners (issue #20 item 4) -------------------------------------
+
+# This checkout: the runners are imported from its `src` (the GPU host has no install of the project).
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def torch_runner_classes():
+    """The ``python-torch`` runners, imported from this checkout's ``src`` (no install needed)."""
+    if str(CHECKOUT / "src") not in sys.path:
+        sys.path.insert(0, str(CHECKOUT / "src"))
+    from s2i.stages import torch_runner
+    from s2i.stages.diffusion.torch_runner import UNetRunner
+    from s2i.stages.whisper.torch_runner import WhisperDecoderRunner, WhisperDecoderWithPastRunner
+
+    return torch_runner, UNetRunner, WhisperDecoderRunner, WhisperDecoderWithPastRunner
+
+
+# Decoding steps timed with the stage model's host copies of the cache.
+HOST_COPY_TOKENS = 8
+
+
+def runner_variants(device: str) -> list[tuple[str, bool]]:
+    """(row suffix, CUDA graphs on): both on CUDA; on the CPU graphs are a no-op, so one variant."""
+    return [("", False), ("_cuda_graphs", True)] if device == "cuda" else [("", False)]
+
+
+def runner_decode_rows(torch, dims: Dimensions, device: str, dtype, timer: Timer) -> list[dict]:
+    """Greedy decoding steps of a random Whisper at ``dims`` through the ``python-torch`` runners.
+
+    ``torch_runner_decode_step``: the cache stays on the device (``run_torch``), as a loop
+    owning the runner would keep it; ms per item is ms per token per sequence.
+    ``torch_runner_decode_step_host_copies``: the stage model's contract (``run``: numpy in
+    and out, the whole cache copied to the host and back at every step), the floor of the
+    BLS path before shared memory and Triton.
+    """
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    torch_runner, _, decoder_class, with_past_class = torch_runner_classes()
+    names = sys.modules["s2i.names"]
+    config = WhisperConfig(**dims.whisper, decoder_start_token_id=50258, pad_token_id=50257)
+    with torch.device(device):
+        model = WhisperForConditionalGeneration(config).to(dtype).eval()
+    dtype_name = str(dtype).removeprefix("torch.")
+    frames = config.max_source_positions
+    rows = []
+    for suffix, graphs in [*runner_variants(device), ("_host_copies", False)]:
+        for batch in dims.batches:
+            options = torch_runner.TorchOptions(device=device, dtype=dtype_name, cuda_graphs=graphs)
+            # A runner per batch size: its CUDA graphs (one per cache length) stay within the cap.
+            first_step = decoder_class(model=model, options=options)
+            step = with_past_class(model=model, options=options)
+            hidden = torch.randn(batch, frames, config.d_model, device=device, dtype=dtype)
+            prompt = torch.tensor([[50258, 50276, 50358, 50363]] * batch, device=device)
+            with torch.inference_mode():
+                first = first_step.run_torch({names.INPUT_IDS: prompt, names.ENCODER_HIDDEN_STATES: hidden})
+            past = {
+                name.replace("present", "past_key_values", 1): value
+                for name, value in first.items()
+                if name.startswith("present")
+            }
+            start = first[names.LOGITS][:, -1].argmax(-1, keepdim=True)
+            host = suffix == "_host_copies"
+            if host:
+                past = {name: value.float().cpu().numpy() for name, value in past.items()}
+                start = start.cpu().numpy()
+
+            # Host copies move the whole cache twice a step (near 1 GB at batch 8): fewer steps suffice.
+            tokens = min(dims.decode_tokens, HOST_COPY_TOKENS) if host else dims.decode_tokens
+
+            def decode(step=step, past=past, start=start, host=host, tokens=tokens) -> None:
+                cache, token = dict(past), start
+                for _ in range(tokens):
+                    inputs = {names.INPUT_IDS: token, **cache}
+                    out = step.run(inputs) if host else step.run_torch(inputs)
+                    logits = out[names.LOGITS][:, -1]
+                    token = logits.argmax(-1, keepdims=True) if host else logits.argmax(-1, keepdim=True)
+                    for name, value in out.items():
+                        if name.startswith("present"):
+                            cache[name.replace("present", "past_key_values", 1)] = value
+
+            # Two unmeasured passes: the first sees each cache length, the second captures its graph.
+            seconds = timer.median_s(decode, dims.repeats, warmup=1 if host else 2) / tokens
+            result = row(f"torch_runner_decode_step{suffix}", batch, seconds)
+            result["graphs_captured"] = step.graphs_captured
+            rows.append(result)
+            del first_step, step, past, first
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
+def runner_unet_rows(torch, dims: Dimensions, device: str, dtype, timer: Timer) -> list[dict]:
+    """A guided UNet step (2 rows per image) at ``dims`` through the ``python-torch`` runner."""
+    torch_runner, unet_class, _, _ = torch_runner_classes()
+    names = sys.modules["s2i.names"]
+    text_encoder, unet, vae, _ = diffusion_components(torch, dims, device, dtype)
+    del text_encoder, vae
+    latent = dims.image_size // 8
+    dtype_name = str(dtype).removeprefix("torch.")
+    rows = []
+    for suffix, graphs in runner_variants(device):
+        runner = unet_class(model=unet, options=torch_runner.TorchOptions(device, dtype_name, cuda_graphs=graphs))
+        for batch in dims.batches:
+            inputs = {
+                names.SAMPLE: torch.randn(2 * batch, 4, latent, latent, device=device, dtype=dtype),
+                names.TIMESTEP: torch.full((2 * batch, 1), 500.0, device=device, dtype=dtype),
+                names.ENCODER_HIDDEN_STATES: torch.randn(2 * batch, 77, dims.text_hidden, device=device, dtype=dtype),
+            }
+            seconds = timer.median_s(
+                lambda runner=runner, inputs=inputs: runner.run_torch(inputs), dims.repeats, warmup=2
+            )
+            result = row(f"torch_runner_unet_step{suffix}", batch, seconds)
+            result["graphs_captured"] = runner.graphs_captured
+            rows.append(result)
+        del runner
+    del unet
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
+def torch_runner_rows(torch, dims: Dimensions, device: str, dtype, timer: Timer) -> list[dict]:
+    """Rows of the ``python-torch`` runners: Whisper decoding steps and the UNet step.
+
+    A failing group leaves one row naming its error: the check runs once, unattended, on a
+    borrowed machine, and the other rows must still come back.
+    """
+    rows: list[dict] = []
+    for stage, measure in (
+        ("torch_runner_decode_step", runner_decode_rows),
+        ("torch_runner_unet_step", runner_unet_rows),
+    ):
+        try:
+            rows += measure(torch, dims, device, dtype, timer)
+        except Exception as error:  # noqa: BLE001 - recorded in the table, the run goes on
+            LOGGER.exception("%s failed", stage)
+            rows.append(
+                dict(stage=stage, batch=0, ms=None, ms_per_item=None, error=f"{type(error).__name__}: {error}"[:300])
+            )
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from s2i.conversion.quantize import QUANTIZATIONS, quantized_export
-from s2i.conversion.repository import ONNXRUNTIME, PYTHON_ONNXRUNTIME, TARGETS, device_of, write_model
+from s2i.conversion.repository import (
+    ONNXRUNTIME,
+    PYTHON_ONNXRUNTIME,
+    PYTHON_TORCH,
+    TARGETS,
+    device_of,
+    write_model,
+)
 from s2i.model_repository.deployment import CPU
 from s2i.pipeline.dag import PIPELINE, Pipeline
 from s2i.pipeline.specs import has_pipeline_models, pipeline_repository_models
@@ -115,12 +122,20 @@ def convert(
         if name in checkpoints
     ]
     for _, stage, checkpoint in chosen:
+        if target not in stage.targets:
+            raise ValueError(f"The {stage.name} stage supports targets {list(stage.targets)}, not {target!r}.")
         stage.check_checkpoint(checkpoint)
         check_dropped_parts(stage, checkpoint, drop_safety_checker)
     with staged_repository(output) as staging:
         report = ConversionReport(output, [], {})
         for name, stage, checkpoint in chosen:
-            exported = stage.export(checkpoint, work_dir / f"{name}-{_cache_key(checkpoint)}")
+            onnx_dir = work_dir / f"{name}-{_cache_key(checkpoint)}"
+            # python-torch serves the checkpoint's own modules: nothing to export or validate.
+            exported = (
+                stage.skip_export(checkpoint, onnx_dir)
+                if target == PYTHON_TORCH
+                else stage.export(checkpoint, onnx_dir)
+            )
             if quantize:
                 # The float graphs were validated against PyTorch; these are what is served.
                 exported = quantized_export(exported, Path(f"{exported.onnx_dir}-{quantize}"), quantize)
@@ -141,6 +156,11 @@ def check_quantization(quantize: str | None, target: str) -> None:
     """Refuse a quantisation the target cannot serve, before any export."""
     if quantize is None:
         return
+    if target == PYTHON_TORCH:
+        raise ValueError(
+            f"`quantize` {quantize!r} quantises ONNX graphs; `target` {target!r} serves PyTorch modules. "
+            f"Use {PYTHON_ONNXRUNTIME} or {ONNXRUNTIME} to serve int8 graphs."
+        )
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"`quantize` must be one of {list(QUANTIZATIONS)}, got {quantize!r}.")
     if device_of(target) != CPU:

@@ -8,6 +8,10 @@ are the same Python code everywhere:
 * ``onnxruntime``: each graph is a native ``onnxruntime_onnx`` model on the CPU (NGC container).
 * ``onnxruntime-gpu``: the same on the GPU (``KIND_GPU``, ONNX Runtime's CUDA execution provider).
 * ``tensorrt``: each graph is a TensorRT engine (``tensorrt_plan``) built on this machine's GPU.
+* ``python-torch``: each graph is run by its original PyTorch module inside a Python-backend
+  model (``python_models/torch_stage.py``, :mod:`s2i.stages.torch_runner`), from the checkpoint
+  files copied beside it; no ONNX export. On the GPU (float16, SDPA) when the converting host
+  has one, as ``tensorrt`` builds for the converting host's GPU; otherwise on the CPU (float32).
 
 Batching and instances come from :mod:`s2i.model_repository.deployment`, by model and device.
 """
@@ -22,6 +26,7 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
+from s2i import names
 from s2i.conversion.tensorrt import ENGINE_FILE, MANIFEST_FILE, build_engine
 from s2i.model_repository.components import OnnxComponent
 from s2i.model_repository.config import ModelSpec, render_config
@@ -33,16 +38,32 @@ PYTHON_ONNXRUNTIME = "python-onnxruntime"
 ONNXRUNTIME = "onnxruntime"
 ONNXRUNTIME_GPU = "onnxruntime-gpu"
 TENSORRT = "tensorrt"
-# Target -> the device its stage models run on.
-TARGET_DEVICE = {PYTHON_ONNXRUNTIME: CPU, ONNXRUNTIME: CPU, ONNXRUNTIME_GPU: GPU, TENSORRT: GPU}
+PYTHON_TORCH = "python-torch"
+# Target -> the device its stage models run on (None: the converting host's, see device_of).
+TARGET_DEVICE = {PYTHON_ONNXRUNTIME: CPU, ONNXRUNTIME: CPU, ONNXRUNTIME_GPU: GPU, TENSORRT: GPU, PYTHON_TORCH: None}
 TARGETS = tuple(TARGET_DEVICE)
+# Targets that serve the exported ONNX graphs (python-torch serves the checkpoint's modules).
+ONNX_TARGETS = tuple(target for target in TARGETS if target != PYTHON_TORCH)
 ONNX_MODEL_FILE = "model.onnx"
+# Folder of a python-torch stage model's checkpoint files, beside its model.py.
+TORCH_CHECKPOINT_DIR = "checkpoint"
+# Weight files transformers and diffusers load by default; other formats and variants
+# (`*.fp16.safetensors`, Flax, TensorFlow) are not copied.
+TORCH_WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
 def device_of(target: str) -> str:
-    """``cpu`` or ``gpu``: where ``target``'s stage models run."""
+    """``cpu`` or ``gpu``: where ``target``'s stage models run.
+
+    ``python-torch`` runs where the converting host can: on the GPU when PyTorch sees CUDA
+    there, else on the CPU (convert on the kind of host that serves, as for ``tensorrt``).
+    """
     if target not in TARGET_DEVICE:
         raise ValueError(f"`target` must be one of {list(TARGETS)}, got {target!r}.")
+    if TARGET_DEVICE[target] is None:
+        import torch
+
+        return GPU if torch.cuda.is_available() else CPU
     return TARGET_DEVICE[target]
 
 
@@ -67,6 +88,18 @@ def stage_model_spec(component: OnnxComponent, target: str) -> ModelSpec:
         # load time, so one repository fits any cpuset): a lone request's graph call then uses the
         # whole CPU, as PyTorch does in-process (measured in benchmarks/README.md).
         parameters = {"onnx_file": ONNX_MODEL_FILE, "intra_op_threads": str(chosen.intra_op_threads)}
+        return ModelSpec(backend="python", parameters=parameters, **common)
+    if target == PYTHON_TORCH:
+        if not component.torch_runner:
+            raise ValueError(f"`{component.model_name}` names no `torch_runner`; it cannot be served on {target!r}.")
+        parameters = {
+            names.TORCH_RUNNER_PARAMETER: component.torch_runner,
+            names.TORCH_CHECKPOINT_PARAMETER: TORCH_CHECKPOINT_DIR,
+            names.TORCH_DTYPE_PARAMETER: "auto",
+            # Off by default: capture and compilation cost seconds per shape at load or first use.
+            names.TORCH_CUDA_GRAPHS_PARAMETER: "false",
+            names.TORCH_COMPILE_PARAMETER: "false",
+        }
         return ModelSpec(backend="python", parameters=parameters, **common)
     if target in (ONNXRUNTIME, ONNXRUNTIME_GPU):
         return ModelSpec(backend="", platform="onnxruntime_onnx", default_model_filename=ONNX_MODEL_FILE, **common)
@@ -161,3 +194,30 @@ def stage_repository_model(component: OnnxComponent, onnx_dir: Path, target: str
     return RepositoryModel(
         spec, None, {ENGINE_FILE: engine_dir / ENGINE_FILE, MANIFEST_FILE: engine_dir / MANIFEST_FILE}
     )
+
+
+def torch_checkpoint_files(folder: Path) -> dict[str, Path]:
+    """A checkpoint folder's configs and default weight files, relative path -> file.
+
+    Safetensors win over ``.bin`` when both are present, as transformers and diffusers
+    load them; variant files (``model.fp16.safetensors``) are left out.
+    """
+    folder = Path(folder)
+    files = [path for path in sorted(folder.rglob("*")) if path.is_file() and not path.name.startswith(".")]
+    weights = [path for path in files if path.suffix in TORCH_WEIGHT_SUFFIXES and "." not in path.stem]
+    if any(path.suffix == ".safetensors" for path in weights):
+        weights = [path for path in weights if path.suffix == ".safetensors"]
+    if not weights:
+        raise FileNotFoundError(f"`{folder}` holds no weights (*.safetensors or *.bin) to serve on python-torch.")
+    chosen = [path for path in files if path.suffix in (".json", ".txt")] + weights
+    return {str(path.relative_to(folder)): path for path in chosen}
+
+
+def torch_repository_model(
+    component: OnnxComponent, checkpoint_dir: Path, target: str = PYTHON_TORCH
+) -> RepositoryModel:
+    """The ``python-torch`` entry of a stage graph: ``torch_stage`` with the checkpoint part its module loads."""
+    files = {
+        f"{TORCH_CHECKPOINT_DIR}/{relative}": path for relative, path in torch_checkpoint_files(checkpoint_dir).items()
+    }
+    return RepositoryModel(stage_model_spec(component, target), "torch_stage", files)

@@ -40,6 +40,8 @@ class OnnxComponent:
         rtol: Largest normalised difference accepted at export when ``atol`` is exceeded:
             max abs difference / max abs PyTorch value, so the bound scales with deeper,
             larger-valued real models (``0``: the absolute bound only).
+        torch_runner: ``<module>:<class>`` of the :class:`~s2i.stages.torch_runner.TorchStage` that
+            runs the graph's PyTorch module on the ``python-torch`` target (empty: not servable there).
     """
 
     model_name: str
@@ -50,6 +52,7 @@ class OnnxComponent:
     axis_ranges: Mapping[str, Mapping[int, tuple[int, int, int]]] = dataclasses.field(default_factory=dict)
     batching: ModelPolicy | None = None
     rtol: float = 0.0
+    torch_runner: str = ""
 
     def profile(self, max_batch_size: int, opt_batch_size: int) -> dict[str, tuple[tuple[int, ...], ...]]:
         """TensorRT optimisation profile: input name -> (min, opt, max) shapes, batch axis included."""

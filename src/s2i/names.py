@@ -97,3 +97,10 @@ EMOTION_MS = "emotion_ms"  # FP32 [1]
 PROMPT_MS = "prompt_ms"  # FP32 [1]
 DIFFUSION_MS = "diffusion_ms"  # FP32 [1]
 POSTPROCESS_MS = "postprocess_ms"  # FP32 [1]
+
+# Model config parameters of a `python-torch` stage model (s2i.stages.torch_runner).
+TORCH_RUNNER_PARAMETER = "torch_runner"  # "<module>:<class>" of the stage's TorchStage
+TORCH_CHECKPOINT_PARAMETER = "checkpoint_dir"  # folder beside model.py holding the checkpoint files
+TORCH_DTYPE_PARAMETER = "dtype"  # "auto" (float16 on CUDA, float32 on the CPU), "float32", "float16", "bfloat16"
+TORCH_CUDA_GRAPHS_PARAMETER = "cuda_graphs"  # "true"/"false"
+TORCH_COMPILE_PARAMETER = "torch_compile"  # "true"/"false"

@@ -37,6 +37,10 @@ LAYER_OF: tuple[tuple[str, str], ...] = (
     ("s2i.errors", CORE),
     ("s2i.stages", RUNTIME),
     ("s2i.stages.runner", RUNTIME),
+    # The python-torch runners and the networks they run (emotion's own classifier).
+    ("s2i.stages.torch_runner", RUNTIME),
+    ("s2i.stages.*.torch_runner", RUNTIME),
+    ("s2i.stages.*.modeling", RUNTIME),
     ("s2i.stages.*.config", RUNTIME),
     ("s2i.stages.*.features", RUNTIME),
     ("s2i.stages.*.decoding", RUNTIME),

@@ -10,6 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = {"whisper_encoder", "whisper_decode_step", "text_encoder", "unet_step", "vae_decode"}
+# The python-torch target's runners; their CUDA-graph variants exist on CUDA only.
+RUNNER_STAGES = {"torch_runner_decode_step", "torch_runner_decode_step_host_copies", "torch_runner_unet_step"}
 
 
 @pytest.mark.slow
@@ -38,3 +40,6 @@ def test_gpu_check_dry_run_writes_a_row_per_stage_and_batch_when_run_on_cpu(tmp_
         assert abs(row["ms_per_item"] * batch - row["ms"]) < 1e-6 * max(1.0, row["ms"])
     table = (tmp_path / "results.md").read_text()
     assert "| unet_step | 2 |" in table and completed.stdout.endswith(table)
+    assert {(stage, batch) for stage in RUNNER_STAGES for batch in (1, 2)} <= set(rows)
+    assert not [stage for stage, _ in rows if stage.endswith("_cuda_graphs")]
+    assert all(rows[stage, batch]["graphs_captured"] == 0 for stage in RUNNER_STAGES for batch in (1, 2))

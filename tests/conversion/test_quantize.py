@@ -119,7 +119,12 @@ def test_int8_diffusion_image_stays_close_to_float_when_prompt_and_seed_are_equa
 
 
 @pytest.mark.parametrize(
-    ("target", "quantize", "match"), [("tensorrt", "int8", "CPU targets"), ("python-onnxruntime", "int4", "one of")]
+    ("target", "quantize", "match"),
+    [
+        ("tensorrt", "int8", "CPU targets"),
+        ("python-onnxruntime", "int4", "one of"),
+        ("python-torch", "int8", "serves PyTorch modules"),
+    ],
 )
 def test_convert_refuses_quantize_before_export_when_target_or_kind_unsupported(tmp_path, target, quantize, match):
     with pytest.raises(ValueError, match=match):

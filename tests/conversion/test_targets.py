@@ -90,3 +90,21 @@ def test_every_model_in_the_repository_takes_its_batching_from_the_deployment_ta
             assert not config.HasField("dynamic_batching"), config.name
         else:
             assert list(config.dynamic_batching.preferred_batch_size) == list(chosen.preferred_batch_sizes)
+
+
+@pytest.mark.parametrize(("cuda", "kind"), [(False, "KIND_CPU"), (True, "KIND_GPU")])
+def test_python_torch_stage_config_follows_the_converting_hosts_device_when_cuda_is_or_is_not_there(
+    cuda, kind, components, monkeypatch
+):
+    import torch
+    from tritonclient.grpc import model_config_pb2
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    config = parse_config(render_config(stage_model_spec(components[0], "python-torch")))
+    parameters = {key: value.string_value for key, value in config.parameters.items()}
+    assert (config.platform, config.backend) == ("", "python")
+    assert model_config_pb2.ModelInstanceGroup.Kind.Name(config.instance_group[0].kind) == kind
+    expected = policy(components[0].model_name, GPU if cuda else CPU)
+    assert (config.max_batch_size, config.instance_group[0].count) == (expected.max_batch_size, expected.instances)
+    assert parameters["torch_runner"] == "s2i.stages.whisper.torch_runner:WhisperEncoderRunner"
+    assert (parameters["cuda_graphs"], parameters["torch_compile"], parameters["dtype"]) == ("false", "false", "auto")

@@ -182,7 +182,7 @@ def test_conversion_module_imports_when_in_converter_environment(converter_env):
     completed = converter_env.run(str(converter_env.python), "-c", script, check=False)
 
     assert completed.returncode == 0, completed.stderr
-    assert completed.stdout.strip() == "python-onnxruntime,onnxruntime,onnxruntime-gpu,tensorrt"
+    assert completed.stdout.strip() == "python-onnxruntime,onnxruntime,onnxruntime-gpu,tensorrt,python-torch"
 
 
 def _rebased(argument: str, mounts: dict[str, Path]) -> str:

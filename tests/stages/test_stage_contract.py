@@ -20,7 +20,7 @@ from tritonclient.utils import InferenceServerException
 from s2i import names
 from s2i.client import AsyncClient, Client
 from s2i.conversion.convert import convert
-from s2i.conversion.repository import PYTHON_ONNXRUNTIME
+from s2i.conversion.repository import PYTHON_ONNXRUNTIME, PYTHON_TORCH
 from s2i.model_repository.config import parse_config, render_config, to_model_config
 from s2i.pipeline.dag import PIPELINE
 from s2i.pipeline.reference import ReferencePipeline
@@ -76,6 +76,15 @@ def test_stage_meets_the_contract_when_exported_and_described(stage_name, stage_
     bls = models[-1]
     assert bls.python_model == stage.bls_model
     assert set(stage.required_assets) <= {name.removeprefix("assets/") for name in bls.files}
+    if PYTHON_TORCH in stage.targets:
+        # python-torch serves without exporting: the descriptions must be the export's, each with a runner.
+        assert stage.describe(checkpoint) == exported.components
+        assert all(component.torch_runner for component in exported.components)
+
+
+def test_built_in_stages_support_python_torch_and_the_toy_stage_only_the_onnx_targets(toy_stage):
+    assert all(PYTHON_TORCH in registry.STAGES[name].targets for name in BUILT_IN)
+    assert PYTHON_TORCH not in toy_stage.targets
 
 
 def test_stage_refuses_a_checkpoint_without_its_required_files(stage_checkpoints, tmp_path):

@@ -20,7 +20,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from s2i.conversion.repository import TARGETS, RepositoryModel, device_of, stage_repository_model
+from s2i.conversion.repository import (
+    ONNX_TARGETS,
+    PYTHON_TORCH,
+    RepositoryModel,
+    device_of,
+    stage_repository_model,
+    torch_repository_model,
+)
 from s2i.model_repository.components import OnnxComponent
 from s2i.model_repository.config import ModelSpec
 
@@ -85,7 +92,8 @@ class Stage(abc.ABC):
         bls_model: The ``python_models`` source of the stage's BLS model (a name, or a file path).
         required_assets: Checkpoint files (relative paths) the BLS model cannot work without.
         optional_assets: Checkpoint files it reads when present (tokenizer variants, …).
-        targets: Serving targets the stage supports.
+        targets: Serving targets the stage supports. ``python-torch`` needs :meth:`describe`
+            and a ``torch_runner`` on every component; the ONNX targets only the export.
     """
 
     name: ClassVar[str]
@@ -94,7 +102,7 @@ class Stage(abc.ABC):
     bls_model: ClassVar[str | Path]
     required_assets: ClassVar[tuple[str, ...]] = ()
     optional_assets: ClassVar[tuple[str, ...]] = ()
-    targets: ClassVar[tuple[str, ...]] = TARGETS
+    targets: ClassVar[tuple[str, ...]] = ONNX_TARGETS
 
     def check_checkpoint(self, checkpoint: Path) -> None:
         """Refuse, before any export, a checkpoint this stage cannot serve.
@@ -143,6 +151,18 @@ class Stage(abc.ABC):
     def export(self, checkpoint: Path, onnx_dir: Path) -> StageExport:
         """Export the checkpoint's graphs into ``onnx_dir`` and validate them against PyTorch."""
 
+    def describe(self, checkpoint: Path) -> list[OnnxComponent]:
+        """The stage's graph descriptions for ``checkpoint``, without exporting (what ``python-torch`` serves)."""
+        raise NotImplementedError(f"The {self.name} stage does not describe its graphs without exporting them.")
+
+    def torch_checkpoint(self, checkpoint: Path, component: OnnxComponent) -> Path:
+        """The checkpoint folder ``component``'s PyTorch module loads (``python-torch``); the root by default."""
+        return Path(checkpoint)
+
+    def skip_export(self, checkpoint: Path, onnx_dir: Path) -> StageExport:
+        """What :meth:`export` would describe, with no graphs written (the ``python-torch`` target)."""
+        return StageExport(Path(onnx_dir), self.describe(checkpoint), max_abs_diff={})
+
     @abc.abstractmethod
     def bls_spec(self, checkpoint: Path, exported: StageExport, device: str) -> ModelSpec:
         """The description of the stage's BLS model on ``device``."""
@@ -163,7 +183,14 @@ class Stage(abc.ABC):
         if target not in self.targets:
             raise ValueError(f"The {self.name} stage supports targets {list(self.targets)}, not {target!r}.")
         assets = self.assets(checkpoint)
+        if target == PYTHON_TORCH:
+            stage_models = [
+                torch_repository_model(component, self.torch_checkpoint(checkpoint, component), target)
+                for component in exported.components
+            ]
+        else:
+            stage_models = [stage_repository_model(c, exported.onnx_dir, target) for c in exported.components]
         return [
-            *(stage_repository_model(component, exported.onnx_dir, target) for component in exported.components),
+            *stage_models,
             RepositoryModel(self.bls_spec(checkpoint, exported, device_of(target)), self.bls_model, assets),
         ]

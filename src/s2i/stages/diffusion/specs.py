@@ -26,6 +26,8 @@ ATOL = 1e-3
 # Past ATOL, a graph still passes within 1e-4 of its output range (max abs diff / max abs
 # value): the deeper UNets of released checkpoints accumulate more float32 rounding.
 RTOL = 1e-4
+# The python-torch runners of the three graphs.
+TORCH_RUNNERS = "s2i.stages.diffusion.torch_runner"
 
 
 def read_configs(checkpoint: Path) -> dict[str, dict]:
@@ -77,6 +79,7 @@ def diffusion_components(configs: dict[str, dict]) -> list[OnnxComponent]:
             ),
             atol=ATOL,
             rtol=RTOL,
+            torch_runner=f"{TORCH_RUNNERS}:TextEncoderRunner",
         ),
         OnnxComponent(
             model_name=names.UNET,
@@ -91,6 +94,7 @@ def diffusion_components(configs: dict[str, dict]) -> list[OnnxComponent]:
             atol=ATOL,
             rtol=RTOL,
             axis_ranges={names.SAMPLE: spatial},
+            torch_runner=f"{TORCH_RUNNERS}:UNetRunner",
         ),
         OnnxComponent(
             model_name=names.VAE_DECODER,
@@ -100,6 +104,7 @@ def diffusion_components(configs: dict[str, dict]) -> list[OnnxComponent]:
             atol=ATOL,
             rtol=RTOL,
             axis_ranges={names.LATENT_SAMPLE: spatial},
+            torch_runner=f"{TORCH_RUNNERS}:VaeDecoderRunner",
         ),
     ]
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from s2i import names
+from s2i.conversion.repository import TARGETS
+from s2i.model_repository.components import OnnxComponent
 from s2i.model_repository.config import ModelSpec
 from s2i.stages.base import Stage, StageExport, UnsupportedCheckpointError
 from s2i.stages.diffusion.specs import diffusion_components, diffusion_model_spec, read_configs
@@ -15,6 +18,9 @@ SUPPORTED = (
     "`AutoencoderKL`)"
 )
 
+# Stage model -> the pipeline folder its python-torch module loads (the VAE decoder is part of `vae/`).
+TORCH_PARTS = {names.TEXT_ENCODER: "text_encoder", names.UNET: "unet", names.VAE_DECODER: "vae"}
+
 
 class DiffusionStage(Stage):
     """English prompt -> RGB image (Stable Diffusion 1.x/2.x layout)."""
@@ -24,6 +30,7 @@ class DiffusionStage(Stage):
     # diffusers checkpoints have no root config.json; model_index.json lists their parts.
     checkpoint_marker = "model_index.json"
     bls_model = "diffusion"
+    targets = TARGETS
     # The scheduler, the latent geometry and the tokenizer, relative to the checkpoint root.
     required_assets = (
         "model_index.json",
@@ -91,6 +98,14 @@ class DiffusionStage(Stage):
         from s2i.stages.diffusion.export import export_diffusion
 
         return export_diffusion(checkpoint, onnx_dir)
+
+    def describe(self, checkpoint: Path) -> list[OnnxComponent]:
+        """Text encoder, UNet and VAE decoder, from the parts' configs."""
+        return diffusion_components(read_configs(checkpoint))
+
+    def torch_checkpoint(self, checkpoint: Path, component: OnnxComponent) -> Path:
+        """The part of the pipeline folder the graph's module loads."""
+        return Path(checkpoint) / TORCH_PARTS[component.model_name]
 
     def bls_spec(self, checkpoint: Path, exported: StageExport, device: str) -> ModelSpec:
         """The ``diffusion`` loop model."""

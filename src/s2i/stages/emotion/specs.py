@@ -31,6 +31,7 @@ def emotion_component(config: EmotionConfig) -> OnnxComponent:
         atol=ATOL,
         rtol=RTOL,
         axis_ranges={names.INPUT_FEATURES: {1: (MIN_FRAMES, TYPICAL_FRAMES, MAX_FRAMES)}},
+        torch_runner="s2i.stages.emotion.torch_runner:EmotionClassifierRunner",
     )
 
 

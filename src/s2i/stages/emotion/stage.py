@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from s2i.conversion.repository import TARGETS
+from s2i.model_repository.components import OnnxComponent
 from s2i.model_repository.config import ModelSpec
 from s2i.stages.base import Stage, StageExport, UnsupportedCheckpointError
 from s2i.stages.emotion.config import ARCHITECTURES, MODEL_TYPE, load_config
-from s2i.stages.emotion.specs import emotion_model_spec
+from s2i.stages.emotion.specs import emotion_component, emotion_model_spec
 
 # Spreads the random head's logits, so a random classifier gives distinct,
 # non-uniform probabilities per clip and parity tests compare real numbers.
@@ -20,6 +22,7 @@ class EmotionStage(Stage):
     name = "emotion"
     order = 20
     bls_model = "emotion_classifier"
+    targets = TARGETS
     # Labels and architecture (config), and the feature extractor.
     required_assets = ("config.json", "preprocessor_config.json")
 
@@ -51,6 +54,10 @@ class EmotionStage(Stage):
         from s2i.stages.emotion.export import export_emotion
 
         return export_emotion(checkpoint, onnx_dir)
+
+    def describe(self, checkpoint: Path) -> list[OnnxComponent]:
+        """The classifier graph, from ``config.json``."""
+        return [emotion_component(load_config(checkpoint))]
 
     def bls_spec(self, checkpoint: Path, exported: StageExport, device: str) -> ModelSpec:
         """The ``emotion_classifier`` model, for the checkpoint's mel bins and labels."""

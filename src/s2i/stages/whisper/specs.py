@@ -18,6 +18,8 @@ ATOL = 1e-3
 # value): float32 rounding grows with depth and activation size (a real whisper-base encoder
 # differs by 6e-4 already), while a wrong graph is off by a large part of the range.
 RTOL = 1e-4
+# The python-torch runners of the three graphs.
+TORCH_RUNNERS = "s2i.stages.whisper.torch_runner"
 # Typical decoded length, the `opt` point of TensorRT profiles over the KV-cache axis.
 TYPICAL_DECODED_TOKENS = 64
 
@@ -52,6 +54,7 @@ def whisper_components(config: Mapping) -> list[OnnxComponent]:
             outputs=(TensorSpec(names.LAST_HIDDEN_STATE, "FP32", (frames, d_model)),),
             atol=ATOL,
             rtol=RTOL,
+            torch_runner=f"{TORCH_RUNNERS}:WhisperEncoderRunner",
         ),
         OnnxComponent(
             model_name=names.WHISPER_DECODER,
@@ -61,6 +64,7 @@ def whisper_components(config: Mapping) -> list[OnnxComponent]:
             atol=ATOL,
             rtol=RTOL,
             axis_ranges={names.INPUT_IDS: {0: (1, min(4, positions), positions)}},
+            torch_runner=f"{TORCH_RUNNERS}:WhisperDecoderRunner",
         ),
         OnnxComponent(
             model_name=names.WHISPER_DECODER_WITH_PAST,
@@ -71,6 +75,7 @@ def whisper_components(config: Mapping) -> list[OnnxComponent]:
             rtol=RTOL,
             # One new token per step; the cache grows to the decoder's positions.
             axis_ranges={names.INPUT_IDS: {0: (1, 1, 1)}, **past_ranges},
+            torch_runner=f"{TORCH_RUNNERS}:WhisperDecoderWithPastRunner",
         ),
     ]
 

@@ -7,13 +7,14 @@ import json
 from pathlib import Path
 
 from s2i import names
-from s2i.conversion.repository import PYTHON_ONNXRUNTIME, RepositoryModel, external_data_files
+from s2i.conversion.repository import PYTHON_ONNXRUNTIME, TARGETS, RepositoryModel, external_data_files
+from s2i.model_repository.components import OnnxComponent
 from s2i.model_repository.config import ModelSpec
 from s2i.model_repository.deployment import CPU, policy
 from s2i.stages.base import Stage, StageExport, UnsupportedCheckpointError
 from s2i.stages.whisper.decoding import DEFAULT_LANGUAGE, DecodingRules
 from s2i.stages.whisper.runtime import DECODER_DIR_PARAMETER, DECODER_FILES, DECODER_THREADS_PARAMETER
-from s2i.stages.whisper.specs import whisper_model_spec
+from s2i.stages.whisper.specs import whisper_components, whisper_model_spec
 
 # A larger init spread than transformers' 0.02 makes a random decoder's argmax
 # vary from step to step, so parity tests compare varied token sequences
@@ -27,6 +28,7 @@ class WhisperStage(Stage):
     name = "whisper"
     order = 10
     bls_model = "whisper"
+    targets = TARGETS
     # Model shape, features; the tokenizer comes as tokenizer.json or as vocab/merges files.
     required_assets = ("config.json", "preprocessor_config.json")
     optional_assets = (
@@ -91,6 +93,10 @@ class WhisperStage(Stage):
         from s2i.stages.whisper.export import export_whisper
 
         return export_whisper(checkpoint, onnx_dir)
+
+    def describe(self, checkpoint: Path) -> list[OnnxComponent]:
+        """Encoder, decoder and decoder-with-past, from ``config.json``."""
+        return whisper_components(json.loads((Path(checkpoint) / "config.json").read_text()))
 
     def bls_spec(self, checkpoint: Path, exported: StageExport, device: str) -> ModelSpec:
         """The ``whisper`` loop model, for the encoder's mel-bin count."""
