@@ -302,7 +302,7 @@ def diffusion_components(torch, dims: Dimensions, device: str, dtype):
     return text_encoder, unet, vae, scheduler
 
 
-def diffusion_rows(torch, dims: Dimensions, device: str, dtype, timer: Timer) -> list[dict]:
+def diffusion_rows(torch, dims: Dimensions, device: str, dtype, timer: Timer, compile_unet: bool = True) -> list[dict]:
     """Text encoder, UNet step, VAE decode and end-to-end pipeline times at ``dims``."""
     from diffusers import StableDiffusionPipeline
 
@@ -354,7 +354,10 @@ def diffusion_rows(torch, dims: Dimensions, device: str, dtype, timer: Timer) ->
         seconds = timer.median_s(end_to_end, max(1, dims.repeats - 1))
         rows.append(row(f"sd_end_to_end_{steps}_steps", batch, seconds))
     guarded(
-        rows, "sd_loop", 0, lambda: loop_rows(torch, dims, device, dtype, timer, text_encoder, unet, vae, scheduler)
+        rows,
+        "sd_loop",
+        0,
+        lambda: loop_rows(torch, dims, device, dtype, timer, text_encoder, unet, vae, scheduler, compile_unet),
     )
     return rows
 
@@ -411,7 +414,16 @@ def tune(torch, unet) -> None:
 
 
 def loop_rows(
-    torch, dims: Dimensions, device: str, dtype, timer: Timer, text_encoder, unet, vae, scheduler
+    torch,
+    dims: Dimensions,
+    device: str,
+    dtype,
+    timer: Timer,
+    text_encoder,
+    unet,
+    vae,
+    scheduler,
+    compile_unet: bool = True,
 ) -> list[dict]:
     """Whole images through :func:`denoise`: eager, then (on CUDA) the UNet as a CUDA graph, tuned, compiled.
 
@@ -475,7 +487,7 @@ def loop_rows(
         return rows
 
     rows: list[dict] = []
-    for variant in ["", "_tuned"] + (["_compiled"] if device == "cuda" else []):
+    for variant in ["", "_tuned"] + (["_compiled"] if device == "cuda" and compile_unet else []):
         guarded(rows, f"sd_loop{variant}", 0, lambda variant=variant: variant_rows(variant))
     return rows
 
@@ -506,7 +518,7 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(dry_run: bool, output: Path, device: str | None = None) -> dict:
+def run(dry_run: bool, output: Path, device: str | None = None, compile_unet: bool = True) -> dict:
     """Measure every row and write ``results.json`` and ``results.md`` into ``output``."""
     import diffusers
     import torch
@@ -526,7 +538,7 @@ def run(dry_run: bool, output: Path, device: str | None = None) -> dict:
     timer = Timer(torch, device)
     rows = whisper_rows(torch, dims, device, dtype, timer)
     LOGGER.info("whisper done after %.0f s", time.perf_counter() - started)
-    rows += diffusion_rows(torch, dims, device, dtype, timer)
+    rows += diffusion_rows(torch, dims, device, dtype, timer, compile_unet)
     rows += torch_runner_rows(torch, dims, device, dtype, timer)
     results = {
         "mode": "dry-run (tiny dimensions)" if dry_run else "Whisper-small and SD-1.5 dimensions",
@@ -549,14 +561,11 @@ def run(dry_run: bool, output: Path, device: str | None = None) -> dict:
 
 # --- The python-torch target's runners (issue #20 item 4) -------------------------------------
 
-# This checkout: the runners are imported from its `src` (the GPU host has no install of the project).
-CHECKOUT = Path(__file__).resolve().parents[1]
-
 
 def torch_runner_classes():
     """The ``python-torch`` runners, imported from this checkout's ``src`` (no install needed)."""
-    if str(CHECKOUT / "src") not in sys.path:
-        sys.path.insert(0, str(CHECKOUT / "src"))
+    if str(SOURCE) not in sys.path:
+        sys.path.insert(0, str(SOURCE))
     from s2i.stages import torch_runner
     from s2i.stages.diffusion.torch_runner import UNetRunner
     from s2i.stages.whisper.torch_runner import WhisperDecoderRunner, WhisperDecoderWithPastRunner
@@ -696,9 +705,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="tiny dimensions on the CPU (what CI runs)")
     parser.add_argument("--output", type=Path, default=Path("build/gpu-check"), help="results folder")
     parser.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="skip the torch.compile variant (about 50 s of compiling per shape)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    results = run(args.dry_run, args.output, args.device)
+    results = run(args.dry_run, args.output, args.device, compile_unet=not args.no_compile)
     sys.stdout.write(markdown(results))
     return 0
 
