@@ -52,18 +52,20 @@ $(REAL_WHISPER)/model.safetensors: $(REAL_WHISPER_CT2)/model.bin
 DEMO_DIR ?= build/demo-trained
 WORLD_DIR := $(DEMO_DIR)/diffusion
 WORLD_STEPS ?= 2000
+WORLD_VAE_STEPS ?= 600
+WORLD_EVAL_LIMIT ?= 64
 WORLD_HELD_OUT_PROMPT := a red triangle, bright sunshine, vivid warm colours, joyful atmosphere, photograph
 WORLD_TRAIN_ARGS := --resolution 32 --no-flip --caption-dropout 0.1 --train-batch-size 32 \
 	--gradient-accumulation-steps 1 --learning-rate 5e-4 --lr-scheduler cosine --warmup-steps 100 \
 	--max-steps $(WORLD_STEPS) --no-gradient-checkpointing --mixed-precision no --ema-decay 0.995 \
 	--eval-steps 500 --eval-on-start --max-eval-samples 64 --checkpointing-steps 500 --logging-steps 50 \
 	--validation-steps $(WORLD_STEPS) --validation-prompts "$(WORLD_HELD_OUT_PROMPT)" --validation-seeds 0 1 2 3
-WORLD_EVAL_ARGS := --data $(WORLD_DIR)/data --limit 64
+WORLD_EVAL_ARGS := --data $(WORLD_DIR)/data --limit $(WORLD_EVAL_LIMIT)
 
 demo-trained-diffusion: setup $(WORLD_DIR)/model_repository/.complete
 
 $(WORLD_DIR)/base/model_index.json:
-	HF_HUB_OFFLINE=1 $(BIN)/s2i world build --output $(WORLD_DIR)
+	HF_HUB_OFFLINE=1 $(BIN)/s2i world build --output $(WORLD_DIR) --vae-steps $(WORLD_VAE_STEPS)
 
 $(WORLD_DIR)/trained/model_index.json: $(WORLD_DIR)/base/model_index.json
 	HF_HUB_OFFLINE=1 $(BIN)/s2i train diffusion --data $(WORLD_DIR)/data --checkpoint $(WORLD_DIR)/base \
