@@ -51,9 +51,9 @@ $(REAL_WHISPER)/model.safetensors: $(REAL_WHISPER_CT2)/model.bin
 # and its Triton model repository (`s2i convert`). Each step is skipped when its output exists.
 DEMO_DIR ?= build/demo-trained
 WORLD_DIR := $(DEMO_DIR)/diffusion
-WORLD_STEPS ?= 2000
-WORLD_VAE_STEPS ?= 600
-WORLD_EVAL_LIMIT ?= 64
+WORLD_STEPS ?= 800
+WORLD_VAE_STEPS ?= 300
+WORLD_EVAL_LIMIT ?= 48
 WORLD_HELD_OUT_PROMPT := a red triangle, bright sunshine, vivid warm colours, joyful atmosphere, photograph
 WORLD_TRAIN_ARGS := --resolution 32 --no-flip --caption-dropout 0.1 --train-batch-size 32 \
 	--gradient-accumulation-steps 1 --learning-rate 5e-4 --lr-scheduler cosine --warmup-steps 100 \
