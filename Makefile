@@ -26,7 +26,7 @@ WHISPER_TRAIN_CLIPS ?= 160
 WHISPER_TRAIN_MINUTES ?= 10
 WHISPER_MAX_STEPS ?= 400
 
-.PHONY: setup system demo web test lint clean real-whisper real-whisper-ct2 demo-trained-whisper
+.PHONY: setup system demo web test lint clean real-whisper real-whisper-ct2 demo-trained demo-trained-whisper demo-trained-diffusion
 
 setup: system $(VENV)/.installed
 
@@ -69,6 +69,47 @@ $(TRAINED_WHISPER)/eval_results.json: $(HINDI_CORPUS)/manifest.json $(REAL_WHISP
 		--warmup-steps 10 --max-steps $(WHISPER_MAX_STEPS) --max-train-minutes $(WHISPER_TRAIN_MINUTES) \
 		--max-train-samples $(WHISPER_TRAIN_CLIPS) --save-steps 50 --save-total-limit 1 --logging-steps 5 \
 		--generation-max-length 96
+
+# `make demo-trained`: both halves (the main job and the web app on them are not wired yet, see issue #18).
+demo-trained: demo-trained-whisper demo-trained-diffusion
+
+# `make demo-trained-diffusion`: a text-to-image model that draws what it is told, built once into
+# $(WORLD_DIR): the captioned shape world and its base checkpoint (`s2i world build`), the UNet trained on
+# it (`s2i train diffusion`), faithfulness on held-out captions before and after (`s2i world evaluate`)
+# and its Triton model repository (`s2i convert`). Each step is skipped when its output exists.
+WORLD_DIR := $(TRAINED_DIR)/diffusion
+WORLD_STEPS ?= 800
+WORLD_VAE_STEPS ?= 300
+WORLD_EVAL_LIMIT ?= 48
+WORLD_HELD_OUT_PROMPT := a red triangle, bright sunshine, vivid warm colours, joyful atmosphere, photograph
+WORLD_TRAIN_ARGS := --resolution 32 --no-flip --caption-dropout 0.1 --train-batch-size 32 \
+	--gradient-accumulation-steps 1 --learning-rate 5e-4 --lr-scheduler cosine --warmup-steps 100 \
+	--max-steps $(WORLD_STEPS) --no-gradient-checkpointing --mixed-precision no --ema-decay 0.995 \
+	--eval-steps 500 --eval-on-start --max-eval-samples 64 --checkpointing-steps 500 --logging-steps 50 \
+	--validation-steps $(WORLD_STEPS) --validation-prompts "$(WORLD_HELD_OUT_PROMPT)" --validation-seeds 0 1 2 3
+WORLD_EVAL_ARGS := --data $(WORLD_DIR)/data --limit $(WORLD_EVAL_LIMIT)
+
+demo-trained-diffusion: setup $(WORLD_DIR)/model_repository/.complete
+
+$(WORLD_DIR)/base/model_index.json:
+	HF_HUB_OFFLINE=1 $(BIN)/s2i world build --output $(WORLD_DIR) --vae-steps $(WORLD_VAE_STEPS)
+
+$(WORLD_DIR)/trained/model_index.json: $(WORLD_DIR)/base/model_index.json
+	HF_HUB_OFFLINE=1 $(BIN)/s2i train diffusion --data $(WORLD_DIR)/data --checkpoint $(WORLD_DIR)/base \
+		--output $(WORLD_DIR)/trained --eval-split dev $(WORLD_TRAIN_ARGS)
+
+$(WORLD_DIR)/faithfulness-trained.json: $(WORLD_DIR)/trained/model_index.json
+	HF_HUB_OFFLINE=1 $(BIN)/s2i world evaluate --checkpoint $(WORLD_DIR)/base $(WORLD_EVAL_ARGS) \
+		--report $(WORLD_DIR)/faithfulness-base.json --grid $(WORLD_DIR)/held-out-base.png
+	HF_HUB_OFFLINE=1 $(BIN)/s2i world evaluate --checkpoint $(WORLD_DIR)/trained $(WORLD_EVAL_ARGS) --split train \
+		--report $(WORLD_DIR)/faithfulness-trained-seen.json --grid $(WORLD_DIR)/seen-trained.png
+	HF_HUB_OFFLINE=1 $(BIN)/s2i world evaluate --checkpoint $(WORLD_DIR)/trained $(WORLD_EVAL_ARGS) \
+		--report $@ --grid $(WORLD_DIR)/held-out-trained.png
+
+$(WORLD_DIR)/model_repository/.complete: $(WORLD_DIR)/faithfulness-trained.json
+	HF_HUB_OFFLINE=1 $(BIN)/s2i convert --diffusion $(WORLD_DIR)/trained --output $(WORLD_DIR)/model_repository \
+		--work-dir $(WORLD_DIR)/onnx
+	touch $@
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/s2i demo

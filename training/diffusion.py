@@ -71,6 +71,13 @@ LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 REPORT_TARGETS = ("tensorboard",)
 
 
+def _check_fraction(name: str, value: float, *, allow_zero: bool) -> None:
+    """Refuse ``value`` outside ``(0, 1)`` (``[0, 1)`` with ``allow_zero``), naming the field."""
+    if not (0 <= value < 1 if allow_zero else 0 < value < 1):
+        bounds = "0 (inclusive) and 1 (exclusive)" if allow_zero else "0 and 1 (exclusive)"
+        raise ValueError(f"`{name}` must be between {bounds}, got {value}.")
+
+
 @dataclasses.dataclass
 class DiffusionTrainingConfig:
     """Everything ``s2i train diffusion`` takes; defaults follow diffusers' text-to-image recipe.
@@ -87,6 +94,8 @@ class DiffusionTrainingConfig:
         resolution: Square training (and validation) size in pixels; a multiple of 8.
         center_crop: Centre crops (else random crops).
         random_flip: Random horizontal flips.
+        caption_dropout: Share of training pairs whose caption is replaced by the empty prompt
+            (learns the unconditional prediction classifier-free guidance uses; 0 keeps the captions).
         learning_rate: AdamW learning rate.
         lr_scheduler: ``constant``, ``constant_with_warmup``, ``linear`` or ``cosine``.
         warmup_steps: Learning-rate warm-up steps.
@@ -130,6 +139,7 @@ class DiffusionTrainingConfig:
     resolution: int = 512
     center_crop: bool = True
     random_flip: bool = True
+    caption_dropout: float = 0.0
     learning_rate: float = 1e-5
     lr_scheduler: str = "constant"
     warmup_steps: int = 0
@@ -178,8 +188,8 @@ class DiffusionTrainingConfig:
         for name in ("checkpoints_total_limit", "max_train_samples"):
             if getattr(self, name) is not None:
                 check_positive(name, getattr(self, name))
-        if not 0 < self.ema_decay < 1:
-            raise ValueError(f"`ema_decay` must be between 0 and 1 (exclusive), got {self.ema_decay}.")
+        _check_fraction("caption_dropout", self.caption_dropout, allow_zero=True)
+        _check_fraction("ema_decay", self.ema_decay, allow_zero=False)
         if "{caption}" not in self.emotion_template or "{emotion}" not in self.emotion_template:
             raise ValueError(
                 f"`emotion_template` must contain `{{caption}}` and `{{emotion}}`, got {self.emotion_template!r}."
@@ -262,6 +272,7 @@ def _read_data(config: DiffusionTrainingConfig, tokenizer):
             center_crop=config.center_crop or role == "eval",
             random_flip=config.random_flip and role == "train",
             seed=config.seed,
+            caption_dropout=config.caption_dropout if role == "train" else 0.0,
         )
     return datasets, skipped
 
@@ -657,6 +668,9 @@ def add_train_parser(train_commands) -> None:
     data.add_argument("--resolution", type=int, default=_default("resolution"))
     data.add_argument("--random-crop", dest="center_crop", action="store_false", help="random instead of centre crops")
     data.add_argument("--no-flip", dest="random_flip", action="store_false", help="no random horizontal flips")
+    data.add_argument(
+        "--caption-dropout", type=float, default=_default("caption_dropout"), help="share of empty captions (for CFG)"
+    )
     data.add_argument("--max-train-samples", type=int)
     data.add_argument("--on-bad-data", choices=BAD_DATA_POLICIES, default=_default("on_bad_data"))
     model = parser.add_argument_group("model and output")

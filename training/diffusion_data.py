@@ -197,8 +197,10 @@ class CaptionDataset:
     """A map-style dataset of ``pixel_values`` and CLIP ``input_ids``; images decoded on access.
 
     Items are looked up by ``(epoch, index)`` (or ``index``, epoch 0): random
-    crops and flips draw from a generator seeded by ``(seed, epoch, index)``, so a
-    resumed run, or one with worker processes, sees the same augmentations.
+    crops, flips and caption dropout (the caption replaced by the empty prompt, so
+    the model also learns the unconditional prediction that guidance needs) draw
+    from a generator seeded by ``(seed, epoch, index)``, so a resumed run, or one
+    with worker processes, sees the same augmentations.
     """
 
     def __init__(
@@ -210,8 +212,12 @@ class CaptionDataset:
         center_crop: bool = True,
         random_flip: bool = False,
         seed: int = 0,
+        caption_dropout: float = 0.0,
     ) -> None:
+        if not 0.0 <= caption_dropout < 1.0:
+            raise ValueError(f"`caption_dropout` must be in [0, 1), got {caption_dropout}.")
         self.pairs = pairs
+        self.caption_dropout = caption_dropout
         self.resolution = resolution
         self.center_crop = center_crop
         self.random_flip = random_flip
@@ -223,6 +229,10 @@ class CaptionDataset:
             truncation=True,
             return_tensors="np",
         ).input_ids
+        # The empty prompt: what classifier-free guidance's unconditional branch encodes.
+        self.empty_ids = tokenizer(
+            "", max_length=tokenizer.model_max_length, padding="max_length", truncation=True, return_tensors="np"
+        ).input_ids[0]
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -236,7 +246,9 @@ class CaptionDataset:
             raise DataError(f"{pair.source}: {e} (it was readable when the data was checked; did it change?)") from e
         rng = random.Random(f"{self.seed}/{epoch}/{index}")
         pixels = image_to_array(image, self.resolution, center_crop=self.center_crop, flip=self.random_flip, rng=rng)
-        return {"pixel_values": pixels, "input_ids": self.input_ids[index]}
+        # Drawn after the crop and flip, so runs without dropout see the augmentations they always did.
+        dropped = self.caption_dropout and rng.random() < self.caption_dropout
+        return {"pixel_values": pixels, "input_ids": self.empty_ids if dropped else self.input_ids[index]}
 
 
 def collate(items: list[dict]) -> dict:

@@ -479,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     from s2i.training.diffusion import add_train_parser as _add_train_diffusion
 
     _add_train_diffusion(train_commands)
+    from s2i.training.world_model import add_world_parser
+
+    add_world_parser(commands)
 
     from s2i.training.hindi_corpus import add_parser as _add_hindi_corpus
 

@@ -245,6 +245,7 @@ def test_diffusion_training_refuses_mixed_precision_when_no_cuda(flickr8k, base_
         ("resolution", 100, r"`resolution` must be a positive multiple of 8, got 100"),
         ("emotion_template", "{caption}!", r"`emotion_template` must contain `\{caption\}` and `\{emotion\}`"),
         ("ema_decay", 1.0, r"`ema_decay` must be between 0 and 1"),
+        ("caption_dropout", 1.0, r"`caption_dropout` must be between 0 \(inclusive\) and 1"),
         ("train_batch_size", 0, r"`train_batch_size` must be > 0"),
     ],
 )
@@ -264,3 +265,27 @@ def test_cli_train_diffusion_prints_the_bad_files_when_policy_is_error(flickr8k,
     assert code == 2
     err = capsys.readouterr().err
     assert "corrupt.jpg" in err and "unreadable image" in err and "missing.jpg" in err
+
+
+def test_caption_dataset_drops_captions_deterministically_when_dropout_is_set(flickr8k, base_checkpoint):
+    from transformers import CLIPTokenizer
+
+    from s2i.training.diffusion_data import CaptionDataset
+
+    tokenizer = CLIPTokenizer.from_pretrained(base_checkpoint, subfolder="tokenizer")
+    pairs = read_flickr8k(flickr8k, "dev", issues=DataIssues("skip", "dev"))
+    empty = tokenizer("", max_length=77, padding="max_length", return_tensors="np").input_ids[0]
+
+    def dropped(dropout: float) -> list[bool]:
+        dataset = CaptionDataset(pairs, tokenizer, 64, caption_dropout=dropout, seed=3)
+        keys = [(epoch, index) for epoch in range(8) for index in range(len(pairs))]
+        return [bool((dataset[key]["input_ids"] == empty).all()) for key in keys]
+
+    assert not any(dropped(0.0))
+    half = dropped(0.5)
+    assert half == dropped(0.5)
+    assert 0 < sum(half) < len(half)
+    # Pixels do not depend on the dropout: its draw comes after the augmentations.
+    plain = CaptionDataset(pairs, tokenizer, 64, random_flip=True, seed=3)
+    with_dropout = CaptionDataset(pairs, tokenizer, 64, random_flip=True, seed=3, caption_dropout=0.5)
+    assert np.array_equal(plain[(2, 1)]["pixel_values"], with_dropout[(2, 1)]["pixel_values"])
