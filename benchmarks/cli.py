@@ -217,6 +217,9 @@ def _check_args(args) -> str | None:
         return "`--preview-every` needs `--workload stream` and a value of 0 (no previews) or more"
     if args.stability_percentage is None and args.measurement_interval_s is not None:
         return "`--measurement-interval-s` needs `--stability-percentage`"
+    if args.peer and (args.url or args.workload not in ("whisper", "pipeline")):
+        # Checked here: the peers are built after the served runs.
+        return "`--peer` needs a started server (`--preset`, no `--url`) and the `pipeline` or `whisper` workload"
     return _check_transport(args)
 
 
@@ -298,7 +301,7 @@ def _add_peers(args, workload, checkpoints, clips) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and write its report."""
     from s2i.benchmarks.report import markdown, write_report
-    from s2i.benchmarks.runner import BenchConfig, run_benchmark
+    from s2i.benchmarks.runner import BenchConfig, add_in_process, run_served
 
     problem = _check_args(args)
     if problem:
@@ -326,8 +329,11 @@ def run(args: argparse.Namespace) -> int:
             return 2
         clips = _audio(args) if args.workload in WORKLOADS else []
         workload = _workload(args, connection, checkpoints, clips)
-        _add_peers(args, workload, checkpoints, clips)
-        report = run_benchmark(connection, workload, config)
+        report = run_served(connection, workload, config)
+    # After a started server has stopped: its stage processes' memory (ONNX Runtime arenas) and
+    # threads are gone before the in-process reference and peers run.
+    _add_peers(args, workload, checkpoints, clips)
+    report = add_in_process(report, workload, config)
     report["preset"] = None if args.url else args.preset
     report["command"] = "s2i " + " ".join(sys.argv[1:])
     paths = write_report(report, args.output)

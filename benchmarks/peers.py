@@ -78,10 +78,19 @@ class OptimumDiffusion:
     def generate(
         self, prompts: Sequence[str], negative_prompts: Sequence[str], *, seed: int, num_inference_steps: int
     ) -> list[np.ndarray]:
-        """``uint8 [height, width, 3]`` images, one per prompt (a list is one batched pipeline call)."""
+        """``uint8 [height, width, 3]`` images, one per prompt (a list is one batched pipeline call).
+
+        Safe from several threads at once: the ONNX Runtime sessions are shared, the scheduler is not.
+        """
+        import copy
+
         import torch
 
-        images = self.pipeline(
+        # The scheduler keeps each call's state (its timesteps, step index, PNDM's history): threads
+        # sharing one corrupted it (`index 1001 is out of bounds` at concurrency 8).
+        pipeline = copy.copy(self.pipeline)
+        object.__setattr__(pipeline, "scheduler", copy.deepcopy(self.pipeline.scheduler))
+        images = pipeline(
             list(prompts),
             negative_prompt=list(negative_prompts),
             num_inference_steps=num_inference_steps,

@@ -114,6 +114,15 @@ def run_benchmark(url: str | Connection | Endpoint, workload: Workload, config: 
     ``url`` is ``host:port`` (gRPC), a connection (gRPC), or an :class:`Endpoint` (its protocol
     and shared-memory mode).
     """
+    return add_in_process(run_served(url, workload, config), workload, config)
+
+
+def run_served(url: str | Connection | Endpoint, workload: Workload, config: BenchConfig) -> dict:
+    """The served runs of ``config`` (warm-up, closed-loop levels, Poisson rates): the report without in-process paths.
+
+    :func:`add_in_process` completes it; a bench that started the server stops it in between,
+    so the in-process paths do not share the machine with idle stage processes.
+    """
     url = as_endpoint(url)
     statistics = _statistics_state(url, config.statistics)
     asyncio.run(
@@ -159,12 +168,6 @@ def run_benchmark(url: str | Connection | Endpoint, workload: Workload, config: 
             summary["server_cpu_s_per_request"] = (cpu_after - cpu_before) / completed
             summary["server_cores"] = (cpu_after - cpu_before) / wall_s
         runs.append({**summary, "server": stages})
-    baseline = run_baseline(workload, config.baseline_requests)
-    peers = {
-        name: [run_peer(peer, config.baseline_requests, level) for level in sorted({1, max(config.concurrencies)})]
-        for name, peer in workload.peers.items()
-        if config.baseline_requests > 0
-    }
     for run in runs:
         run["items_per_s"] = run["throughput_per_s"] * workload.items_per_request
     return {
@@ -176,10 +179,27 @@ def run_benchmark(url: str | Connection | Endpoint, workload: Workload, config: 
         "config": dataclasses.asdict(config),
         "machine": machine_info(url),
         "runs": runs,
+        "baseline": None,
+        "ratios": {},
+        "peers": {},
+        "peer_ratios": {},
+    }
+
+
+def add_in_process(report: dict, workload: Workload, config: BenchConfig) -> dict:
+    """``report`` with the in-process reference and peers run on the same inputs, and the ratios to them."""
+    baseline = run_baseline(workload, config.baseline_requests)
+    peers = {
+        name: [run_peer(peer, config.baseline_requests, level) for level in sorted({1, max(config.concurrencies)})]
+        for name, peer in workload.peers.items()
+        if config.baseline_requests > 0
+    }
+    return {
+        **report,
         "baseline": baseline,
-        "ratios": ratios(runs, baseline),
+        "ratios": ratios(report["runs"], baseline),
         "peers": peers,
-        "peer_ratios": peer_ratios(runs, peers),
+        "peer_ratios": peer_ratios(report["runs"], peers),
     }
 
 

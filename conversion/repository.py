@@ -87,7 +87,11 @@ def stage_model_spec(component: OnnxComponent, target: str) -> ModelSpec:
         # 0 = the cores the server process may use, shared among the model's instances (decided at
         # load time, so one repository fits any cpuset): a lone request's graph call then uses the
         # whole CPU, as PyTorch does in-process (measured in benchmarks/README.md).
-        parameters = {"onnx_file": ONNX_MODEL_FILE, "intra_op_threads": str(chosen.intra_op_threads)}
+        parameters = {
+            "onnx_file": ONNX_MODEL_FILE,
+            "intra_op_threads": str(chosen.intra_op_threads),
+            "max_rows_per_call": str(chosen.max_rows_per_call),
+        }
         return ModelSpec(backend="python", parameters=parameters, **common)
     if target == PYTHON_TORCH:
         if not component.torch_runner:

@@ -60,9 +60,13 @@ class OnnxStage:
         intra_op_threads: int = 0,
         providers: Sequence[str] | None = None,
         instances: int = 1,
+        max_rows_per_call: int = 0,
     ) -> None:
         import onnxruntime as ort
 
+        if max_rows_per_call < 0:
+            raise ValueError(f"`max_rows_per_call` must be 0 (no limit) or positive, got {max_rows_per_call}.")
+        self.max_rows_per_call = max_rows_per_call
         self.intra_op_threads = intra_op_threads_for(intra_op_threads, instances)
         self.session = ort.InferenceSession(
             str(onnx_path),
@@ -73,10 +77,20 @@ class OnnxStage:
         self.output_names = [node.name for node in self.session.get_outputs()]
 
     def run(self, inputs: Tensors, output_names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """Run the graph once on ``inputs``."""
+        """Run the graph on ``inputs``: once, or in slices of ``max_rows_per_call`` rows."""
         names = list(output_names or self.output_names)
-        values = self.session.run(names, {name: inputs[name] for name in self.input_names})
-        return dict(zip(names, values, strict=True))
+        feed = {name: inputs[name] for name in self.input_names}
+        rows = feed[self.input_names[0]].shape[0]
+        if not self.max_rows_per_call or rows <= self.max_rows_per_call:
+            return dict(zip(names, self.session.run(names, feed), strict=True))
+        # Rows are independent (a batch axis), so slices give the rows the whole batch would,
+        # with ONNX Runtime's activations sized for one slice.
+        step = self.max_rows_per_call
+        parts = [
+            self.session.run(names, {name: value[start : start + step] for name, value in feed.items()})
+            for start in range(0, rows, step)
+        ]
+        return {name: np.concatenate([part[i] for part in parts]) for i, name in enumerate(names)}
 
     def run_requests(
         self, requests: Sequence[Tensors], output_names: Sequence[str] | None = None

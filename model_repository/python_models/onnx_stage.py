@@ -1,7 +1,8 @@
 """Triton Python-backend model: one exported ONNX graph on ONNX Runtime.
 
-Parameters (config.pbtxt): ``onnx_file`` (beside this file) and ``intra_op_threads``
-(0: the cores this process may use, shared among the model's CPU instances).
+Parameters (config.pbtxt): ``onnx_file`` (beside this file), ``intra_op_threads``
+(0: the cores this process may use, shared among the model's CPU instances) and
+``max_rows_per_call`` (0: a batch in one ONNX Runtime call; else slices of that many rows).
 Input and output names come from the model config, which is generated from the
 same description the graph was checked against.
 """
@@ -30,6 +31,7 @@ class TritonPythonModel:
             version_dir / parameters["onnx_file"],
             int(parameters.get("intra_op_threads", "0")),
             instances=instances,
+            max_rows_per_call=int(parameters.get("max_rows_per_call", "0")),
         )
 
     def execute(self, requests):

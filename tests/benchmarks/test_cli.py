@@ -30,3 +30,19 @@ def test_bench_parser_accepts_quantize_int8_only():
     assert parser.parse_args(["bench", "--quantize", "int8"]).quantize == "int8"
     with pytest.raises(SystemExit):
         parser.parse_args(["bench", "--quantize", "int4"])
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--peer", "optimum", "--url", "127.0.0.1:9"],
+        ["--peer", "optimum", "--workload", "stream"],
+        ["--peer", "optimum", "--workload", "model:unet"],
+    ],
+)
+def test_bench_refuses_peer_before_any_server_when_it_cannot_run_one(flags, capsys):
+    # The peers are built after the served runs, so a peer that cannot run must stop the bench first.
+    from s2i.cli import main
+
+    assert main(["bench", *flags]) == 2
+    assert "`--peer` needs a started server (`--preset`, no `--url`)" in capsys.readouterr().err

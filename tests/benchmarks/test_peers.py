@@ -46,6 +46,26 @@ def test_optimum_diffusion_peer_matches_reference_pixels_when_same_seed(checkpoi
     assert image.std() > 0
 
 
+@pytest.mark.slow
+def test_optimum_diffusion_peer_gives_each_threads_own_image_when_calls_run_at_once(checkpoints, work_dir):
+    # One pipeline from several threads (the peer at concurrency 8): the tiny checkpoint's PNDM
+    # scheduler keeps per-call state, which threads sharing it corrupted.
+    from concurrent.futures import ThreadPoolExecutor
+
+    peer = OptimumDiffusion(checkpoints["diffusion"], work_dir)
+    seeds = list(range(6))
+    alone = [peer.generate(["a red fox"], [""], seed=seed, num_inference_steps=4)[0] for seed in seeds]
+    with ThreadPoolExecutor(len(seeds)) as pool:
+        together = list(
+            pool.map(lambda seed: peer.generate(["a red fox"], [""], seed=seed, num_inference_steps=4)[0], seeds)
+        )
+    assert peer.pipeline.scheduler.__class__.__name__ == "PNDMScheduler"
+    for image, expected in zip(together, alone, strict=True):
+        assert image.shape == (64, 64, 3)
+        np.testing.assert_array_equal(image, expected)
+    assert len({image.tobytes() for image in together}) == len(seeds)
+
+
 def test_run_peer_reports_throughput_latency_and_cpu_seconds_when_run_in_threads():
     calls = []
 

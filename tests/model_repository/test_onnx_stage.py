@@ -110,3 +110,59 @@ def test_served_stage_graph_threads_use_every_core_when_the_server_runs(triton_s
         assert len(affinities) > 1, f"`{name}` stub has a single thread"
         for thread_id, cpus in affinities.items():
             assert cpus == server_cpus, f"`{name}` thread {thread_id} is pinned to {sorted(cpus)}"
+
+
+def unet_rows(rows: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """``rows`` different UNet inputs of the tiny checkpoint (4 latent channels, 64x64 pixels, CLIP width 32)."""
+    rng = np.random.default_rng(seed)
+    return {
+        "sample": rng.standard_normal((rows, 4, 8, 8), dtype=np.float32),
+        "timestep": np.linspace(1, 901, rows, dtype=np.float32)[:, None],
+        "encoder_hidden_states": rng.standard_normal((rows, 77, 32), dtype=np.float32),
+    }
+
+
+def test_onnx_stage_run_gives_every_row_of_the_whole_batch_when_it_runs_in_slices(model_repository):
+    graph = model_repository.repository / "unet" / "1" / "model.onnx"
+    inputs = unet_rows(10)
+    whole = OnnxStage(graph).run(inputs)["out_sample"]
+    sliced = OnnxStage(graph, max_rows_per_call=4).run(inputs)["out_sample"]
+    assert sliced.shape == whole.shape == (10, 4, 8, 8)
+    np.testing.assert_allclose(sliced, whole, atol=1e-5)
+    # Rows differ, so a slice mix-up (a repeated or shifted slice) would show.
+    assert len({row.tobytes() for row in sliced}) == 10
+
+
+def test_onnx_stage_raises_naming_the_field_when_max_rows_per_call_is_negative(model_repository):
+    with pytest.raises(ValueError, match=r"`max_rows_per_call` must be 0 \(no limit\) or positive, got -1"):
+        OnnxStage(model_repository.repository / "unet" / "1" / "model.onnx", max_rows_per_call=-1)
+
+
+def test_served_unet_answers_a_batch_larger_than_its_slices_with_the_rows_of_one_call_when_the_server_runs(
+    triton_server, model_repository
+):
+    import tritonclient.grpc as grpcclient
+
+    from s2i.model_repository.config import parse_config
+
+    config = parse_config((model_repository.repository / "unet" / "config.pbtxt").read_text())
+    assert config.parameters["max_rows_per_call"].string_value == "4"
+    assert config.max_batch_size == 16
+    inputs = unet_rows(10, seed=1)
+    expected = OnnxStage(model_repository.repository / "unet" / "1" / "model.onnx").run(inputs)["out_sample"]
+    with grpcclient.InferenceServerClient(triton_server.grpc_url) as raw:
+        tensors = []
+        for name, value in inputs.items():
+            tensor = grpcclient.InferInput(name, list(value.shape), "FP32")
+            tensor.set_data_from_numpy(value)
+            tensors.append(tensor)
+        served = raw.infer("unet", tensors).as_numpy("out_sample")
+        # A bad batch next (wrong channel count) is refused and the model still answers after it.
+        wrong = grpcclient.InferInput("sample", [2, 3, 8, 8], "FP32")
+        wrong.set_data_from_numpy(np.zeros((2, 3, 8, 8), np.float32))
+        with pytest.raises(Exception, match="sample"):
+            raw.infer("unet", [wrong, *tensors[1:]])
+        again = raw.infer("unet", tensors).as_numpy("out_sample")
+    assert served.shape == (10, 4, 8, 8)
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    np.testing.assert_allclose(again, served, atol=1e-6)

@@ -40,6 +40,8 @@ def test_unet_config_batches_concurrent_steps_when_rendered(model_repository):
     config = parse_config((model_repository.repository / "unet" / "config.pbtxt").read_text())
     assert config.max_batch_size == 16
     assert list(config.dynamic_batching.preferred_batch_size) == [8, 16]
+    # CPU: Triton merges 16 rows, ONNX Runtime computes them 4 at a time (memory, deployment table).
+    assert config.parameters["max_rows_per_call"].string_value == "4"
     assert config.dynamic_batching.max_queue_delay_microseconds > 0
     assert [(tensor.name, list(tensor.dims)) for tensor in config.input] == [
         ("sample", [4, -1, -1]),

@@ -6,7 +6,8 @@ conditional, 1 row without), with its own ``timestep`` per row. Guidance is appl
 in the BLS model, so requests with different guidance scales, step counts or
 schedulers batch together; only the latent shape (``height``/``width``) must agree,
 which Triton's batcher enforces for variable dims. ``max_batch_size`` 16 lets eight
-guided requests share one call.
+guided requests share one call (on CPU computed 4 rows at a time: ``max_rows_per_call``
+in the deployment table).
 """
 
 from __future__ import annotations
