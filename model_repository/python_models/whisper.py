@@ -4,7 +4,8 @@ Features and decoding are in :mod:`s2i.stages.whisper.decoding`; the encoder gra
 is a stage model reached through BLS, so Triton batches its calls across
 concurrent requests. The decoder graphs run in this process when the config names
 a ``decoder_onnx_dir`` (the ``python-onnxruntime`` target: the KV cache stays bound
-in ONNX Runtime, :mod:`s2i.stages.whisper.runtime`), otherwise through BLS too.
+in ONNX Runtime, :mod:`s2i.stages.whisper.runtime`) or a ``decoder_torch_checkpoint``
+(``python-torch``: the cache stays torch tensors on the device), otherwise through BLS too.
 Checkpoint assets (tokenizer, feature extractor and generation configs) sit in
 ``assets/`` beside this file.
 """
@@ -29,6 +30,8 @@ from s2i.stages.whisper.decoding import (
 from s2i.stages.whisper.runtime import (
     DECODER_DIR_PARAMETER,
     DECODER_THREADS_PARAMETER,
+    TORCH_DECODER_DEVICE_PARAMETER,
+    TORCH_DECODER_PARAMETER,
     InProcessDecoder,
     routed_stage_runner,
 )
@@ -55,6 +58,17 @@ class TritonPythonModel:
                 instances=1,
             )
             # Counted like BLS calls, so the request's log line shows the decoder's steps and time.
+            run_stage = routed_stage_runner(self.bls.counted(self.decoder.run_stage), run_stage)
+        elif parameters.get(TORCH_DECODER_PARAMETER):
+            # python-torch: the same, the cache kept as device tensors. Imported here because only this
+            # target's repositories need torch in the loop's process.
+            from s2i.stages.torch_runner import TorchOptions
+            from s2i.stages.whisper.torch_runner import InProcessTorchDecoder
+
+            device = "cuda" if parameters.get(TORCH_DECODER_DEVICE_PARAMETER) == "gpu" else "cpu"
+            self.decoder = InProcessTorchDecoder(
+                version_dir / parameters[TORCH_DECODER_PARAMETER], TorchOptions.from_parameters(parameters, device)
+            )
             run_stage = routed_stage_runner(self.bls.counted(self.decoder.run_stage), run_stage)
         self.runner = WhisperRunner(version_dir / "assets", run_stage)
         self.observer = RequestObserver(pb_utils, args["model_name"], self.bls, counters=("tokens_generated",))

@@ -160,3 +160,27 @@ def test_python_torch_stage_refuses_bad_input_naming_the_field_and_serves_the_ne
     assert served.shape == (2, 4, 8, 12)
     np.testing.assert_allclose(served, expected, atol=1e-5)
     assert np.abs(served).max() > 0
+
+
+def test_python_torch_whisper_loop_decodes_in_its_own_process_when_served(
+    torch_repository, torch_server, torch_client, hindi_clips
+):
+    loop = config_of(torch_repository.repository, names.WHISPER)
+    parameters = {key: value.string_value for key, value in loop.parameters.items()}
+    assert parameters["decoder_torch_checkpoint"] == "decoder_checkpoint" and parameters["decoder_device"] == "cpu"
+    assert list((torch_repository.repository / names.WHISPER / "1" / "decoder_checkpoint").glob("*.safetensors"))
+    raw = grpcclient.InferenceServerClient(torch_server.grpc_url)
+    try:
+
+        def inferences(model: str) -> int:
+            stats = raw.get_inference_statistics(model, headers=torch_server.admin_headers)
+            return stats.model_stats[0].inference_stats.success.count
+
+        before = {model: inferences(model) for model in (names.WHISPER_ENCODER, names.WHISPER_DECODER_WITH_PAST)}
+        served = torch_client.translate(hindi_clips[1].wav_bytes, max_new_tokens=MAX_NEW_TOKENS)
+        assert len(served.token_ids) > 1
+        # The encoder is still a stage model reached through BLS; no decoding step crossed Triton.
+        assert inferences(names.WHISPER_ENCODER) > before[names.WHISPER_ENCODER]
+        assert inferences(names.WHISPER_DECODER_WITH_PAST) == before[names.WHISPER_DECODER_WITH_PAST]
+    finally:
+        raw.close()

@@ -7,13 +7,27 @@ import json
 from pathlib import Path
 
 from s2i import names
-from s2i.conversion.repository import PYTHON_ONNXRUNTIME, TARGETS, RepositoryModel, external_data_files
+from s2i.conversion.repository import (
+    PYTHON_ONNXRUNTIME,
+    PYTHON_TORCH,
+    TARGETS,
+    RepositoryModel,
+    device_of,
+    external_data_files,
+    torch_checkpoint_files,
+)
 from s2i.model_repository.components import OnnxComponent
 from s2i.model_repository.config import ModelSpec
 from s2i.model_repository.deployment import CPU, policy
 from s2i.stages.base import Stage, StageExport, UnsupportedCheckpointError
 from s2i.stages.whisper.decoding import DEFAULT_LANGUAGE, DecodingRules
-from s2i.stages.whisper.runtime import DECODER_DIR_PARAMETER, DECODER_FILES, DECODER_THREADS_PARAMETER
+from s2i.stages.whisper.runtime import (
+    DECODER_DIR_PARAMETER,
+    DECODER_FILES,
+    DECODER_THREADS_PARAMETER,
+    TORCH_DECODER_DEVICE_PARAMETER,
+    TORCH_DECODER_PARAMETER,
+)
 from s2i.stages.whisper.specs import whisper_components, whisper_model_spec
 
 # A larger init spread than transformers' 0.02 makes a random decoder's argmax
@@ -110,6 +124,8 @@ class WhisperStage(Stage):
         the native targets' loop and direct callers use them.
         """
         models = super().repository_models(checkpoint, exported, target)
+        if target == PYTHON_TORCH:
+            return self._with_torch_decoder(checkpoint, models)
         if target != PYTHON_ONNXRUNTIME:
             return models
         *stage_models, loop = models
@@ -122,6 +138,25 @@ class WhisperStage(Stage):
             **loop.spec.parameters,
             DECODER_DIR_PARAMETER: "decoder",
             DECODER_THREADS_PARAMETER: str(policy(names.WHISPER, CPU).intra_op_threads),
+        }
+        spec = dataclasses.replace(loop.spec, parameters=parameters)
+        return [*stage_models, dataclasses.replace(loop, spec=spec, files=files)]
+
+    @staticmethod
+    def _with_torch_decoder(checkpoint: Path, models: list[RepositoryModel]) -> list[RepositoryModel]:
+        """On ``python-torch``, the checkpoint beside the loop model, whose decoder then runs in its process."""
+        *stage_models, loop = models
+        files = dict(loop.files)
+        files.update(
+            {f"decoder_checkpoint/{relative}": path for relative, path in torch_checkpoint_files(checkpoint).items()}
+        )
+        parameters = {
+            **loop.spec.parameters,
+            TORCH_DECODER_PARAMETER: "decoder_checkpoint",
+            TORCH_DECODER_DEVICE_PARAMETER: device_of(PYTHON_TORCH),
+            names.TORCH_DTYPE_PARAMETER: "auto",
+            names.TORCH_CUDA_GRAPHS_PARAMETER: "false",
+            names.TORCH_COMPILE_PARAMETER: "false",
         }
         spec = dataclasses.replace(loop.spec, parameters=parameters)
         return [*stage_models, dataclasses.replace(loop, spec=spec, files=files)]

@@ -22,7 +22,7 @@ import torch
 
 from s2i import names
 from s2i.errors import InvalidInputError
-from s2i.stages.torch_runner import TorchStage, check_token_ids
+from s2i.stages.torch_runner import TorchOptions, TorchStage, check_token_ids
 from s2i.stages.whisper.decoding import past_names
 
 
@@ -168,3 +168,31 @@ class WhisperDecoderWithPastRunner(_WhisperDecoderBase):
         # see that encoder states exist, so one position stands in for the 1500.
         stand_in = torch.zeros(ids.shape[0], 1, self.d_model, device=ids.device, dtype=self.dtype)
         return self.step(ids, stand_in, cache)
+
+
+class InProcessTorchDecoder:
+    """``whisper_decoder`` and ``whisper_decoder_with_past`` in the ``whisper`` loop's process (``python-torch``).
+
+    :meth:`run_stage` is a :data:`~s2i.stages.runner.StageRunner` for the two decoder graphs,
+    with the contract of :class:`s2i.stages.whisper.runtime.InProcessDecoder`: ``present.*``
+    come back as torch tensors left on the runner's device and go into the next step as they
+    are; ``logits`` come back as a float32 numpy array of the last position only. One copy
+    of the weights serves both graphs.
+    """
+
+    def __init__(self, checkpoint: Path, options: TorchOptions) -> None:
+        model = load_whisper(checkpoint)
+        self.runners: dict[str, _WhisperDecoderBase] = {
+            names.WHISPER_DECODER: WhisperDecoderRunner(model=model, options=options),
+            names.WHISPER_DECODER_WITH_PAST: WhisperDecoderWithPastRunner(model=model, options=options),
+        }
+
+    def run_stage(self, model_name: str, inputs, output_names) -> dict[str, object]:
+        """Run one decoder step with the cache kept on the device."""
+        runner = self.runners[model_name]
+        runner.check(inputs)
+        outputs = runner.run_torch(inputs)
+        result: dict[str, object] = {name: outputs[name] for name in output_names if name != names.LOGITS}
+        if names.LOGITS in output_names:
+            result[names.LOGITS] = outputs[names.LOGITS][:, -1:, :].float().cpu().numpy()
+        return result
