@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from s2i.model_repository.components import OnnxComponent
+from s2i.model_repository.components import GraphMismatchError, OnnxComponent
 
 LOGGER = logging.getLogger(__name__)
 
@@ -121,16 +121,23 @@ def export_once(
 
     ``source`` (the checkpoint's configs, JSON-serialisable) is stamped next to the
     graphs; delete the folder to force a new export. Every graph is then checked
-    against its description.
+    against its description. A cached export that no longer matches its description
+    (the stage's code changed its graphs since) is exported again rather than refused.
     """
     onnx_dir = Path(onnx_dir)
     stamp = onnx_dir / "source_config.json"
     cached = stamp.is_file() and json.loads(stamp.read_text()) == json.loads(json.dumps(source))
     if cached and all((onnx_dir / component.onnx_file).is_file() for component in components):
-        LOGGER.info("Reusing the ONNX export in %s", onnx_dir)
-    else:
-        export()
-        onnx_dir.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(json.dumps(source))
+        try:
+            for component in components:
+                component.check_graph(onnx_dir / component.onnx_file)
+        except GraphMismatchError as error:
+            LOGGER.info("The ONNX export in %s is stale (%s); exporting again", onnx_dir, error)
+        else:
+            LOGGER.info("Reusing the ONNX export in %s", onnx_dir)
+            return
+    export()
+    onnx_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(source))
     for component in components:
         component.check_graph(onnx_dir / component.onnx_file)

@@ -8,6 +8,7 @@ from s2i.conversion.validation import (
     ValidationError,
     check_errors,
     check_tolerances,
+    export_once,
     graph_error,
     worst_error,
 )
@@ -82,3 +83,37 @@ def test_convert_reports_normalised_errors_far_within_tolerances_when_models_are
     assert all(0 <= error < 1e-5 for error in model_repository.normalised_error.values()), (
         model_repository.normalised_error
     )
+
+
+def _write_identity_graph(path, input_name: str) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [input_name], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(helper.make_model(graph), str(path))
+
+
+def test_export_once_exports_again_when_the_cached_graph_no_longer_matches_its_description(tmp_path):
+    def described(input_name: str) -> OnnxComponent:
+        inputs, outputs = (TensorSpec(input_name, "FP32", (4,)),), (TensorSpec("y", "FP32", (4,)),)
+        return OnnxComponent("graph", "graph.onnx", inputs, outputs, atol=1e-5)
+
+    source = {"hidden_size": 4}
+    exports = []
+
+    def export(input_name: str):
+        exports.append(input_name)
+        _write_identity_graph(tmp_path / "graph.onnx", input_name)
+
+    # An earlier version of the stage exported `samples` from the same checkpoint config; this one reads `features`.
+    export_once(tmp_path, source, [described("samples")], lambda: export("samples"))
+    export_once(tmp_path, source, [described("features")], lambda: export("features"))
+    export_once(tmp_path, source, [described("features")], lambda: export("features"))
+    # The stale export was replaced once, then reused.
+    assert exports == ["samples", "features"]
