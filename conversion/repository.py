@@ -47,6 +47,13 @@ ONNX_TARGETS = tuple(target for target in TARGETS if target != PYTHON_TORCH)
 ONNX_MODEL_FILE = "model.onnx"
 # Folder of a python-torch stage model's checkpoint files, beside its model.py.
 TORCH_CHECKPOINT_DIR = "checkpoint"
+# How a python-torch module runs, as model config parameters. CUDA graphs and compilation are off by
+# default: they cost seconds per shape at load or first use.
+TORCH_OPTION_DEFAULTS = {
+    names.TORCH_DTYPE_PARAMETER: "auto",
+    names.TORCH_CUDA_GRAPHS_PARAMETER: "false",
+    names.TORCH_COMPILE_PARAMETER: "false",
+}
 # Weight files transformers and diffusers load by default; other formats and variants
 # (`*.fp16.safetensors`, Flax, TensorFlow) are not copied.
 TORCH_WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -99,10 +106,7 @@ def stage_model_spec(component: OnnxComponent, target: str) -> ModelSpec:
         parameters = {
             names.TORCH_RUNNER_PARAMETER: component.torch_runner,
             names.TORCH_CHECKPOINT_PARAMETER: TORCH_CHECKPOINT_DIR,
-            names.TORCH_DTYPE_PARAMETER: "auto",
-            # Off by default: capture and compilation cost seconds per shape at load or first use.
-            names.TORCH_CUDA_GRAPHS_PARAMETER: "false",
-            names.TORCH_COMPILE_PARAMETER: "false",
+            **TORCH_OPTION_DEFAULTS,
         }
         return ModelSpec(backend="python", parameters=parameters, **common)
     if target in (ONNXRUNTIME, ONNXRUNTIME_GPU):

@@ -11,6 +11,7 @@ from s2i.conversion.repository import (
     PYTHON_ONNXRUNTIME,
     PYTHON_TORCH,
     TARGETS,
+    TORCH_OPTION_DEFAULTS,
     RepositoryModel,
     device_of,
     external_data_files,
@@ -117,46 +118,35 @@ class WhisperStage(Stage):
         return whisper_model_spec(exported.components[0].inputs[0].dims[0], device)
 
     def repository_models(self, checkpoint: Path, exported: StageExport, target: str) -> list[RepositoryModel]:
-        """As every stage's, plus, on ``python-onnxruntime``, the decoder graphs inside the loop model.
+        """As every stage's, plus the decoder inside the loop model on the two Python targets.
 
-        The loop then runs the decoder in its own process with the KV cache bound in place
-        (:mod:`s2i.stages.whisper.runtime`). The decoder stage models stay in the repository:
-        the native targets' loop and direct callers use them.
+        ``python-onnxruntime`` gets the decoder graphs, ``python-torch`` the checkpoint. The loop
+        then runs the decoder in its own process with the KV cache kept where it is computed
+        (:mod:`s2i.stages.whisper.runtime`). The decoder stage models stay in the repository: the
+        native targets' loop and direct callers use them.
         """
         models = super().repository_models(checkpoint, exported, target)
-        if target == PYTHON_TORCH:
-            return self._with_torch_decoder(checkpoint, models)
-        if target != PYTHON_ONNXRUNTIME:
+        if target == PYTHON_ONNXRUNTIME:
+            files: dict[str, Path] = {}
+            for file in DECODER_FILES.values():
+                graph = Path(exported.onnx_dir) / file
+                files[f"decoder/{file}"] = graph
+                files.update({f"decoder/{path.name}": path for path in external_data_files(graph)})
+            parameters = {
+                DECODER_DIR_PARAMETER: "decoder",
+                DECODER_THREADS_PARAMETER: str(policy(names.WHISPER, CPU).intra_op_threads),
+            }
+        elif target == PYTHON_TORCH:
+            files = {
+                f"decoder_checkpoint/{relative}": path for relative, path in torch_checkpoint_files(checkpoint).items()
+            }
+            parameters = {
+                TORCH_DECODER_PARAMETER: "decoder_checkpoint",
+                TORCH_DECODER_DEVICE_PARAMETER: device_of(PYTHON_TORCH),
+                **TORCH_OPTION_DEFAULTS,
+            }
+        else:
             return models
         *stage_models, loop = models
-        files = dict(loop.files)
-        for file in DECODER_FILES.values():
-            graph = Path(exported.onnx_dir) / file
-            files[f"decoder/{file}"] = graph
-            files.update({f"decoder/{path.name}": path for path in external_data_files(graph)})
-        parameters = {
-            **loop.spec.parameters,
-            DECODER_DIR_PARAMETER: "decoder",
-            DECODER_THREADS_PARAMETER: str(policy(names.WHISPER, CPU).intra_op_threads),
-        }
-        spec = dataclasses.replace(loop.spec, parameters=parameters)
-        return [*stage_models, dataclasses.replace(loop, spec=spec, files=files)]
-
-    @staticmethod
-    def _with_torch_decoder(checkpoint: Path, models: list[RepositoryModel]) -> list[RepositoryModel]:
-        """On ``python-torch``, the checkpoint beside the loop model, whose decoder then runs in its process."""
-        *stage_models, loop = models
-        files = dict(loop.files)
-        files.update(
-            {f"decoder_checkpoint/{relative}": path for relative, path in torch_checkpoint_files(checkpoint).items()}
-        )
-        parameters = {
-            **loop.spec.parameters,
-            TORCH_DECODER_PARAMETER: "decoder_checkpoint",
-            TORCH_DECODER_DEVICE_PARAMETER: device_of(PYTHON_TORCH),
-            names.TORCH_DTYPE_PARAMETER: "auto",
-            names.TORCH_CUDA_GRAPHS_PARAMETER: "false",
-            names.TORCH_COMPILE_PARAMETER: "false",
-        }
-        spec = dataclasses.replace(loop.spec, parameters=parameters)
-        return [*stage_models, dataclasses.replace(loop, spec=spec, files=files)]
+        spec = dataclasses.replace(loop.spec, parameters={**loop.spec.parameters, **parameters})
+        return [*stage_models, dataclasses.replace(loop, spec=spec, files={**loop.files, **files})]
