@@ -26,7 +26,8 @@ WHISPER_TRAIN_CLIPS ?= 160
 WHISPER_TRAIN_MINUTES ?= 10
 WHISPER_MAX_STEPS ?= 400
 
-.PHONY: setup system demo web test lint clean real-whisper real-whisper-ct2 demo-trained demo-trained-whisper demo-trained-diffusion
+.PHONY: setup system demo web test lint clean real-whisper real-whisper-ct2 demo-trained demo-trained-job web-trained \
+	demo-trained-whisper demo-trained-emotion demo-trained-diffusion
 
 setup: system $(VENV)/.installed
 
@@ -70,8 +71,26 @@ $(TRAINED_WHISPER)/eval_results.json: $(HINDI_CORPUS)/manifest.json $(REAL_WHISP
 		--max-train-samples $(WHISPER_TRAIN_CLIPS) --save-steps 50 --save-total-limit 1 --logging-steps 5 \
 		--generation-max-length 96
 
-# `make demo-trained`: both halves (the main job and the web app on them are not wired yet, see issue #18).
-demo-trained: demo-trained-whisper demo-trained-diffusion
+# `make demo-trained`: builds the trained models once (the targets below), then runs the main job on them
+# (`s2i demo`: the same conversion, server and stream as `make demo`), then the web app on the same repository
+# (`make web-trained`; Ctrl-C stops it). DEMO_TRAINED_TEXT is a held-out scene ("a red triangle": the
+# fine-tuned Whisper never heard it, the picture model never saw a red triangle), spoken with DEMO_TRAINED_EMOTION.
+DEMO_TRAINED_DIR := $(TRAINED_DIR)/serve
+DEMO_TRAINED_TEXT ?= एक लाल त्रिकोण
+DEMO_TRAINED_ENGLISH ?= a red triangle
+DEMO_TRAINED_EMOTION ?= happy
+DEMO_TRAINED_CHECKPOINTS = --whisper $(TRAINED_WHISPER) --emotion $(TRAINED_EMOTION) --diffusion $(WORLD_DIR)/trained
+
+demo-trained: demo-trained-job web-trained
+
+demo-trained-job: demo-trained-whisper demo-trained-emotion demo-trained-diffusion
+	HF_HUB_OFFLINE=1 $(BIN)/s2i demo --build-dir $(DEMO_TRAINED_DIR) $(DEMO_TRAINED_CHECKPOINTS) \
+		--text "$(DEMO_TRAINED_TEXT)" --voice-emotion $(DEMO_TRAINED_EMOTION) -o $(TRAINED_DIR)/demo.png
+
+web-trained: demo-trained-job
+	HF_HUB_OFFLINE=1 $(BIN)/s2i web --serve-repository $(DEMO_TRAINED_DIR)/model_repository --sizes default \
+		--sample-text "$(DEMO_TRAINED_TEXT)" --sample-english "$(DEMO_TRAINED_ENGLISH)" \
+		--sample-emotion $(DEMO_TRAINED_EMOTION)
 
 # `make demo-trained-diffusion`: a text-to-image model that draws what it is told, built once into
 # $(WORLD_DIR): the captioned shape world and its base checkpoint (`s2i world build`), the UNet trained on

@@ -11,10 +11,12 @@ import time
 from pathlib import Path
 
 from s2i import __version__
+from s2i.names import EMOTION_LABELS
 
 LOGGER = logging.getLogger("s2i")
 
 DEFAULT_BUILD_DIR = Path("build")
+TINY_DEMO_STEPS = 8
 
 
 def _checkpoints_dir(build_dir: Path) -> Path:
@@ -267,16 +269,22 @@ def cmd_speak(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job: tiny models -> repository -> server -> Hindi speech in -> image out."""
+    """The main job: checkpoints (tiny by default) -> repository -> server -> Hindi speech in -> image out."""
     from s2i.demo import run_demo
 
+    checkpoints = {name: getattr(args, name) for name in ("whisper", "emotion", "diffusion") if getattr(args, name)}
+    # Tiny random models: a short denoise and token budget keep the Quick start quick (a random Whisper
+    # rarely stops); given checkpoints get the server's defaults unless asked otherwise.
+    tiny = not checkpoints
     return run_demo(
         args.build_dir,
         args.text,
         args.output or args.build_dir / "demo" / "image.png",
-        steps=args.steps,
+        steps=args.steps if args.steps is not None else (TINY_DEMO_STEPS if tiny else None),
         seed=args.seed,
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=args.max_new_tokens if args.max_new_tokens is not None else (16 if tiny else None),
+        checkpoints=checkpoints,
+        voice_emotion=args.voice_emotion,
     )
 
 
@@ -293,6 +301,15 @@ def cmd_web(args: argparse.Namespace) -> int:
         from s2i.web.local import serve_tiny
 
         return serve_tiny(config, args.serve_tiny, forwarded_allow_ips=args.forwarded_allow_ips)
+    if args.serve_repository:
+        from s2i.web.local import serve_repository
+
+        return serve_repository(
+            config,
+            args.serve_repository,
+            log_file=args.serve_repository.parent / "tritonserver-web.log",
+            forwarded_allow_ips=args.forwarded_allow_ips,
+        )
     print(f"s2i web: http://{config.host}:{config.port}/ -> Triton {config.triton_url}", flush=True)
     run(config, forwarded_allow_ips=args.forwarded_allow_ips)
     return 0
@@ -315,6 +332,9 @@ _WEB_FLAGS = {
     "sizes": "image sizes offered, e.g. default,512x512 (HEIGHTxWIDTH)",
     "cache_dir": "where the bundled Hindi sample is written (default ~/.cache/s2i-web)",
     "max_new_tokens": "Whisper token budget per clip (default: the server's)",
+    "sample_text": "Hindi sentence of the page's sample clip",
+    "sample_english": "its English translation, shown beside it",
+    "sample_emotion": "speak the sample with this emotion's prosody",
 }
 
 
@@ -329,11 +349,18 @@ def _add_web(commands) -> None:
     web.add_argument("--ssl", action="store_true", help="talk TLS to Triton")
     web.add_argument("--header", action="append", help="name=value sent with every gRPC call (repeatable)")
     web.add_argument("--forwarded-allow-ips", help="proxies whose X-Forwarded-For is trusted (uvicorn)")
-    web.add_argument(
+    embedded = web.add_mutually_exclusive_group()
+    embedded.add_argument(
         "--serve-tiny",
         type=Path,
         metavar="BUILD_DIR",
         help="development: build the tiny models into BUILD_DIR and run an embedded tritonserver for the app",
+    )
+    embedded.add_argument(
+        "--serve-repository",
+        type=Path,
+        metavar="REPOSITORY",
+        help="development: run an embedded tritonserver on this model repository (e.g. trained models) for the app",
     )
     web.set_defaults(handler=cmd_web)
 
@@ -496,13 +523,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_parser(commands)
 
-    demo = commands.add_parser("demo", help="the main job: Hindi speech -> server -> image, on the tiny models")
+    demo = commands.add_parser("demo", help="the main job: Hindi speech -> server -> image (tiny models by default)")
     demo.add_argument("--build-dir", type=Path, default=DEFAULT_BUILD_DIR)
     demo.add_argument("--text", help="Hindi sentence to speak (default: a built-in one)")
     demo.add_argument("-o", "--output", type=Path, help="PNG to write (default: <build-dir>/demo/image.png)")
-    demo.add_argument("--steps", type=int, default=8, help="denoising steps")
+    for stage in ("whisper", "emotion", "diffusion"):
+        demo.add_argument(f"--{stage}", type=Path, help=f"serve this {stage} checkpoint folder (default: the tiny one)")
+    demo.add_argument("--voice-emotion", choices=EMOTION_LABELS, help="speak the sentence with this emotion")
+    demo.add_argument("--steps", type=int, help=f"denoising steps (tiny models: {TINY_DEMO_STEPS}; else the server's)")
     demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument("--max-new-tokens", type=int, default=16, help="Whisper token budget (random models never stop)")
+    demo.add_argument(
+        "--max-new-tokens", type=int, help="Whisper token budget (tiny models: 16, they never stop; else the server's)"
+    )
     demo.set_defaults(handler=cmd_demo)
 
     add_client_commands(commands)

@@ -7,9 +7,10 @@ import contextlib
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
-from s2i.speech import HINDI_SENTENCES
+from s2i.speech import HINDI_SENTENCES, speak
 
 
 @contextlib.contextmanager
@@ -39,22 +40,56 @@ def ticking(label: str, every_s: float = 1.0):
             print("\r", end="")
 
 
-def run_demo(build_dir: Path, text: str | None, output: Path, *, steps: int, seed: int, max_new_tokens: int) -> int:
-    """Build the tiny models, convert, serve, stream one Hindi clip through ``speech_to_image_stream``."""
+def run_demo(
+    build_dir: Path,
+    text: str | None,
+    output: Path,
+    *,
+    steps: int | None,
+    seed: int,
+    max_new_tokens: int | None,
+    checkpoints: Mapping[str, Path] | None = None,
+    voice_emotion: str | None = None,
+    work_dir: Path | None = None,
+) -> int:
+    """Convert checkpoints, serve them, stream one Hindi clip through ``speech_to_image_stream``.
+
+    Args:
+        build_dir: Where the repository, the spoken clip and the server log go.
+        text: Hindi sentence to speak (default: a built-in one).
+        output: PNG to write.
+        steps: Denoising steps (``None``: the server's default).
+        seed: Seed of the image.
+        max_new_tokens: Whisper token budget (``None``: the server's default).
+        checkpoints: Stage -> checkpoint folder to serve; every stage not named here serves
+            its tiny random checkpoint (built once into ``build_dir``; all of them: the Quick start).
+        voice_emotion: Speak the sentence with this emotion's prosody (``None``: espeak-ng's plain voice).
+        work_dir: ONNX export cache (default ``build_dir/onnx``).
+    """
     from s2i.conversion.convert import convert
     from s2i.server import ServerOptions, TritonServer
-    from s2i.speech import synthesize
+    from s2i.stages.registry import STAGES
     from s2i.tiny import build_tiny_checkpoints
 
-    print("[1/5] building the tiny checkpoints (cached) ...", flush=True)
-    checkpoints = build_tiny_checkpoints(build_dir / "checkpoints")
+    given = {name: Path(path) for name, path in (checkpoints or {}).items()}
+    unknown = sorted(set(given) - set(STAGES))
+    if unknown:
+        raise ValueError(f"`checkpoints` names unknown stages {unknown}; stages are {sorted(STAGES)}.")
+    missing = {name: str(path) for name, path in given.items() if not path.is_dir()}
+    if missing:
+        raise FileNotFoundError(f"Checkpoint folders not found: {missing}.")
+    tiny = [name for name in STAGES if name not in given]
+    print(f"[1/5] checkpoints: tiny {tiny or 'none'} (built once, cached), given {sorted(given) or 'none'}", flush=True)
+    chosen = build_tiny_checkpoints(build_dir / "checkpoints", sizes=dict.fromkeys(tiny, "tiny")) if tiny else {}
+    chosen |= given
     print("[2/5] exporting to ONNX, validating against PyTorch, writing the model repository ...", flush=True)
-    report = convert(checkpoints, build_dir / "model_repository")
+    report = convert(chosen, build_dir / "model_repository", work_dir=work_dir or build_dir / "onnx")
     worst = max(report.max_abs_diff.items(), key=lambda item: item[1])
     print(f"      {len(report.max_abs_diff)} graphs validated (largest max abs diff: {worst[0]} {worst[1]:.1e})")
     sentence = text or HINDI_SENTENCES[1]
-    speech = synthesize(sentence, build_dir / "speech" / "hindi.wav")
-    print(f"[3/5] Hindi speech: {speech} ({sentence})", flush=True)
+    speech = speak(sentence, build_dir / "speech" / "hindi.wav", emotion=voice_emotion)
+    spoken = f", spoken {voice_emotion}" if voice_emotion else ""
+    print(f"[3/5] Hindi speech: {speech} ({sentence}{spoken})", flush=True)
     print(f"[4/5] starting tritonserver with {len(report.models)} models ...", flush=True)
     log_file = build_dir / "tritonserver.log"
     server = TritonServer(ServerOptions(str(report.repository)).with_free_ports(), log_file=log_file)
@@ -77,7 +112,7 @@ def run_demo(build_dir: Path, text: str | None, output: Path, *, steps: int, see
     return 0
 
 
-async def _stream(url: str, speech: Path, *, steps: int, seed: int, max_new_tokens: int):
+async def _stream(url: str, speech: Path, *, steps: int | None, seed: int, max_new_tokens: int | None):
     from s2i.client import AsyncClient
 
     started = time.perf_counter()
@@ -90,7 +125,7 @@ async def _stream(url: str, speech: Path, *, steps: int, seed: int, max_new_toke
             if event.kind == "text":
                 print(f"      {elapsed:5.1f} s  translated and classified: {event.result.emotion!r}", flush=True)
             elif event.kind == "preview":
-                print(f"      {elapsed:5.1f} s  denoising step {event.step}/{steps}", flush=True)
+                print(f"      {elapsed:5.1f} s  denoising step {event.step}/{steps or 'default'}", flush=True)
             else:
                 print(f"      {elapsed:5.1f} s  image done", flush=True)
                 final = event.result

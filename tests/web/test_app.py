@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import io
 import json
 import socket
@@ -115,6 +116,9 @@ def test_config_load_takes_flags_over_environment_over_defaults(tmp_path):
         ({"S2I_WEB_MAX_JOBS": "many"}, "`max_jobs`: cannot read 'many'"),
         ({"S2I_WEB_SSL": "perhaps"}, "`ssl`"),
         ({"S2I_WEB_MAX_JOBS_PER_CLIENT": "9"}, "`max_jobs_per_client`"),
+        ({"S2I_WEB_SAMPLE_EMOTION": "ecstatic"}, "`sample_emotion`"),
+        ({"S2I_WEB_SAMPLE_TEXT": "   "}, "`sample_text`"),
+        ({"S2I_WEB_SAMPLE_TEXT": "क" * 201}, r"`sample_text`: invalid value 'क{79} \(see"),
     ],
 )
 def test_config_load_names_the_setting_when_a_value_is_invalid(environ, match):
@@ -472,16 +476,36 @@ def test_generate_sends_a_server_down_message_when_triton_is_unreachable(tmp_pat
     assert (line["outcome"], line["reason"], line["first_text_ms"]) == ("server_down", "server_down", None)
 
 
+def _sample_files(config):
+    return sorted(config.cache_dir.glob("sample-hi-*.wav"))
+
+
 def test_sample_is_spoken_once_into_the_cache_and_then_served_from_it(config):
     with TestClient(create_app(config)) as http:
         first = http.get("/api/sample.wav")
-        path = config.cache_dir / "sample-hi.wav"
+        (path,) = _sample_files(config)
         made = path.stat().st_mtime_ns
         second = http.get("/api/sample.wav")
     samples, rate = soundfile.read(io.BytesIO(first.content), dtype="float32")
     assert first.status_code == 200 and rate == 22_050 and samples.shape[0] / rate > 1.0
     assert np.max(np.abs(samples)) > 0.1
     assert second.content == first.content and path.stat().st_mtime_ns == made
+
+
+def test_sample_follows_the_configured_sentence_and_emotion_when_they_are_set(config):
+    with TestClient(create_app(config)) as http:
+        default = http.get("/api/sample.wav").content
+    configured = dataclasses.replace(
+        config, sample_text="दो लाल गोले", sample_english="two red circles", sample_emotion="sad"
+    )
+    with TestClient(create_app(configured)) as http:
+        options = http.get("/api/options").json()
+        spoken = http.get("/api/sample.wav").content
+    assert options["sample"] == {"hindi": "दो लाल गोले", "english": "two red circles"}
+    # A new sentence gets its own cache file, not the default sample's.
+    assert len(_sample_files(config)) == 2 and spoken != default
+    duration_s = soundfile.info(io.BytesIO(spoken)).duration
+    assert 0.3 < duration_s < soundfile.info(io.BytesIO(default)).duration
 
 
 def test_web_app_and_its_entry_point_import_neither_torch_nor_diffusers_when_loaded():

@@ -22,9 +22,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import importlib.resources
 import json
 import logging
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -56,8 +58,6 @@ LOGGER = logging.getLogger(__name__)
 StreamFactory = Callable[[bytes, GenerationOptions, "CallOptions"], AsyncIterator]
 # Server messages shown to people are cut to this many characters.
 MAX_MESSAGE_CHARS = 300
-SAMPLE_SENTENCE_INDEX = 1  # "एक बच्चा पार्क में खेल रहा है" (a child is playing in the park)
-SAMPLE_ENGLISH = "A child is playing in the park."
 SECURITY_HEADERS = {
     "content-security-policy": (
         "default-src 'self'; img-src 'self' data: blob:; media-src 'self' data: blob:; "
@@ -311,8 +311,6 @@ class WebApp:
 
     async def options(self, request: Request) -> Response:
         """What the page offers: bounds, schedulers, styles, emotions, sizes, the sample's text."""
-        from s2i.speech import HINDI_SENTENCES
-
         return JSONResponse(
             {
                 "max_duration_s": self.config.max_duration_s,
@@ -324,25 +322,30 @@ class WebApp:
                 "default_style": self.default_style,
                 "emotions": list(names.EMOTION_LABELS),
                 "sizes": ["default" if (h, w) == (0, 0) else f"{h}x{w}" for h, w in self.config.sizes],
-                "sample": {"hindi": HINDI_SENTENCES[SAMPLE_SENTENCE_INDEX], "english": SAMPLE_ENGLISH},
+                "sample": {"hindi": self.config.sample_text, "english": self.config.sample_english},
             }
         )
 
     async def sample(self, request: Request) -> Response:
-        """The bundled Hindi sample, spoken by espeak-ng into the cache folder on first use."""
-        from s2i.speech import HINDI_SENTENCES, synthesize
+        """The configured Hindi sample, spoken by espeak-ng into the cache folder on first use."""
+        from s2i.speech import speak
 
-        path = self.config.cache_dir / "sample-hi.wav"
+        path = self.config.cache_dir / f"sample-hi-{self._sample_key()}.wav"
         async with self._sample_lock:
             if not path.exists():
                 try:
                     partial = path.with_suffix(".partial.wav")
-                    await asyncio.to_thread(synthesize, HINDI_SENTENCES[SAMPLE_SENTENCE_INDEX], partial)
+                    await asyncio.to_thread(speak, self.config.sample_text, partial, emotion=self.config.sample_emotion)
                     partial.replace(path)
-                except (RuntimeError, OSError) as e:
+                except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
                     LOGGER.warning("could not make the sample: %s", e)
                     return JSONResponse({"error": "The sample is not available on this server."}, status_code=503)
         return FileResponse(path, media_type="audio/wav", headers={"cache-control": "no-cache"})
+
+    def _sample_key(self) -> str:
+        """Names the sample's cache file after what is spoken, so a changed sample is spoken again."""
+        spoken = f"{self.config.sample_emotion or ''}\n{self.config.sample_text}"
+        return hashlib.sha256(spoken.encode("utf-8")).hexdigest()[:16]
 
     async def generate(self, request: Request) -> Response:
         """Check everything, then stream the job's events (see the module docstring)."""

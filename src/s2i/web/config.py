@@ -12,12 +12,19 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from s2i.names import EMOTION_LABELS
+
 # The server refuses audio over 30 s (s2i.audio.MAX_DURATION_S); the app never sends more.
 SERVER_MAX_DURATION_S = 30.0
 # diffusers schedulers the server knows (s2i.stages.diffusion.sampling.SCHEDULERS; a test
 # checks they agree). Listed here so the web app does not import the diffusion stack.
 SCHEDULERS = ("ddim", "euler", "euler_ancestral", "dpmsolver++", "pndm", "lcm")
 ENV_PREFIX = "S2I_WEB_"
+# The page's sample clip: "a child is playing in the park" (s2i.speech.HINDI_SENTENCES[1]).
+DEFAULT_SAMPLE_TEXT = "एक बच्चा पार्क में खेल रहा है"
+DEFAULT_SAMPLE_ENGLISH = "A child is playing in the park."
+# espeak-ng speaks the sample once; a bound keeps that (and the page) small.
+MAX_SAMPLE_CHARS = 200
 
 
 def _default_cache_dir() -> Path:
@@ -53,6 +60,9 @@ class WebConfig:
             ``(0, 0)`` means the model's own size.
         cache_dir: Where the bundled Hindi sample is written on first use.
         expose_audio: Send back the WAV the app sent to Triton (play it back; the browser test uses it).
+        sample_text: The Hindi sentence of the page's sample clip (spoken by espeak-ng on first use).
+        sample_english: Its English translation, shown beside it.
+        sample_emotion: Speak the sample with this emotion's prosody (empty: espeak-ng's plain voice).
     """
 
     triton_url: str = "localhost:8001"
@@ -77,6 +87,9 @@ class WebConfig:
     sizes: tuple[tuple[int, int], ...] = ((0, 0), (256, 256), (512, 512))
     cache_dir: Path = dataclasses.field(default_factory=_default_cache_dir)
     expose_audio: bool = True
+    sample_text: str = DEFAULT_SAMPLE_TEXT
+    sample_english: str = DEFAULT_SAMPLE_ENGLISH
+    sample_emotion: str | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -92,10 +105,13 @@ class WebConfig:
             "preview_every": self.preview_every >= 0,
             "sizes": bool(self.sizes) and all(h >= 0 and w >= 0 for h, w in self.sizes),
             "port": 0 <= self.port <= 65535,
+            "sample_text": 0 < len(self.sample_text.strip()) <= MAX_SAMPLE_CHARS,
+            "sample_english": len(self.sample_english) <= MAX_SAMPLE_CHARS,
+            "sample_emotion": self.sample_emotion in (None, *EMOTION_LABELS),
         }
         for field, ok in checks.items():
             if not ok:
-                raise ValueError(f"`{field}`: invalid value {getattr(self, field)!r} (see `s2i web --help`).")
+                raise ValueError(f"`{field}`: invalid value {repr(getattr(self, field))[:80]} (see `s2i web --help`).")
 
     def client_options(self) -> dict:
         """Keyword options of :class:`s2i.client.AsyncClient` (the same as the CLI's client)."""
