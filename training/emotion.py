@@ -404,6 +404,7 @@ def _metrics(result: TrainingResult, config: TrainingConfig) -> dict:
 # speaks with) and the variants past the sixth male and female actor.
 UNSEEN_VOICES = ("hi", "hi+m7", "hi+Annie")
 SPOKEN_SCORES_FILE = "spoken_scenes.json"
+INTENSITIES = ("normal", "strong")
 
 
 @dataclasses.dataclass
@@ -428,11 +429,13 @@ def score_spoken_sentences(
     *,
     emotions: Sequence[str] = EMOTIONS,
     voices: Sequence[str] = UNSEEN_VOICES,
+    strong: bool = False,
 ) -> SpokenScores:
     """Speak every text with every emotion's prosody (voices in turn) and classify each clip with ``checkpoint``.
 
-    The demo makes its input the same way (:func:`~s2i.stages.emotion.ravdess.speak_with_emotion`),
-    so this says how plausible the served emotion is on sentences the classifier never heard.
+    The demo makes its input the same way (:func:`~s2i.stages.emotion.ravdess.speak_with_emotion`,
+    ``strong`` as there), so this says how plausible the served emotion is on sentences the
+    classifier never heard.
     """
     import soundfile
 
@@ -446,7 +449,9 @@ def score_spoken_sentences(
     for i, text in enumerate(texts):
         for j, emotion in enumerate(emotions):
             voice = voices[(i + j) % len(voices)]
-            wav = speak_with_emotion(text, emotion, Path(scratch) / f"{i:02d}-{emotion}.wav", voice=voice)
+            wav = speak_with_emotion(
+                text, emotion, Path(scratch) / f"{i:02d}-{emotion}.wav", voice=voice, strong=strong
+            )
             samples, rate = soundfile.read(wav, dtype="float32", always_2d=True)
             audio = resample(samples.mean(axis=1).astype(np.float32), int(rate), MODEL_SAMPLE_RATE_HZ)
             predictions.append((text, voice, emotion, reference.label(audio)))
@@ -457,10 +462,11 @@ def score_spoken_sentences(
     return SpokenScores(per_emotion, accuracy, predictions)
 
 
-def score_scene_phrases(checkpoint: Path, count: int) -> SpokenScores:
-    """:func:`score_spoken_sentences` on ``count`` held-out Hindi scene phrases; also written to ``spoken_scenes.json``.
+def score_scene_phrases(checkpoint: Path, count: int) -> dict[str, SpokenScores]:
+    """:func:`score_spoken_sentences` on ``count`` held-out Hindi scene phrases at both RAVDESS intensities.
 
-    The phrases are the Hindi corpus's held-out ones (``एक लाल त्रिकोण`` ...), never in the emotion corpus.
+    ``{"normal": ..., "strong": ...}``, also written to ``spoken_scenes.json``. The phrases are the
+    Hindi corpus's held-out ones (``एक लाल त्रिकोण`` ...), never in the emotion corpus.
     """
     import tempfile
 
@@ -470,8 +476,14 @@ def score_scene_phrases(checkpoint: Path, count: int) -> SpokenScores:
     if not 1 <= count <= len(phrases):
         raise ValueError(f"`count` must be between 1 and {len(phrases)} (the held-out scene phrases), got {count}.")
     texts = [pair.hindi for pair in phrases[:count]]
-    with tempfile.TemporaryDirectory(prefix="s2i-emotion-") as scratch:
-        scores = score_spoken_sentences(checkpoint, texts, Path(scratch))
-    report = {"texts": texts, "voices": list(UNSEEN_VOICES), **dataclasses.asdict(scores)}
+    scores = {}
+    for intensity in INTENSITIES:
+        with tempfile.TemporaryDirectory(prefix="s2i-emotion-") as scratch:
+            scores[intensity] = score_spoken_sentences(checkpoint, texts, Path(scratch), strong=intensity == "strong")
+    report = {
+        "texts": texts,
+        "voices": list(UNSEEN_VOICES),
+        **{intensity: dataclasses.asdict(result) for intensity, result in scores.items()},
+    }
     (Path(checkpoint) / SPOKEN_SCORES_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return scores

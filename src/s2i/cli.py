@@ -238,10 +238,11 @@ def cmd_train_emotion(args: argparse.Namespace) -> int:
     if args.score_scenes:
         from s2i.training.emotion import SPOKEN_SCORES_FILE, score_scene_phrases
 
-        scores = score_scene_phrases(result.checkpoint, args.score_scenes)
-        each = ", ".join(f"{emotion} {accuracy:.0%}" for emotion, accuracy in scores.per_emotion.items())
-        print(f"{args.score_scenes} held-out Hindi scene phrases x {len(scores.per_emotion)} emotions: ", end="")
-        print(f"accuracy {scores.accuracy:.0%} ({each}); {result.checkpoint / SPOKEN_SCORES_FILE}")
+        for intensity, scores in score_scene_phrases(result.checkpoint, args.score_scenes).items():
+            each = ", ".join(f"{emotion} {accuracy:.0%}" for emotion, accuracy in scores.per_emotion.items())
+            print(f"{args.score_scenes} held-out Hindi scene phrases x {len(scores.per_emotion)} emotions, ", end="")
+            print(f"{intensity} intensity: accuracy {scores.accuracy:.0%} ({each})")
+        print(f"predictions: {result.checkpoint / SPOKEN_SCORES_FILE}")
     return 0
 
 

@@ -183,7 +183,10 @@ def test_score_scene_phrases_writes_the_report_when_scored(tiny_emotion):
     scores = score_scene_phrases(tiny_emotion, 1)
     report = json.loads((tiny_emotion / SPOKEN_SCORES_FILE).read_text(encoding="utf-8"))
     assert report["texts"] == [held_out_scene_phrases()[0].hindi] and report["voices"] == list(UNSEEN_VOICES)
-    assert report["per_emotion"] == scores.per_emotion and len(report["predictions"]) == len(EMOTIONS)
+    assert set(scores) == {"normal", "strong"}
+    for intensity, result in scores.items():
+        assert report[intensity]["per_emotion"] == result.per_emotion
+        assert len(report[intensity]["predictions"]) == len(EMOTIONS)
 
 
 @pytest.mark.parametrize("count", [0, 13])

@@ -306,9 +306,10 @@ def synthesize_corpus(
 
     Every actor speaks both statements twice (repetitions jitter the prosody by a few
     percent) in every emotion and intensity: 60 files per actor. Existing files are kept.
-    With ``hindi_statements``, statement 01 is each of these sentences in turn (the next
-    one in every file) instead of always the same one, so a classifier learns the emotions'
-    prosody rather than how one sentence sounds in each.
+    With ``hindi_statements``, statement 01 is one of these sentences drawn at random (seeded)
+    for every file instead of always the same one, so a classifier learns the emotions'
+    prosody rather than how one sentence sounds in each (drawn, not cycled: a cycle as long as
+    an actor's files would pair each sentence with one emotion).
 
     Returns:
         The files, sorted.
@@ -317,6 +318,8 @@ def synthesize_corpus(
     output_dir = Path(output_dir)
     rng = np.random.default_rng(seed)
     hindi = tuple(hindi_statements) or (STATEMENTS[1][1],)
+    # Its own generator, so the prosody jitter is the same with or without `hindi_statements`.
+    draw = np.random.default_rng([seed, 1])
     paths = []
     for actor in actors:
         variant = actor_variant(actor)
@@ -333,7 +336,7 @@ def synthesize_corpus(
                             *(np.asarray(dataclasses.astuple(EMOTION_PROSODY[emotion])) * factor + jitter)
                         )
                         if statement == 1:
-                            text, hindi = hindi[0], hindi[1:] + hindi[:1]
+                            text = hindi[int(draw.integers(len(hindi)))]
                         path = folder / name.filename
                         paths.append(path)
                         if path.is_file():
