@@ -398,3 +398,92 @@ def _metrics(result: TrainingResult, config: TrainingConfig) -> dict:
         "history": result.history,
         "config": dataclasses.asdict(config),
     }
+
+
+# Voices the synthetic corpus's 12 actors do not use: espeak-ng's default Hindi voice (what the demo
+# speaks with) and the variants past the sixth male and female actor.
+UNSEEN_VOICES = ("hi", "hi+m7", "hi+Annie")
+SPOKEN_SCORES_FILE = "spoken_scenes.json"
+INTENSITIES = ("normal", "strong")
+
+
+@dataclasses.dataclass
+class SpokenScores:
+    """How often a classifier names the emotion sentences were spoken with.
+
+    Attributes:
+        per_emotion: Accuracy (0-1) of each emotion's clips.
+        accuracy: Over all clips.
+        predictions: ``(text, voice, emotion spoken, emotion predicted)`` per clip.
+    """
+
+    per_emotion: dict[str, float]
+    accuracy: float
+    predictions: list[tuple[str, str, str, str]]
+
+
+def score_spoken_sentences(
+    checkpoint: Path,
+    texts: Sequence[str],
+    scratch: Path,
+    *,
+    emotions: Sequence[str] = EMOTIONS,
+    voices: Sequence[str] = UNSEEN_VOICES,
+    strong: bool = False,
+) -> SpokenScores:
+    """Speak every text with every emotion's prosody (voices in turn) and classify each clip with ``checkpoint``.
+
+    The demo makes its input the same way (:func:`~s2i.stages.emotion.ravdess.speak_with_emotion`,
+    ``strong`` as there), so this says how plausible the served emotion is on sentences the
+    classifier never heard.
+    """
+    import soundfile
+
+    from s2i.stages.emotion.ravdess import speak_with_emotion
+    from s2i.stages.emotion.reference import EmotionReference
+
+    if not texts or not voices:
+        raise ValueError("`texts` and `voices` must not be empty.")
+    reference = EmotionReference(checkpoint)
+    predictions = []
+    for i, text in enumerate(texts):
+        for j, emotion in enumerate(emotions):
+            voice = voices[(i + j) % len(voices)]
+            wav = speak_with_emotion(
+                text, emotion, Path(scratch) / f"{i:02d}-{emotion}.wav", voice=voice, strong=strong
+            )
+            samples, rate = soundfile.read(wav, dtype="float32", always_2d=True)
+            audio = resample(samples.mean(axis=1).astype(np.float32), int(rate), MODEL_SAMPLE_RATE_HZ)
+            predictions.append((text, voice, emotion, reference.label(audio)))
+    per_emotion = {
+        emotion: float(np.mean([p[3] == emotion for p in predictions if p[2] == emotion])) for emotion in emotions
+    }
+    accuracy = float(np.mean([p[2] == p[3] for p in predictions]))
+    return SpokenScores(per_emotion, accuracy, predictions)
+
+
+def score_scene_phrases(checkpoint: Path, count: int) -> dict[str, SpokenScores]:
+    """:func:`score_spoken_sentences` on ``count`` held-out Hindi scene phrases at both RAVDESS intensities.
+
+    ``{"normal": ..., "strong": ...}``, also written to ``spoken_scenes.json``. The phrases are the
+    Hindi corpus's held-out ones (``एक लाल त्रिकोण`` ...), never in the emotion corpus.
+    """
+    import tempfile
+
+    from s2i.training.hindi_corpus import held_out_scene_phrases
+
+    phrases = held_out_scene_phrases()
+    if not 1 <= count <= len(phrases):
+        raise ValueError(f"`count` must be between 1 and {len(phrases)} (the held-out scene phrases), got {count}.")
+    texts = [pair.hindi for pair in phrases[:count]]
+    scores = {}
+    for intensity in INTENSITIES:
+        with tempfile.TemporaryDirectory(prefix="s2i-emotion-") as scratch:
+            scores[intensity] = score_spoken_sentences(checkpoint, texts, Path(scratch), strong=intensity == "strong")
+    report = {
+        "texts": texts,
+        "voices": list(UNSEEN_VOICES),
+        **{intensity: dataclasses.asdict(result) for intensity, result in scores.items()},
+    }
+    (Path(checkpoint) / SPOKEN_SCORES_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    return scores

@@ -4,7 +4,10 @@ No recorded Hindi speech can be downloaded here, so the demo fine-tune trains on
 speech synthesised offline. The committed source is the sentence list below
 (Devanagari with English translations, composed from subjects × activities ×
 places and subjects × feelings × times, each activity only in places where it
-makes sense); the audio is made at build time into a cache:
+makes sense), plus the shape world's scene phrases ("दो लाल गोले" -> "two red
+circles", every count × colour × shape of :mod:`s2i.training.world`, translated
+with exactly the world's :attr:`Scene.text` wording so the trained picture model
+understands the translation); the audio is made at build time into a cache:
 
     <output>/
         train.tsv  test.tsv        # Common Voice layout: path, sentence, translation, + how it was spoken
@@ -13,9 +16,11 @@ makes sense); the audio is made at build time into a cache:
 
 ``s2i train whisper --data <output>`` reads it directly (``--task translate``
 takes the ``translation`` column). The split is by sentence: a test sentence is
-never spoken in the training clips. Every clip's voice variant, speed, pitch,
-gain, silence and noise level come from a generator seeded with the corpus seed
-and the clip's name, so the same settings give the same audio.
+never spoken in the training clips. The held-out scene phrases are those of the
+world's held-out (colour, shape) pairs, which the picture model never saw either.
+Every clip's voice variant, speed, pitch, gain, silence, noise level and (for half
+of them) emotional prosody come from a generator seeded with the corpus seed and
+the clip's name, so the same settings give the same audio.
 """
 
 from __future__ import annotations
@@ -36,17 +41,21 @@ import numpy as np
 
 from s2i.audio import MODEL_SAMPLE_RATE_HZ, resample
 from s2i.speech import synthesize
-from s2i.training.common import check_positive
+from s2i.stages.emotion.ravdess import EMOTION_PROSODY, speak_with_emotion
+from s2i.training.common import check_positive, normalize_text
+from s2i.training.world import COLOURS, COUNT_WORDS, EMOTIONS, HELD_OUT_PAIRS, SHAPES, Scene
 
 LOGGER = logging.getLogger(__name__)
 
 # Bump when the sentences or the way they are spoken change, so cached corpora are rebuilt.
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 CLIPS_FOLDER = "clips"
-TSV_COLUMNS = ("path", "sentence", "translation", "voice", "speed_wpm", "pitch", "snr_db")
+TSV_COLUMNS = ("path", "sentence", "translation", "voice", "speed_wpm", "pitch", "snr_db", "emotion")
 DEFAULT_SEED = 18
 DEFAULT_TEST_SENTENCES = 60
+DEFAULT_SCENE_TAKES = 1
+SCENE_RESULTS_FILE = "scene_results.json"
 
 # (Hindi, English, agreement): the agreement picks the verb endings below.
 SUBJECTS = (
@@ -98,6 +107,27 @@ FEELINGS = (
 )
 TIMES = (("आज", "today"), ("अभी", "right now"))
 
+# The shape world in Hindi. Every noun is masculine: गोला (a round thing, a ball; the textbook वृत्त is
+# a circle's outline, rarely said of an object), वर्ग (the textbook square; चौकोर is mostly the adjective
+# "square-shaped"), त्रिकोण (triangle) and हीरा (the gem, whose shape the diamond is, as in "हीरे के
+# आकार का"; the geometric समचतुर्भुज "rhombus" is not everyday speech). (singular, plural direct case):
+# -आ nouns take -ए in the plural, consonant-final ones do not change.
+HINDI_SHAPES = {
+    "circle": ("गोला", "गोले"),
+    "square": ("वर्ग", "वर्ग"),
+    "triangle": ("त्रिकोण", "त्रिकोण"),
+    "diamond": ("हीरा", "हीरे"),
+}
+# Adjectives ending in -आ agree with a masculine plural noun (-ए); लाल and बैंगनी are invariant.
+HINDI_COLOURS = {
+    "red": ("लाल", "लाल"),
+    "yellow": ("पीला", "पीले"),
+    "green": ("हरा", "हरे"),
+    "blue": ("नीला", "नीले"),
+    "purple": ("बैंगनी", "बैंगनी"),
+}
+HINDI_COUNTS = {1: "एक", 2: "दो", 3: "तीन"}
+
 # espeak-ng's Hindi voice with its voice variants (male, female, Klatt synthesiser).
 VOICES = ("hi", "hi+m1", "hi+m2", "hi+m3", "hi+m4", "hi+f1", "hi+f2", "hi+f3", "hi+f4", "hi+klatt")
 SPEED_WPM = (120, 190)
@@ -105,15 +135,19 @@ PITCH = (25, 75)
 SNR_DB = (10.0, 30.0)
 PEAK = (0.3, 0.9)
 SILENCE_S = (0.0, 0.5)
+# Half the clips are spoken with an emotion's prosody (pitch, range, rate, volume on top of the voice's
+# own speed and pitch), as the demo speaks its input (`speak_with_emotion`), so Whisper hears those too.
+EMOTION_TAKE_FRACTION = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
 class SentencePair:
-    """One corpus sentence: its stable id, the Hindi text and its English translation."""
+    """One corpus sentence: its stable id, Hindi text, English translation and (a scene phrase's) scene."""
 
     sentence_id: int
     hindi: str
     english: str
+    scene: Scene | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +161,7 @@ class Take:
     lead_silence_s: float
     tail_silence_s: float
     snr_db: float
+    emotion: str = ""  # an EMOTION_PROSODY key spoken with, or "" for the voice's plain prosody
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,8 +172,9 @@ class CorpusConfig:
         output_dir: The corpus folder.
         seed: Seeds the split and every clip's voice, speed, pitch and noise.
         test_sentences: Sentences held out for the test split.
-        takes_per_train_sentence: Clips per training sentence (each spoken differently).
-        max_sentences: Use only the first this many sentences of the shuffled list (``None``: all).
+        takes_per_train_sentence: Clips per training everyday sentence (each spoken differently).
+        max_sentences: Use only the first this many everyday sentences of the shuffled list (``None``: all).
+        scene_takes: Clips per training scene phrase (0: no scene phrases in the corpus at all).
     """
 
     output_dir: Path
@@ -146,16 +182,18 @@ class CorpusConfig:
     test_sentences: int = DEFAULT_TEST_SENTENCES
     takes_per_train_sentence: int = 1
     max_sentences: int | None = None
+    scene_takes: int = DEFAULT_SCENE_TAKES
 
     def validate(self) -> None:
         """Refuse settings that cannot make a corpus, naming the field."""
         check_positive("test_sentences", self.test_sentences)
         check_positive("takes_per_train_sentence", self.takes_per_train_sentence)
-        total = len(sentences()) if self.max_sentences is None else self.max_sentences
+        check_positive("scene_takes", self.scene_takes, allow_zero=True)
+        total = len(everyday_sentences()) if self.max_sentences is None else self.max_sentences
         check_positive("max_sentences", total)
         if self.test_sentences >= total:
             raise ValueError(
-                f"`test_sentences` ({self.test_sentences}) must be fewer than the {total} sentences used, "
+                f"`test_sentences` ({self.test_sentences}) must be fewer than the {total} everyday sentences used, "
                 "so something is left to train on."
             )
 
@@ -174,7 +212,13 @@ def _nfc(text: str) -> str:
 
 
 def sentences() -> list[SentencePair]:
-    """Every sentence of the corpus, in a fixed order (ids are positions in this list)."""
+    """Every sentence of the corpus, in a fixed order (ids are positions): the everyday ones, then the scene phrases."""
+    everyday = everyday_sentences()
+    return everyday + scene_phrases(first_id=len(everyday))
+
+
+def everyday_sentences() -> list[SentencePair]:
+    """The everyday sentences (subjects doing things in places, or feeling something), ids from 0."""
     pairs: list[tuple[str, str]] = []
     for subject, english_subject, agreement in SUBJECTS:
         for stem, doing, places in ACTIVITIES:
@@ -197,19 +241,65 @@ def sentences() -> list[SentencePair]:
     return [SentencePair(index, _nfc(hindi), english) for index, (hindi, english) in enumerate(pairs)]
 
 
+def hindi_scene(scene: Scene) -> str:
+    """What a Hindi speaker says for ``scene``: count, colour, shape (``"दो पीले गोले"``), agreeing in number."""
+    number = 0 if scene.count == 1 else 1
+    return _nfc(
+        f"{HINDI_COUNTS[scene.count]} {HINDI_COLOURS[scene.colour][number]} {HINDI_SHAPES[scene.shape][number]}"
+    )
+
+
+def scene_phrases(first_id: int = 0) -> list[SentencePair]:
+    """Every (count, colour, shape) of the shape world as a bare noun phrase, translated as its ``Scene.text``."""
+    # The emotion does not change what is said; any one gives the same text.
+    scenes = [
+        Scene(colour, shape, count, EMOTIONS[0]) for colour in COLOURS for shape in SHAPES for count in COUNT_WORDS
+    ]
+    return [SentencePair(first_id + i, hindi_scene(scene), scene.text, scene) for i, scene in enumerate(scenes)]
+
+
+def is_held_out_scene(pair: SentencePair) -> bool:
+    """Whether ``pair`` is a scene phrase of one of the world's held-out (colour, shape) pairs."""
+    return pair.scene is not None and (pair.scene.colour, pair.scene.shape) in HELD_OUT_PAIRS
+
+
+def training_sentences(count: int) -> list[str]:
+    """``count`` Hindi sentences of the default split's training side, never held out: scene phrases first.
+
+    Scene phrases come first because the demo says them; then everyday sentences. The default split
+    holds out the most everyday sentences, so these are training sentences of any smaller corpus too
+    (``--max-sentences`` keeps the same shuffle's first ones).
+    """
+    train, _ = split_sentences(sentences(), test_sentences=DEFAULT_TEST_SENTENCES, seed=DEFAULT_SEED)
+    if not 1 <= count <= len(train):
+        raise ValueError(f"`count` must be between 1 and {len(train)}, got {count}.")
+    ordered = [pair for pair in train if pair.scene] + [pair for pair in train if not pair.scene]
+    return [pair.hindi for pair in ordered[:count]]
+
+
+def held_out_scene_phrases() -> list[SentencePair]:
+    """The scene phrases of the world's held-out pairs: in the test split only, never trained on."""
+    return [pair for pair in scene_phrases(first_id=len(everyday_sentences())) if is_held_out_scene(pair)]
+
+
 def split_sentences(
     pairs: list[SentencePair], *, test_sentences: int, seed: int, max_sentences: int | None = None
 ) -> tuple[list[SentencePair], list[SentencePair]]:
-    """Shuffle with ``seed`` and hold out ``test_sentences``: (train, test), disjoint.
+    """Hold out ``test_sentences`` everyday sentences and the held-out scene phrases: (train, test), disjoint.
 
-    The training sentences stay shuffled, so the first N of them (``--max-train-samples``)
-    are a random subset rather than the first subjects of the list; the test ones are sorted by id.
+    The everyday sentences are shuffled with ``seed`` (only the first ``max_sentences`` of them are
+    used); the scene phrases of the world's held-out (colour, shape) pairs are tested, never trained
+    on, like the picture model. The training sentences stay shuffled, so the first N of them
+    (``--max-train-samples``) are a random mix; the test ones are sorted by id.
     """
-    order = list(pairs)
-    random.Random(seed).shuffle(order)
+    everyday = [p for p in pairs if p.scene is None]
+    random.Random(seed).shuffle(everyday)
     if max_sentences is not None:
-        order = order[:max_sentences]
-    test, train = order[:test_sentences], order[test_sentences:]
+        everyday = everyday[:max_sentences]
+    scenes = [p for p in pairs if p.scene is not None]
+    test = everyday[:test_sentences] + [p for p in scenes if is_held_out_scene(p)]
+    train = everyday[test_sentences:] + [p for p in scenes if not is_held_out_scene(p)]
+    random.Random(f"train:{seed}").shuffle(train)
     return train, sorted(test, key=lambda p: p.sentence_id)
 
 
@@ -235,6 +325,8 @@ def draw_take(seed: int, name: str) -> Take:
         lead_silence_s=round(rng.uniform(*SILENCE_S), 3),
         tail_silence_s=round(rng.uniform(*SILENCE_S), 3),
         snr_db=round(rng.uniform(*SNR_DB), 1),
+        # Drawn last, so the settings above are what they were before emotions were added.
+        emotion=rng.choice(tuple(EMOTION_PROSODY)) if rng.random() < EMOTION_TAKE_FRACTION else "",
     )
 
 
@@ -242,7 +334,12 @@ def speak(text: str, take: Take, *, seed: int, name: str, scratch: Path) -> np.n
     """``text`` spoken by espeak-ng as ``take`` says, at 16 kHz: scaled, padded with silence, with white noise."""
     import soundfile
 
-    wav = synthesize(text, scratch / name, voice=take.voice, speed_wpm=take.speed_wpm, pitch=take.pitch)
+    if take.emotion:
+        wav = speak_with_emotion(
+            text, take.emotion, scratch / name, voice=take.voice, speed_wpm=take.speed_wpm, pitch=take.pitch
+        )
+    else:
+        wav = synthesize(text, scratch / name, voice=take.voice, speed_wpm=take.speed_wpm, pitch=take.pitch)
     samples, rate = soundfile.read(wav, dtype="float32", always_2d=False)
     wav.unlink()
     if samples.size == 0 or not np.any(samples):
@@ -258,6 +355,10 @@ def speak(text: str, take: Take, *, seed: int, name: str, scratch: Path) -> np.n
     return np.clip(clip + noise.astype(np.float32), -1.0, 1.0)
 
 
+def _takes(config: CorpusConfig, pair: SentencePair) -> int:
+    return config.scene_takes if pair.scene is not None else config.takes_per_train_sentence
+
+
 def _manifest(config: CorpusConfig, train: list[SentencePair], test: list[SentencePair]) -> dict:
     listing = "\n".join(f"{p.sentence_id}\t{p.hindi}\t{p.english}" for p in (*train, *test))
     return {
@@ -266,27 +367,31 @@ def _manifest(config: CorpusConfig, train: list[SentencePair], test: list[Senten
         "test_sentences": config.test_sentences,
         "takes_per_train_sentence": config.takes_per_train_sentence,
         "max_sentences": config.max_sentences,
+        "scene_takes": config.scene_takes,
         "sample_rate_hz": MODEL_SAMPLE_RATE_HZ,
         "train_sentences": len(train),
-        "train_clips": len(train) * config.takes_per_train_sentence,
+        "train_clips": sum(_takes(config, p) for p in train),
         "test_clips": len(test),
+        "test_scene_phrases": sum(p.scene is not None for p in test),
         "sentences_sha256": hashlib.sha256(listing.encode()).hexdigest(),
     }
 
 
-def _write_split(root: Path, split: str, pairs: Iterable[SentencePair], takes: int, seed: int, scratch: Path) -> None:
+def _write_split(root: Path, split: str, pairs: Iterable[tuple[SentencePair, int]], seed: int, scratch: Path) -> None:
     import soundfile
 
     with (root / f"{split}.tsv").open("w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_NONE, escapechar="\\")
         writer.writerow(TSV_COLUMNS)
-        for pair in pairs:
+        for pair, takes in pairs:
             for index in range(takes):
                 name = clip_name(pair, index)
                 take = draw_take(seed, name)
                 audio = speak(pair.hindi, take, seed=seed, name=name, scratch=scratch)
                 soundfile.write(root / CLIPS_FOLDER / name, audio, MODEL_SAMPLE_RATE_HZ, subtype="PCM_16")
-                writer.writerow((name, pair.hindi, pair.english, take.voice, take.speed_wpm, take.pitch, take.snr_db))
+                writer.writerow(
+                    (name, pair.hindi, pair.english, take.voice, take.speed_wpm, take.pitch, take.snr_db, take.emotion)
+                )
 
 
 def build_corpus(config: CorpusConfig) -> Corpus:
@@ -297,8 +402,9 @@ def build_corpus(config: CorpusConfig) -> Corpus:
     """
     config.validate()
     root = Path(config.output_dir)
+    pairs = sentences() if config.scene_takes else everyday_sentences()
     train, test = split_sentences(
-        sentences(), test_sentences=config.test_sentences, seed=config.seed, max_sentences=config.max_sentences
+        pairs, test_sentences=config.test_sentences, seed=config.seed, max_sentences=config.max_sentences
     )
     manifest = _manifest(config, train, test)
     if (root / MANIFEST_FILE).is_file() and json.loads((root / MANIFEST_FILE).read_text()) == manifest:
@@ -308,13 +414,47 @@ def build_corpus(config: CorpusConfig) -> Corpus:
     shutil.rmtree(staging, ignore_errors=True)
     (staging / CLIPS_FOLDER).mkdir(parents=True)
     with tempfile.TemporaryDirectory(prefix="s2i-espeak-") as scratch:
-        _write_split(staging, "train", train, config.takes_per_train_sentence, config.seed, Path(scratch))
-        _write_split(staging, "test", test, 1, config.seed, Path(scratch))
+        _write_split(staging, "train", [(p, _takes(config, p)) for p in train], config.seed, Path(scratch))
+        _write_split(staging, "test", [(p, 1) for p in test], config.seed, Path(scratch))
     (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     shutil.rmtree(root, ignore_errors=True)
     staging.rename(root)
     LOGGER.info("Built corpus %s: %d train clips, %d test clips", root, manifest["train_clips"], len(test))
     return Corpus(root, train, test)
+
+
+def scene_phrase_scores(predictions: Path) -> dict:
+    """How many scene phrases ``predictions`` (an ``eval_predictions.tsv``) translated exactly.
+
+    Exact up to case and punctuation (:func:`normalize_text`): "Two red circles." matches
+    "two red circles", the caption the picture model understands. Every-day sentences are left out.
+
+    Raises:
+        ValueError: The file has no translated scene phrase.
+    """
+    texts = {pair.english for pair in scene_phrases()}
+    with Path(predictions).open(encoding="utf-8", newline="") as f:
+        rows = [r for r in csv.DictReader(f, delimiter="\t") if r["task"] == "translate" and r["reference"] in texts]
+    if not rows:
+        raise ValueError(f"`predictions` {predictions} has no translated scene phrase.")
+    exact = sum(normalize_text(r["hypothesis"]) == normalize_text(r["reference"]) for r in rows)
+    return {
+        "phrases": len(rows),
+        "exact": exact,
+        "exact_match": exact / len(rows),
+        "translations": {r["reference"]: r["hypothesis"] for r in rows},
+    }
+
+
+def write_scene_results(trained: Path) -> dict[str, dict]:
+    """Score ``eval_predictions_before.tsv`` and ``eval_predictions.tsv`` of ``trained`` into ``scene_results.json``."""
+    trained = Path(trained)
+    files = {"before": "eval_predictions_before.tsv", "after": "eval_predictions.tsv"}
+    results = {when: scene_phrase_scores(trained / name) for when, name in files.items() if (trained / name).is_file()}
+    if not results:
+        raise ValueError(f"`score`: {trained} has no eval_predictions.tsv; train with an eval split first.")
+    (trained / SCENE_RESULTS_FILE).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    return results
 
 
 def add_parser(commands) -> None:
@@ -328,7 +468,16 @@ def add_parser(commands) -> None:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--test-sentences", type=int, default=DEFAULT_TEST_SENTENCES)
     parser.add_argument("--takes-per-train-sentence", type=int, default=1)
-    parser.add_argument("--max-sentences", type=int, help="use only this many sentences (a smaller corpus)")
+    parser.add_argument("--max-sentences", type=int, help="use only this many everyday sentences (a smaller corpus)")
+    parser.add_argument(
+        "--scene-takes", type=int, default=DEFAULT_SCENE_TAKES, help="clips per training scene phrase (0: none)"
+    )
+    parser.add_argument(
+        "--score",
+        type=Path,
+        metavar="TRAINED",
+        help=f"also score the scene phrases of a `s2i train whisper` output folder into TRAINED/{SCENE_RESULTS_FILE}",
+    )
     parser.set_defaults(handler=run_cli)
 
 
@@ -341,7 +490,15 @@ def run_cli(args) -> int:
             test_sentences=args.test_sentences,
             takes_per_train_sentence=args.takes_per_train_sentence,
             max_sentences=args.max_sentences,
+            scene_takes=args.scene_takes,
         )
     )
     print(f"corpus: {corpus.root} ({len(corpus.train)} train sentences, {len(corpus.test)} test sentences)")
+    if args.score:
+        results = write_scene_results(args.score)
+        for when, scores in results.items():
+            print(
+                f"{when}: {scores['exact']}/{scores['phrases']} held-out scene phrases translated exactly "
+                f"({scores['exact_match']:.0%}; case and punctuation ignored)"
+            )
     return 0

@@ -104,6 +104,10 @@ class WhisperTrainingConfig:
         generation_max_length: ``max_length`` of ``generate`` during evaluation.
         gradient_checkpointing: Recompute activations in the backward pass (less memory, ~30 % slower).
         freeze_encoder: Train the decoder only, on encoder outputs computed once per clip.
+        freeze_embeddings_and_cross_kv: Also keep the decoder's token and position embeddings (the token
+            embedding is the tied output layer over the whole vocabulary) and its cross-attention key/value
+            projections (which read all 1500 encoder frames) as they are: on a CPU they are most of a
+            decoder step's gradient work, and with a frozen encoder they only re-project unchanging inputs.
         mixed_precision: ``auto``, ``no``, ``fp16`` or ``bf16`` (the last two need CUDA).
         seed: Seed of initialisation-independent randomness (data order).
         on_bad_data: ``skip`` or ``error`` (see :mod:`s2i.training.common`).
@@ -139,6 +143,7 @@ class WhisperTrainingConfig:
     generation_max_length: int = 225
     gradient_checkpointing: bool = False
     freeze_encoder: bool = False
+    freeze_embeddings_and_cross_kv: bool = False
     mixed_precision: str = "auto"
     seed: int = 42
     on_bad_data: str = SKIP
@@ -270,11 +275,24 @@ class _OwnEvaluation:
             "steps": steps,
             "train_seconds": round(seconds, 1),
             "freeze_encoder": self.config.freeze_encoder,
+            "freeze_embeddings_and_cross_kv": self.config.freeze_embeddings_and_cross_kv,
             "before": baseline.metrics if baseline else None,
             "after": after,
         }
         path = Path(self.config.output_dir) / EVAL_RESULTS_FILE
         path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+
+def freeze_embeddings_and_cross_kv(model) -> None:
+    """Stop training ``model``'s decoder embeddings (tied output layer included) and cross-attention keys/values."""
+    decoder = model.model.decoder
+    decoder.embed_tokens.requires_grad_(False)
+    decoder.embed_positions.requires_grad_(False)
+    for layer in decoder.layers:
+        layer.encoder_attn.k_proj.requires_grad_(False)
+        layer.encoder_attn.v_proj.requires_grad_(False)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    LOGGER.info("Training %d parameters (embeddings and cross-attention keys/values frozen)", trainable)
 
 
 def _time_budget_callback(minutes: float):
@@ -426,6 +444,8 @@ def train_whisper(config: WhisperTrainingConfig) -> WhisperTrainingResult:
     model.config.use_cache = not config.gradient_checkpointing
     if config.freeze_encoder:
         model.model.encoder.requires_grad_(False)
+    if config.freeze_embeddings_and_cross_kv:
+        freeze_embeddings_and_cross_kv(model)
     # `both` is evaluated on each task here rather than by the Trainer (whose `generate` knows one task).
     own_eval = None
     if config.task == BOTH and "eval" in data:
@@ -527,6 +547,11 @@ def add_train_parser(train_commands) -> None:
     optim.add_argument("--gradient-checkpointing", action="store_true", help="less activation memory, slower")
     optim.add_argument(
         "--freeze-encoder", action="store_true", help="train the decoder only, encoding each clip once (CPU budgets)"
+    )
+    optim.add_argument(
+        "--freeze-embeddings-and-cross-kv",
+        action="store_true",
+        help="also keep the decoder's embeddings (tied output layer) and cross-attention keys/values (CPU budgets)",
     )
     optim.add_argument("--mixed-precision", choices=MIXED_PRECISION, default=_default("mixed_precision"))
     optim.add_argument("--dataloader-num-workers", type=int, default=_default("dataloader_num_workers"))

@@ -207,7 +207,13 @@ def cmd_train_emotion(args: argparse.Namespace) -> int:
     if args.synthesize:
         from s2i.stages.emotion.ravdess import synthesize_corpus
 
-        files = synthesize_corpus(args.data, actors=tuple(range(1, args.synthesize + 1)), seed=args.seed)
+        statements = ()
+        if args.hindi_statements:
+            from s2i.training.hindi_corpus import training_sentences
+
+            statements = training_sentences(args.hindi_statements)
+        actors = tuple(range(1, args.synthesize + 1))
+        files = synthesize_corpus(args.data, actors=actors, seed=args.seed, hindi_statements=statements)
         print(f"synthetic RAVDESS-layout corpus: {len(files)} files in {args.data}")
     if bool(args.val_actors) != bool(args.test_actors):
         print("error: give both --val-actors and --test-actors, or neither", file=sys.stderr)
@@ -231,6 +237,14 @@ def cmd_train_emotion(args: argparse.Namespace) -> int:
     )
     print(f"checkpoint: {result.checkpoint} (convert with `s2i convert --emotion {result.checkpoint}`)")
     print(f"confusion matrix: {result.confusion_png}")
+    if args.score_scenes:
+        from s2i.training.emotion import SPOKEN_SCORES_FILE, score_scene_phrases
+
+        for intensity, scores in score_scene_phrases(result.checkpoint, args.score_scenes).items():
+            each = ", ".join(f"{emotion} {accuracy:.0%}" for emotion, accuracy in scores.per_emotion.items())
+            print(f"{args.score_scenes} held-out Hindi scene phrases x {len(scores.per_emotion)} emotions, ", end="")
+            print(f"{intensity} intensity: accuracy {scores.accuracy:.0%} ({each})")
+        print(f"predictions: {result.checkpoint / SPOKEN_SCORES_FILE}")
     return 0
 
 
@@ -256,6 +270,20 @@ def _add_train_emotion(train_commands) -> None:
         type=int,
         metavar="ACTORS",
         help="first write a synthetic espeak-ng corpus with this many actors into --data (RAVDESS is not bundled)",
+    )
+    emotion.add_argument(
+        "--hindi-statements",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --synthesize: statement 01 cycles through N training sentences of the Hindi corpus",
+    )
+    emotion.add_argument(
+        "--score-scenes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="then speak N held-out Hindi scene phrases in every emotion (unseen voices) and report the accuracy",
     )
     emotion.set_defaults(handler=cmd_train_emotion)
 

@@ -1,9 +1,15 @@
+import json
+import shutil
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from s2i.audio import sine
+from s2i.stages.emotion.config import EMOTIONS
 from s2i.training.emotion import (
+    SPOKEN_SCORES_FILE,
+    UNSEEN_VOICES,
     Augmentation,
     Evaluation,
     TrainingConfig,
@@ -16,7 +22,10 @@ from s2i.training.emotion import (
     confusion_matrix,
     f1_per_class,
     render_confusion_png,
+    score_scene_phrases,
+    score_spoken_sentences,
 )
+from s2i.training.hindi_corpus import held_out_scene_phrases
 
 
 def test_confusion_matrix_counts_true_rows_against_predicted_columns():
@@ -133,3 +142,54 @@ def test_cli_train_emotion_reports_a_folder_without_ravdess_files(tmp_path, caps
 
     assert main(["train", "emotion", "--data", str(tmp_path)]) == 2
     assert "holds no RAVDESS files" in capsys.readouterr().err
+
+
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+
+
+@pytest.fixture(scope="module")
+def tiny_emotion(tmp_path_factory):
+    from s2i.stages.emotion.checkpoint import build_tiny_emotion
+
+    return build_tiny_emotion(tmp_path_factory.mktemp("emotion") / "tiny", init_scale=30.0)
+
+
+@needs_espeak
+def test_score_spoken_sentences_classifies_every_text_in_every_emotion_when_scored(tiny_emotion, tmp_path):
+    from s2i.stages.emotion.reference import EmotionReference
+
+    texts = ["दो लाल गोले", "एक नीला वर्ग"]
+    scores = score_spoken_sentences(tiny_emotion, texts, tmp_path, voices=("hi", "hi+f2", "hi+m7"))
+    assert len(scores.predictions) == len(texts) * len(EMOTIONS)
+    assert [p[:3] for p in scores.predictions[:3]] == [
+        (texts[0], "hi", "neutral"),
+        (texts[0], "hi+f2", "calm"),
+        (texts[0], "hi+m7", "happy"),
+    ]
+    assert scores.predictions[len(EMOTIONS)][1] == "hi+f2"  # the second text starts one voice later
+    labels = EmotionReference(tiny_emotion).labels
+    assert all(p[3] in labels for p in scores.predictions)
+    for emotion in EMOTIONS:
+        clips = [p for p in scores.predictions if p[2] == emotion]
+        assert scores.per_emotion[emotion] == pytest.approx(np.mean([p[3] == emotion for p in clips]))
+    assert scores.accuracy == pytest.approx(np.mean(list(scores.per_emotion.values())))
+    # The same clip gives the same label (a plain function of the audio).
+    again = score_spoken_sentences(tiny_emotion, texts, tmp_path / "again", voices=("hi", "hi+f2", "hi+m7"))
+    assert again.predictions == scores.predictions
+
+
+@needs_espeak
+def test_score_scene_phrases_writes_the_report_when_scored(tiny_emotion):
+    scores = score_scene_phrases(tiny_emotion, 1)
+    report = json.loads((tiny_emotion / SPOKEN_SCORES_FILE).read_text(encoding="utf-8"))
+    assert report["texts"] == [held_out_scene_phrases()[0].hindi] and report["voices"] == list(UNSEEN_VOICES)
+    assert set(scores) == {"normal", "strong"}
+    for intensity, result in scores.items():
+        assert report[intensity]["per_emotion"] == result.per_emotion
+        assert len(report[intensity]["predictions"]) == len(EMOTIONS)
+
+
+@pytest.mark.parametrize("count", [0, 13])
+def test_score_scene_phrases_names_the_field_when_the_count_is_out_of_range(count, tmp_path):
+    with pytest.raises(ValueError, match=rf"`count` must be between 1 and 12 .*got {count}"):
+        score_scene_phrases(tmp_path, count)

@@ -323,6 +323,36 @@ def test_whisper_training_keeps_encoder_and_changes_decoder_when_encoder_is_froz
     assert not all(torch_equal(base[name], tuned[name]) for name in decoder)
 
 
+def test_whisper_training_keeps_embeddings_and_cross_kv_when_they_are_frozen(common_voice, base_checkpoint, tmp_path):
+    from transformers import WhisperForConditionalGeneration
+
+    config = small_config(
+        common_voice,
+        base_checkpoint,
+        tmp_path / "out",
+        task="both",
+        freeze_encoder=True,
+        freeze_embeddings_and_cross_kv=True,
+        max_steps=2,
+        eval_split=None,
+    )
+    train_whisper(config)
+    base = WhisperForConditionalGeneration.from_pretrained(base_checkpoint).state_dict()
+    tuned = WhisperForConditionalGeneration.from_pretrained(tmp_path / "out").state_dict()
+    frozen = [
+        name
+        for name in base
+        if name.startswith(("model.encoder.", "model.decoder.embed_", "proj_out."))
+        or ".encoder_attn.k_proj." in name
+        or ".encoder_attn.v_proj." in name
+    ]
+    trained = [name for name in base if name.startswith("model.decoder.layers.") and name not in frozen]
+    assert any(".encoder_attn.v_proj." in name for name in frozen) and "model.decoder.embed_tokens.weight" in frozen
+    assert all(torch_equal(base[name], tuned[name]) for name in frozen)
+    assert any(".encoder_attn.q_proj." in name for name in trained)
+    assert not all(torch_equal(base[name], tuned[name]) for name in trained)
+
+
 def torch_equal(a, b) -> bool:
     import torch
 

@@ -1,5 +1,7 @@
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile
 
@@ -9,9 +11,12 @@ from s2i.stages.emotion.ravdess import (
     RavdessName,
     actor_variant,
     scan_ravdess,
+    speak_with_emotion,
     split_by_actor,
     synthesize_corpus,
 )
+
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
 
 
 def test_parse_reads_the_seven_fields_when_given_a_ravdess_name():
@@ -83,7 +88,7 @@ def test_prosody_ssml_scales_the_distance_from_neutral_when_intensity_is_strong(
     assert actor_variant(1) == "m1" and actor_variant(2) == "f1"
 
 
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+@needs_espeak
 def test_synthesize_corpus_writes_sixty_ravdess_files_per_actor(tmp_path):
     paths = synthesize_corpus(tmp_path, actors=(3,))
     assert len(paths) == 60
@@ -92,3 +97,66 @@ def test_synthesize_corpus_writes_sixty_ravdess_files_per_actor(tmp_path):
     assert {c.name.statement for c in clips} == {1, 2}
     samples, rate = soundfile.read(clips[0].path)
     assert rate == 22_050 and samples.ndim == 1 and len(samples) > rate // 2
+
+
+def test_prosody_ssml_escapes_the_text_when_it_holds_markup():
+    ssml = EMOTION_PROSODY["happy"].ssml('a <b> & "c"')
+    assert "a &lt;b&gt; &amp; " in ssml and "<b>" not in ssml
+    assert ssml.startswith('<speak><prosody pitch="+20%"') and ssml.endswith("</prosody></speak>")
+
+
+def _duration_and_loudness(path) -> tuple[float, float]:
+    samples, rate = soundfile.read(path, dtype="float32")
+    return samples.size / rate, float(np.sqrt(np.mean(samples**2)))
+
+
+@needs_espeak
+def test_speak_with_emotion_writes_the_emotion_prosody_when_spoken(tmp_path):
+    text = "दो लाल गोले"
+    sad = speak_with_emotion(text, "sad", tmp_path / "sad.wav")
+    angry = speak_with_emotion(text, "angry", tmp_path / "deeper" / "angry.wav", voice="hi+f2")
+    neutral = speak_with_emotion(text, "neutral", tmp_path / "neutral.wav")
+    info = soundfile.info(sad)
+    assert (info.samplerate, info.channels) == (22_050, 1)
+    (sad_s, sad_rms), (angry_s, angry_rms), (neutral_s, _) = map(_duration_and_loudness, (sad, angry, neutral))
+    # Sad is slower (rate -32 %) and quieter than angry (rate +25 %, volume +60 %).
+    assert sad_s > neutral_s > angry_s > 0.3
+    assert angry_rms > 2 * sad_rms
+    strong = speak_with_emotion(text, "sad", tmp_path / "strong.wav", strong=True)
+    assert _duration_and_loudness(strong)[0] > sad_s
+
+
+@pytest.mark.parametrize(
+    ("text", "emotion", "message"),
+    [("दो लाल गोले", "bored", r"`emotion` must be one of \['neutral'.*got 'bored'"), ("  ", "sad", r"`text` is empty")],
+)
+def test_speak_with_emotion_names_the_field_when_an_argument_is_invalid(text, emotion, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        speak_with_emotion(text, emotion, tmp_path / "x.wav")
+    assert not (tmp_path / "x.wav").exists()
+
+
+@needs_espeak
+def test_synthesize_corpus_draws_statement_one_from_hindi_statements_when_given(tmp_path, monkeypatch):
+    from s2i.stages.emotion import ravdess
+
+    spoken = []
+
+    def recording(binary, voice, ssml, output, settings=()):
+        spoken.append((RavdessName.parse(Path(output).name), voice, ssml))
+        original(binary, voice, ssml, output, settings)
+
+    original = ravdess._speak_ssml
+    monkeypatch.setattr(ravdess, "_speak_ssml", recording)
+    texts = ("दो लाल गोले", "एक नीला वर्ग", "तीन हरे हीरे")
+    paths = synthesize_corpus(tmp_path, actors=(2,), hindi_statements=texts)
+    assert len(paths) == len(spoken) == 60 and all(p.is_file() for p in paths)
+    hindi = [(name, voice, ssml) for name, voice, ssml in spoken if name.statement == 1]
+    assert len(hindi) == 30 and all(voice == "hi+f1" for _, voice, _ in hindi)
+    said = [next(t for t in texts if f">{t}<" in ssml) for _, _, ssml in hindi]
+    assert all(said.count(t) >= 3 for t in texts)
+    # No sentence stands for one emotion: each is said in several of them.
+    by_text = {t: {name.emotion for (name, _, _), s in zip(hindi, said, strict=True) if s == t} for t in texts}
+    assert all(len(emotions) >= 3 for emotions in by_text.values()), by_text
+    english = [ssml for name, _, ssml in spoken if name.statement == 2]
+    assert all(">Dogs are sitting by the door<" in ssml for ssml in english)

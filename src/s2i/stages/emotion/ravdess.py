@@ -29,6 +29,7 @@ import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 import numpy as np
 
@@ -205,14 +206,14 @@ class Prosody:
         return Prosody(*(value * factor for value in dataclasses.astuple(self)))
 
     def ssml(self, text: str) -> str:
-        """``text`` wrapped in an SSML ``<prosody>`` element espeak-ng understands."""
+        """``text`` (XML-escaped) wrapped in an SSML ``<prosody>`` element espeak-ng understands."""
 
         def percent(value: float) -> str:
             return f"{max(5.0, 100.0 + value):.0f}%"
 
         return (
             f'<speak><prosody pitch="{self.pitch:+.0f}%" range="{percent(self.range)}" '
-            f'rate="{percent(self.rate)}" volume="{percent(self.volume)}">{text}</prosody></speak>'
+            f'rate="{percent(self.rate)}" volume="{percent(self.volume)}">{escape(text)}</prosody></speak>'
         )
 
 
@@ -236,6 +237,55 @@ MALE_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7")
 FEMALE_VARIANTS = ("f1", "f2", "f3", "f4", "f5", "linda", "Annie")
 
 
+def _espeak_binary() -> str:
+    binary = shutil.which("espeak-ng")
+    if binary is None:
+        raise RuntimeError("`espeak-ng` is not installed; run `make setup` (or `apt-get install espeak-ng`).")
+    return binary
+
+
+def _speak_ssml(binary: str, voice: str, ssml: str, output: Path, settings: Sequence[str] = ()) -> None:
+    command = [binary, "-m", "-v", voice, *settings, "-w", str(output), ssml]
+    subprocess.run(command, check=True, capture_output=True)
+
+
+def speak_with_emotion(
+    text: str,
+    emotion: str,
+    output: Path,
+    *,
+    voice: str = "hi",
+    strong: bool = False,
+    speed_wpm: int | None = None,
+    pitch: int | None = None,
+) -> Path:
+    """Speak ``text`` into the WAV file ``output`` (22.05 kHz mono) with ``emotion``'s prosody, as the corpus does.
+
+    Args:
+        text: What to say (plain text; it is escaped into the SSML).
+        emotion: One of :data:`EMOTION_PROSODY` (``"happy"``, ``"sad"``, ...).
+        output: WAV file to write (its folder is made).
+        voice: espeak-ng voice, ``hi`` or with a variant (``hi+f2``).
+        strong: RAVDESS's strong intensity: twice the distance from neutral.
+        speed_wpm: The voice's own speed (espeak-ng ``-s``) the emotion's rate is relative to; default 175.
+        pitch: The voice's own pitch, 0-99 (``-p``) the emotion's pitch is relative to; default 50.
+
+    Raises:
+        ValueError: ``emotion`` is unknown or ``text`` is empty.
+        RuntimeError: espeak-ng is not installed.
+    """
+    if emotion not in EMOTION_PROSODY:
+        raise ValueError(f"`emotion` must be one of {list(EMOTION_PROSODY)}, got {emotion!r}.")
+    if not text.strip():
+        raise ValueError("`text` is empty; there is nothing to say.")
+    prosody = EMOTION_PROSODY[emotion].scaled(STRONG_INTENSITY_FACTOR if strong else 1.0)
+    settings = [*(("-s", str(speed_wpm)) if speed_wpm else ()), *(("-p", str(pitch)) if pitch is not None else ())]
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    _speak_ssml(_espeak_binary(), voice, prosody.ssml(text), output, settings)
+    return output
+
+
 def actor_variant(actor: int) -> str:
     """The espeak-ng voice variant that plays ``actor`` (odd: male, even: female)."""
     variants = MALE_VARIANTS if actor % 2 else FEMALE_VARIANTS
@@ -245,20 +295,31 @@ def actor_variant(actor: int) -> str:
     return variants[index]
 
 
-def synthesize_corpus(output_dir: Path, actors: Sequence[int] = tuple(range(1, 13)), *, seed: int = 0) -> list[Path]:
+def synthesize_corpus(
+    output_dir: Path,
+    actors: Sequence[int] = tuple(range(1, 13)),
+    *,
+    seed: int = 0,
+    hindi_statements: Sequence[str] = (),
+) -> list[Path]:
     """Write a RAVDESS-layout corpus of espeak-ng speech (22.05 kHz mono WAV) into ``output_dir``.
 
     Every actor speaks both statements twice (repetitions jitter the prosody by a few
     percent) in every emotion and intensity: 60 files per actor. Existing files are kept.
+    With ``hindi_statements``, statement 01 is one of these sentences drawn at random (seeded)
+    for every file instead of always the same one, so a classifier learns the emotions'
+    prosody rather than how one sentence sounds in each (drawn, not cycled: a cycle as long as
+    an actor's files would pair each sentence with one emotion).
 
     Returns:
         The files, sorted.
     """
-    binary = shutil.which("espeak-ng")
-    if binary is None:
-        raise RuntimeError("`espeak-ng` is not installed; run `make setup` (or `apt-get install espeak-ng`).")
+    binary = _espeak_binary()
     output_dir = Path(output_dir)
     rng = np.random.default_rng(seed)
+    hindi = tuple(hindi_statements) or (STATEMENTS[1][1],)
+    # Its own generator, so the prosody jitter is the same with or without `hindi_statements`.
+    draw = np.random.default_rng([seed, 1])
     paths = []
     for actor in actors:
         variant = actor_variant(actor)
@@ -274,14 +335,12 @@ def synthesize_corpus(output_dir: Path, actors: Sequence[int] = tuple(range(1, 1
                         prosody = Prosody(
                             *(np.asarray(dataclasses.astuple(EMOTION_PROSODY[emotion])) * factor + jitter)
                         )
+                        if statement == 1:
+                            text = hindi[int(draw.integers(len(hindi)))]
                         path = folder / name.filename
                         paths.append(path)
                         if path.is_file():
                             continue
-                        subprocess.run(
-                            [binary, "-m", "-v", f"{language}+{variant}", "-w", str(path), prosody.ssml(text)],
-                            check=True,
-                            capture_output=True,
-                        )
+                        _speak_ssml(binary, f"{language}+{variant}", prosody.ssml(text), path)
     LOGGER.info("Synthetic RAVDESS-layout corpus: %d files in %s", len(paths), output_dir)
     return sorted(paths)
