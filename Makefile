@@ -107,26 +107,27 @@ $(TRAINED_EMOTION)/spoken_scenes.json: training/emotion.py training/hindi_corpus
 		--data $(TRAINED_DIR)/emotion/ravdess --output $(TRAINED_EMOTION) --epochs $(EMOTION_EPOCHS) \
 		--threads 2 --score-scenes $(EMOTION_SCORE_SCENES)
 
-# `make demo-trained`: builds the trained models once (the targets below), then runs the main job on them
+# `make demo-trained`: builds the trained models once (the targets around it), then runs the main job on them
 # (`s2i demo`: the same conversion, server and stream as `make demo`), then the web app on the same repository
-# (`make web-trained`; Ctrl-C stops it). DEMO_TRAINED_TEXT is a held-out scene ("a red triangle": the
-# fine-tuned Whisper never heard it, the picture model never saw a red triangle), spoken with DEMO_TRAINED_EMOTION.
+# (`make web-trained`; Ctrl-C stops it). DEMO_TRAINED_TEXT is a held-out scene (purple squares: the fine-tuned
+# Whisper never heard the phrase, the picture model never saw a purple square), spoken strongly angry (the
+# synthetic emotion corpus's prosody; see README for which emotions the classifier hears reliably).
 DEMO_TRAINED_DIR := $(TRAINED_DIR)/serve
-DEMO_TRAINED_TEXT ?= एक लाल त्रिकोण
-DEMO_TRAINED_ENGLISH ?= a red triangle
-DEMO_TRAINED_EMOTION ?= happy
+DEMO_TRAINED_TEXT ?= तीन बैंगनी वर्ग
+DEMO_TRAINED_ENGLISH ?= three purple squares
+DEMO_TRAINED_EMOTION ?= angry
 DEMO_TRAINED_CHECKPOINTS = --whisper $(TRAINED_WHISPER) --emotion $(TRAINED_EMOTION) --diffusion $(WORLD_DIR)/trained
 
 demo-trained: demo-trained-job web-trained
 
 demo-trained-job: demo-trained-whisper demo-trained-emotion demo-trained-diffusion
 	HF_HUB_OFFLINE=1 $(BIN)/s2i demo --build-dir $(DEMO_TRAINED_DIR) $(DEMO_TRAINED_CHECKPOINTS) \
-		--text "$(DEMO_TRAINED_TEXT)" --voice-emotion $(DEMO_TRAINED_EMOTION) -o $(TRAINED_DIR)/demo.png
+		--text "$(DEMO_TRAINED_TEXT)" --voice-emotion $(DEMO_TRAINED_EMOTION) --voice-strong -o $(TRAINED_DIR)/demo.png
 
 web-trained: demo-trained-job
 	HF_HUB_OFFLINE=1 $(BIN)/s2i web --serve-repository $(DEMO_TRAINED_DIR)/model_repository --sizes default \
 		--sample-text "$(DEMO_TRAINED_TEXT)" --sample-english "$(DEMO_TRAINED_ENGLISH)" \
-		--sample-emotion $(DEMO_TRAINED_EMOTION)
+		--sample-emotion $(DEMO_TRAINED_EMOTION) --sample-strong true
 
 # `make demo-trained-diffusion`: a text-to-image model that draws what it is told, built once into
 # $(WORLD_DIR): the captioned shape world and its base checkpoint (`s2i world build`), the UNet trained on

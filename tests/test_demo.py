@@ -29,10 +29,18 @@ def test_speak_changes_rate_with_the_emotion_when_one_is_given(tmp_path):
     assert plain > 0.3
 
 
-def test_speak_refuses_an_unknown_emotion_when_asked(tmp_path):
+def test_speak_refuses_an_unknown_emotion_or_strength_without_one_when_asked(tmp_path):
     with pytest.raises(ValueError, match="`emotion` must be one of"):
         speak("नमस्ते", tmp_path / "x.wav", emotion="ecstatic")
+    with pytest.raises(ValueError, match="`strong` needs an `emotion`"):
+        speak("नमस्ते", tmp_path / "x.wav", strong=True)
     assert not (tmp_path / "x.wav").exists()
+
+
+def test_speak_slows_down_further_when_the_emotion_is_strong(tmp_path):
+    sad = _duration_s(speak("दो लाल गोले", tmp_path / "sad.wav", emotion="sad"))
+    strongly_sad = _duration_s(speak("दो लाल गोले", tmp_path / "strong.wav", emotion="sad", strong=True))
+    assert strongly_sad > 1.15 * sad
 
 
 def test_speak_reads_markup_characters_as_text_when_speaking_with_emotion(tmp_path):
@@ -79,7 +87,7 @@ def test_run_demo_serves_the_given_checkpoints_and_writes_the_image_when_they_ar
     )
     printed = capsys.readouterr().out
     assert "given ['diffusion', 'emotion', 'whisper']" in printed and "tiny none" in printed
-    assert "(दो लाल गोले, spoken sad)" in printed
+    assert "(दो लाल गोले, spoken strongly sad)" in printed
     emotion_line = next(line for line in printed.splitlines() if line.startswith("emotion: "))
     assert emotion_line.split()[1] in EMOTION_LABELS
     image = np.asarray(Image.open(io.BytesIO(output.read_bytes())).convert("RGB"))

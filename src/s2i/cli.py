@@ -313,6 +313,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens if args.max_new_tokens is not None else (16 if tiny else None),
         checkpoints=checkpoints,
         voice_emotion=args.voice_emotion,
+        voice_strong=args.voice_strong,
     )
 
 
@@ -363,6 +364,7 @@ _WEB_FLAGS = {
     "sample_text": "Hindi sentence of the page's sample clip",
     "sample_english": "its English translation, shown beside it",
     "sample_emotion": "speak the sample with this emotion's prosody",
+    "sample_strong": "speak it at the strong intensity (true/false)",
 }
 
 
@@ -558,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     for stage in ("whisper", "emotion", "diffusion"):
         demo.add_argument(f"--{stage}", type=Path, help=f"serve this {stage} checkpoint folder (default: the tiny one)")
     demo.add_argument("--voice-emotion", choices=EMOTION_LABELS, help="speak the sentence with this emotion")
+    demo.add_argument("--voice-strong", action="store_true", help="with --voice-emotion: at the strong intensity")
     demo.add_argument("--steps", type=int, help=f"denoising steps (tiny models: {TINY_DEMO_STEPS}; else the server's)")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument(

@@ -50,6 +50,7 @@ def run_demo(
     max_new_tokens: int | None,
     checkpoints: Mapping[str, Path] | None = None,
     voice_emotion: str | None = None,
+    voice_strong: bool = False,
     work_dir: Path | None = None,
 ) -> int:
     """Convert checkpoints, serve them, stream one Hindi clip through ``speech_to_image_stream``.
@@ -64,6 +65,7 @@ def run_demo(
         checkpoints: Stage -> checkpoint folder to serve; every stage not named here serves
             its tiny random checkpoint (built once into ``build_dir``; all of them: the Quick start).
         voice_emotion: Speak the sentence with this emotion's prosody (``None``: espeak-ng's plain voice).
+        voice_strong: Speak it at RAVDESS's strong intensity.
         work_dir: ONNX export cache (default ``build_dir/onnx``).
     """
     from s2i.conversion.convert import convert
@@ -87,8 +89,8 @@ def run_demo(
     worst = max(report.max_abs_diff.items(), key=lambda item: item[1])
     print(f"      {len(report.max_abs_diff)} graphs validated (largest max abs diff: {worst[0]} {worst[1]:.1e})")
     sentence = text or HINDI_SENTENCES[1]
-    speech = speak(sentence, build_dir / "speech" / "hindi.wav", emotion=voice_emotion)
-    spoken = f", spoken {voice_emotion}" if voice_emotion else ""
+    speech = speak(sentence, build_dir / "speech" / "hindi.wav", emotion=voice_emotion, strong=voice_strong)
+    spoken = f", spoken {'strongly ' if voice_strong else ''}{voice_emotion}" if voice_emotion else ""
     print(f"[3/5] Hindi speech: {speech} ({sentence}{spoken})", flush=True)
     print(f"[4/5] starting tritonserver with {len(report.models)} models ...", flush=True)
     log_file = build_dir / "tritonserver.log"
@@ -125,7 +127,7 @@ async def _stream(url: str, speech: Path, *, steps: int | None, seed: int, max_n
             if event.kind == "text":
                 print(f"      {elapsed:5.1f} s  translated and classified: {event.result.emotion!r}", flush=True)
             elif event.kind == "preview":
-                print(f"      {elapsed:5.1f} s  denoising step {event.step}/{steps or 'default'}", flush=True)
+                print(f"      {elapsed:5.1f} s  denoising step {event.step}{f'/{steps}' if steps else ''}", flush=True)
             else:
                 print(f"      {elapsed:5.1f} s  image done", flush=True)
                 final = event.result

@@ -47,27 +47,17 @@ def synthesize(
     return output
 
 
-def speak(text: str, output: Path, *, emotion: str | None = None, voice: str = "hi") -> Path:
+def speak(text: str, output: Path, *, emotion: str | None = None, strong: bool = False, voice: str = "hi") -> Path:
     """Speak ``text`` into ``output``, with ``emotion``'s prosody when one is given.
 
     The prosody is the one the synthetic emotion corpus is spoken with
-    (:data:`~s2i.stages.emotion.ravdess.EMOTION_PROSODY`), so a classifier trained on
-    that corpus hears the emotion the demo asks for.
+    (:func:`~s2i.stages.emotion.ravdess.speak_with_emotion`), so a classifier trained on
+    that corpus hears the emotion the demo asks for; ``strong`` is RAVDESS's strong intensity.
     """
     if emotion is None:
+        if strong:
+            raise ValueError("`strong` needs an `emotion` to speak strongly.")
         return synthesize(text, output, voice=voice)
-    from xml.sax.saxutils import escape
+    from s2i.stages.emotion.ravdess import speak_with_emotion
 
-    from s2i.stages.emotion.ravdess import EMOTION_PROSODY
-
-    if emotion not in EMOTION_PROSODY:
-        raise ValueError(f"`emotion` must be one of {list(EMOTION_PROSODY)}, got {emotion!r}.")
-    binary = shutil.which("espeak-ng")
-    if binary is None:
-        raise RuntimeError("`espeak-ng` is not installed; run `make setup` (or `apt-get install espeak-ng`).")
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    # -m: the text is SSML; escaping keeps a sentence with `<` or `&` from becoming markup.
-    ssml = EMOTION_PROSODY[emotion].ssml(escape(text))
-    subprocess.run([binary, "-m", "-v", voice, "-w", str(output), ssml], check=True, capture_output=True)
-    return output
+    return speak_with_emotion(text, emotion, output, voice=voice, strong=strong)

@@ -19,12 +19,12 @@ from tests.conftest import BUILD_DIR, ROOT
 TRAINED_DIR = Path(os.environ.get("S2I_TRAINED_DIR", ROOT / "build" / "demo-trained"))
 CHECKPOINTS = {
     "whisper": TRAINED_DIR / "whisper-hindi",
-    "emotion": TRAINED_DIR / "emotion",
+    "emotion": TRAINED_DIR / "emotion" / "classifier",
     "diffusion": TRAINED_DIR / "diffusion" / "trained",
 }
 REPOSITORY = TRAINED_DIR / "serve" / "model_repository"
-# Held-out scenes (a red triangle and a blue diamond never trained the picture model), spoken with an emotion.
-CLIPS = [("एक लाल त्रिकोण", "happy"), ("दो नीले हीरे", "sad")]
+# Held-out scenes (purple squares and blue diamonds never trained either model), spoken strongly with an emotion.
+CLIPS = [("तीन बैंगनी वर्ग", "angry"), ("दो नीले हीरे", "sad")]
 OPTIONS = dict(num_inference_steps=20, return_transcript=True, max_new_tokens=48)
 
 pytestmark = [
@@ -63,7 +63,7 @@ def reference():
 def test_trained_main_job_equals_the_in_process_pipeline_when_served(
     trained_client, reference, tmp_path, sentence, emotion
 ):
-    wav = speak(sentence, tmp_path / "clip.wav", emotion=emotion).read_bytes()
+    wav = speak(sentence, tmp_path / "clip.wav", emotion=emotion, strong=True).read_bytes()
     served = trained_client.speech_to_image(wav, seed=5, **OPTIONS)
     expected = reference.run(wav, seed=5, **OPTIONS)
     assert served.text == expected.text and served.transcript == expected.transcript

@@ -118,6 +118,7 @@ def test_config_load_takes_flags_over_environment_over_defaults(tmp_path):
         ({"S2I_WEB_MAX_JOBS_PER_CLIENT": "9"}, "`max_jobs_per_client`"),
         ({"S2I_WEB_SAMPLE_EMOTION": "ecstatic"}, "`sample_emotion`"),
         ({"S2I_WEB_SAMPLE_TEXT": "   "}, "`sample_text`"),
+        ({"S2I_WEB_SAMPLE_STRONG": "true"}, "`sample_strong`"),
         ({"S2I_WEB_SAMPLE_TEXT": "क" * 201}, r"`sample_text`: invalid value 'क{79} \(see"),
     ],
 )

@@ -337,14 +337,14 @@ class WebApp:
                     partial = path.with_suffix(".partial.wav")
                     await asyncio.to_thread(speak, self.config.sample_text, partial, emotion=self.config.sample_emotion)
                     partial.replace(path)
-                except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
+                except (RuntimeError, OSError, ValueError, subprocess.CalledProcessError) as e:
                     LOGGER.warning("could not make the sample: %s", e)
                     return JSONResponse({"error": "The sample is not available on this server."}, status_code=503)
         return FileResponse(path, media_type="audio/wav", headers={"cache-control": "no-cache"})
 
     def _sample_key(self) -> str:
         """Names the sample's cache file after what is spoken, so a changed sample is spoken again."""
-        spoken = f"{self.config.sample_emotion or ''}\n{self.config.sample_text}"
+        spoken = f"{self.config.sample_emotion or ''}\n{self.config.sample_strong}\n{self.config.sample_text}"
         return hashlib.sha256(spoken.encode("utf-8")).hexdigest()[:16]
 
     async def generate(self, request: Request) -> Response:

@@ -63,6 +63,7 @@ class WebConfig:
         sample_text: The Hindi sentence of the page's sample clip (spoken by espeak-ng on first use).
         sample_english: Its English translation, shown beside it.
         sample_emotion: Speak the sample with this emotion's prosody (empty: espeak-ng's plain voice).
+        sample_strong: Speak it at RAVDESS's strong intensity.
     """
 
     triton_url: str = "localhost:8001"
@@ -90,6 +91,7 @@ class WebConfig:
     sample_text: str = DEFAULT_SAMPLE_TEXT
     sample_english: str = DEFAULT_SAMPLE_ENGLISH
     sample_emotion: str | None = None
+    sample_strong: bool = False
 
     def __post_init__(self) -> None:
         checks = {
@@ -108,6 +110,7 @@ class WebConfig:
             "sample_text": 0 < len(self.sample_text.strip()) <= MAX_SAMPLE_CHARS,
             "sample_english": len(self.sample_english) <= MAX_SAMPLE_CHARS,
             "sample_emotion": self.sample_emotion in (None, *EMOTION_LABELS),
+            "sample_strong": not self.sample_strong or self.sample_emotion is not None,
         }
         for field, ok in checks.items():
             if not ok:
@@ -149,7 +152,7 @@ _INT_FIELDS = {
     "max_new_tokens",
 }
 _FLOAT_FIELDS = {"max_duration_s", "min_duration_s", "job_timeout_s", "upload_timeout_s", "convert_timeout_s"}
-_BOOL_FIELDS = {"ssl", "expose_audio"}
+_BOOL_FIELDS = {"ssl", "expose_audio", "sample_strong"}
 
 
 def _parse(name: str, raw: str) -> object:
