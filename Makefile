@@ -33,8 +33,9 @@ HINDI_CORPUS_ARGS = --output $(HINDI_CORPUS) --max-sentences $(WHISPER_SENTENCES
 # the decoder only, on encoder outputs computed once per clip, with its embeddings (the tied output layer)
 # and cross-attention keys/values kept (less work per step). The research's lr 1e-5 is for thousands of
 # GPU steps; the ~25 steps of 11 CPU minutes learn nothing at it (19 steps: 0 of 12 held-out scene phrases),
-# hence 1e-4. A GPU host can raise the budget and use WHISPER_LEARNING_RATE=1e-5. 64 new tokens hold the longest Hindi transcript (53 tokens) and bound the untrained model's
-# rambling; all held-out clips are decoded in one batch (a step costs about the same for 8 or 32 clips).
+# hence 1e-4. A GPU host can raise the budget and use WHISPER_LEARNING_RATE=1e-5. 64 new tokens hold the
+# longest Hindi transcript (53 tokens) and bound the untrained model's rambling; all held-out clips are
+# decoded in one batch (a decoding step costs about the same for 8 or 32 clips).
 WHISPER_LEARNING_RATE ?= 1e-4
 WHISPER_TRAIN_MINUTES ?= 11
 WHISPER_MAX_STEPS ?= 400
@@ -92,7 +93,7 @@ $(TRAINED_WHISPER)/scene_results.json: $(TRAINED_WHISPER)/eval_results.json
 # `make demo-trained-emotion`: the emotion classifier on a synthetic espeak-ng RAVDESS-layout corpus
 # (EMOTION_ACTORS voices x 8 emotions; statement 01 cycles through training sentences of the Hindi corpus,
 # so the classifier learns prosody rather than one sentence), then checked on held-out Hindi scene phrases
-# spoken in every emotion by voices it never heard: $(TRAINED_EMOTION)/spoken_scenes.json. A few minutes.
+# spoken in every emotion by voices it never heard: $(TRAINED_EMOTION)/spoken_scenes.json. ~9 CPU minutes.
 TRAINED_EMOTION := $(TRAINED_DIR)/emotion/classifier
 EMOTION_ACTORS ?= 12
 EMOTION_STATEMENTS ?= 60
