@@ -88,7 +88,7 @@ WORLD_THREADS ?= 1
 WORLD_RUN := HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$(WORLD_THREADS)
 WORLD_HELD_OUT_PROMPT := a red triangle, bright sunshine, vivid warm colours, joyful atmosphere, photograph
 WORLD_TRAIN_ARGS := --resolution 32 --no-flip --caption-dropout 0.1 --train-batch-size 16 \
-	--gradient-accumulation-steps 1 --learning-rate 1e-3 --lr-scheduler cosine --warmup-steps 50 \
+	--gradient-accumulation-steps 1 --learning-rate 2e-3 --lr-scheduler cosine --warmup-steps 50 \
 	--max-steps $(WORLD_STEPS) --no-gradient-checkpointing --mixed-precision no --ema-decay 0.995 \
 	--eval-steps 500 --eval-on-start --max-eval-samples 64 --checkpointing-steps 500 --logging-steps 50 \
 	--validation-steps $(WORLD_STEPS) --validation-prompts "$(WORLD_HELD_OUT_PROMPT)" --validation-seeds 0 1 2 3
