@@ -96,6 +96,8 @@ class DiffusionTrainingConfig:
         random_flip: Random horizontal flips.
         caption_dropout: Share of training pairs whose caption is replaced by the empty prompt
             (learns the unconditional prediction classifier-free guidance uses; 0 keeps the captions).
+        unconditional_prompt: What a dropped caption becomes: ``""`` as Stable Diffusion trained, or
+            the negative prompt every served request sends, so guidance pushes away from a learned prediction.
         learning_rate: AdamW learning rate.
         lr_scheduler: ``constant``, ``constant_with_warmup``, ``linear`` or ``cosine``.
         warmup_steps: Learning-rate warm-up steps.
@@ -140,6 +142,7 @@ class DiffusionTrainingConfig:
     center_crop: bool = True
     random_flip: bool = True
     caption_dropout: float = 0.0
+    unconditional_prompt: str = ""
     learning_rate: float = 1e-5
     lr_scheduler: str = "constant"
     warmup_steps: int = 0
@@ -273,6 +276,7 @@ def _read_data(config: DiffusionTrainingConfig, tokenizer):
             random_flip=config.random_flip and role == "train",
             seed=config.seed,
             caption_dropout=config.caption_dropout if role == "train" else 0.0,
+            unconditional_prompt=config.unconditional_prompt,
         )
     return datasets, skipped
 
@@ -670,6 +674,11 @@ def add_train_parser(train_commands) -> None:
     data.add_argument("--no-flip", dest="random_flip", action="store_false", help="no random horizontal flips")
     data.add_argument(
         "--caption-dropout", type=float, default=_default("caption_dropout"), help="share of empty captions (for CFG)"
+    )
+    parser.add_argument(
+        "--unconditional-prompt",
+        default=_default("unconditional_prompt"),
+        help="what a dropped caption becomes (default empty; the served negative prompt teaches guidance's other side)",
     )
     data.add_argument("--max-train-samples", type=int)
     data.add_argument("--on-bad-data", choices=BAD_DATA_POLICIES, default=_default("on_bad_data"))

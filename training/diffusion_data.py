@@ -213,6 +213,7 @@ class CaptionDataset:
         random_flip: bool = False,
         seed: int = 0,
         caption_dropout: float = 0.0,
+        unconditional_prompt: str = "",
     ) -> None:
         if not 0.0 <= caption_dropout < 1.0:
             raise ValueError(f"`caption_dropout` must be in [0, 1), got {caption_dropout}.")
@@ -229,9 +230,14 @@ class CaptionDataset:
             truncation=True,
             return_tensors="np",
         ).input_ids
-        # The empty prompt: what classifier-free guidance's unconditional branch encodes.
+        # What classifier-free guidance's unconditional branch encodes: the empty prompt (Stable
+        # Diffusion's training), or the negative prompt a server always sends in its place.
         self.empty_ids = tokenizer(
-            "", max_length=tokenizer.model_max_length, padding="max_length", truncation=True, return_tensors="np"
+            unconditional_prompt,
+            max_length=tokenizer.model_max_length,
+            padding="max_length",
+            truncation=True,
+            return_tensors="np",
         ).input_ids[0]
 
     def __len__(self) -> int:

@@ -289,3 +289,21 @@ def test_caption_dataset_drops_captions_deterministically_when_dropout_is_set(fl
     plain = CaptionDataset(pairs, tokenizer, 64, random_flip=True, seed=3)
     with_dropout = CaptionDataset(pairs, tokenizer, 64, random_flip=True, seed=3, caption_dropout=0.5)
     assert np.array_equal(plain[(2, 1)]["pixel_values"], with_dropout[(2, 1)]["pixel_values"])
+
+
+def test_caption_dataset_drops_captions_to_the_unconditional_prompt_when_one_is_given(flickr8k, base_checkpoint):
+    from transformers import CLIPTokenizer
+
+    from s2i.training.diffusion_data import CaptionDataset
+
+    tokenizer = CLIPTokenizer.from_pretrained(base_checkpoint, subfolder="tokenizer")
+    pairs = read_flickr8k(flickr8k, "dev", issues=DataIssues("skip", "dev"))
+    negative = "blurry, low quality"
+    expected = tokenizer(negative, max_length=77, padding="max_length", return_tensors="np").input_ids[0]
+    dataset = CaptionDataset(pairs, tokenizer, 64, caption_dropout=0.5, seed=3, unconditional_prompt=negative)
+    ids = [dataset[(epoch, index)]["input_ids"] for epoch in range(8) for index in range(len(pairs))]
+    dropped = [bool((row == expected).all()) for row in ids]
+    captions = {tuple(row) for row in dataset.input_ids}
+    # Every item is its own caption or the negative prompt, and both occur.
+    assert 0 < sum(dropped) < len(dropped)
+    assert all(hit or tuple(row) in captions for hit, row in zip(dropped, ids, strict=True))
