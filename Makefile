@@ -135,7 +135,7 @@ web-trained: demo-trained-job
 # it (`s2i train diffusion`), faithfulness on held-out captions before and after (`s2i world evaluate`)
 # and its Triton model repository (`s2i convert`). Each step is skipped when its output exists.
 WORLD_DIR := $(TRAINED_DIR)/diffusion
-WORLD_STEPS ?= 1000
+WORLD_STEPS ?= 2000
 WORLD_VAE_STEPS ?= 1200
 WORLD_EVAL_LIMIT ?= 48
 # One thread per process: on a 2-core machine shared with another training run, two threads
@@ -144,7 +144,11 @@ WORLD_EVAL_LIMIT ?= 48
 WORLD_THREADS ?= 1
 WORLD_RUN := HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$(WORLD_THREADS)
 WORLD_HELD_OUT_PROMPT := a red triangle, bright sunshine, vivid warm colours, joyful atmosphere, photograph
-WORLD_TRAIN_ARGS := --resolution 32 --no-flip --caption-dropout 0.1 --train-batch-size 16 \
+# The default style template's negative prompt: the served pipeline encodes it for guidance's unconditional
+# side, so dropped captions become it (a test checks it equals styles.toml's).
+WORLD_NEGATIVE_PROMPT := blurry, distorted, low quality, text, watermark, deformed
+WORLD_TRAIN_ARGS := --resolution 32 --no-flip --caption-dropout 0.1 --unconditional-prompt "$(WORLD_NEGATIVE_PROMPT)" \
+	--train-batch-size 16 \
 	--gradient-accumulation-steps 1 --learning-rate 2e-3 --lr-scheduler cosine --warmup-steps 50 \
 	--max-steps $(WORLD_STEPS) --no-gradient-checkpointing --mixed-precision no --ema-decay 0.995 \
 	--eval-steps 500 --eval-on-start --max-eval-samples 64 --checkpointing-steps 500 --logging-steps 50 \

@@ -99,3 +99,16 @@ def test_world_text_encoder_outputs_differ_only_at_the_changed_word_when_caption
     # Position 2 is the colour word (after <|startoftext|> and "a"): the only output that changes.
     assert same.tolist() == [index != 2 for index in range(ids.shape[1])]
     assert torch.nn.functional.cosine_similarity(hidden[0, 2], hidden[1, 2], dim=0) < 0.9
+
+
+def test_makefile_trains_the_world_with_the_default_templates_negative_prompt_when_captions_drop():
+    import re
+
+    from s2i.pipeline.prompt import StyleTemplates
+    from tests.conftest import ROOT
+
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    (negative,) = re.findall(r"^WORLD_NEGATIVE_PROMPT := (.+)$", makefile, flags=re.MULTILINE)
+    templates = StyleTemplates.load()
+    assert negative == templates.templates[templates.default_template].negative
+    assert '--unconditional-prompt "$(WORLD_NEGATIVE_PROMPT)"' in makefile
