@@ -81,6 +81,7 @@ def test_run_demo_serves_the_given_checkpoints_and_writes_the_image_when_they_ar
             max_new_tokens=4,
             checkpoints=given,
             voice_emotion="sad",
+            voice_strong=True,
             work_dir=BUILD_DIR / "onnx",
         )
         == 0
