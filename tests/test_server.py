@@ -180,6 +180,21 @@ def test_server_start_raises_with_log_tail_when_a_model_fails_to_load(tmp_path):
     assert not server.is_alive()
 
 
+def test_server_writes_its_log_into_a_folder_it_makes_when_the_folder_is_missing(tmp_path):
+    broken = tmp_path / "repository" / "broken" / "1"
+    broken.mkdir(parents=True)
+    (broken.parent / "config.pbtxt").write_text('backend: "python"\nmax_batch_size: 0\n')
+    (broken / "model.py").write_text("raise RuntimeError('this model cannot load')\n")
+    log_file = tmp_path / "not" / "yet" / "tritonserver.log"
+    server = TritonServer(
+        ServerOptions(str(tmp_path / "repository")).with_free_ports(), startup_timeout_s=60, log_file=log_file
+    )
+    with pytest.raises(ServerError):
+        server.start()
+    server.stop()
+    assert "this model cannot load" in log_file.read_text(encoding="utf-8")
+
+
 def test_server_stop_leaves_no_process_and_no_workspace_when_started_and_stopped(model_repository, tmp_path):
     server = TritonServer(ServerOptions(str(model_repository.repository)).with_free_ports())
     server.start()

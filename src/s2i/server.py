@@ -532,6 +532,10 @@ class TritonServer:
         )
         self._workspace = workspace
         backends = distribution.prepare_backends(workspace)
+        if self._log_file:
+            # Opened by the log thread: a missing folder there would end the thread, nothing would drain
+            # the server's output pipe, and a chatty server would block on a full pipe.
+            Path(self._log_file).parent.mkdir(parents=True, exist_ok=True)
         command = self.command(backends)
         LOGGER.info("Starting %s", " ".join(command))
         self._process = subprocess.Popen(
