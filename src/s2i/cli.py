@@ -299,18 +299,19 @@ def cmd_speak(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job: checkpoints (tiny by default) -> repository -> server -> Hindi speech in -> image out."""
     from s2i.demo import run_demo
+    from s2i.tiny import TINY_MAX_NEW_TOKENS
 
     checkpoints = {name: getattr(args, name) for name in ("whisper", "emotion", "diffusion") if getattr(args, name)}
     # Tiny random models: a short denoise and token budget keep the Quick start quick (a random Whisper
     # rarely stops); given checkpoints get the server's defaults unless asked otherwise.
-    tiny = not checkpoints
+    default_steps, default_max_new_tokens = (TINY_DEMO_STEPS, TINY_MAX_NEW_TOKENS) if not checkpoints else (None, None)
     return run_demo(
         args.build_dir,
         args.text,
         args.output or args.build_dir / "demo" / "image.png",
-        steps=args.steps if args.steps is not None else (TINY_DEMO_STEPS if tiny else None),
+        steps=args.steps if args.steps is not None else default_steps,
         seed=args.seed,
-        max_new_tokens=args.max_new_tokens if args.max_new_tokens is not None else (16 if tiny else None),
+        max_new_tokens=args.max_new_tokens if args.max_new_tokens is not None else default_max_new_tokens,
         checkpoints=checkpoints,
         voice_emotion=args.voice_emotion,
         voice_strong=args.voice_strong,

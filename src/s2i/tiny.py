@@ -15,6 +15,8 @@ from pathlib import Path
 from s2i.stages.registry import STAGES
 
 LOGGER = logging.getLogger(__name__)
+# The tiny Whisper is random and rarely emits <|endoftext|>; a short token budget keeps each request quick.
+TINY_MAX_NEW_TOKENS = 16
 
 
 def build_tiny_checkpoints(

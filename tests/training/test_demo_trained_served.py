@@ -14,7 +14,7 @@ import pytest
 
 from s2i.pipeline.steps import decode_png
 from s2i.speech import speak
-from tests.conftest import BUILD_DIR, ROOT
+from tests.conftest import ROOT, started_server
 
 TRAINED_DIR = Path(os.environ.get("S2I_TRAINED_DIR", ROOT / "build" / "demo-trained"))
 CHECKPOINTS = {
@@ -39,17 +39,12 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def trained_client():
     from s2i.client import Client
-    from s2i.server import ServerOptions, TritonServer
 
-    server = TritonServer(
-        ServerOptions(str(REPOSITORY)).with_free_ports(), log_file=BUILD_DIR / "tritonserver-demo-trained.log"
-    )
-    server.start()
-    try:
-        with Client(server.grpc_url, timeout_s=300) as client:
-            yield client
-    finally:
-        server.stop()
+    with (
+        started_server(REPOSITORY, "tritonserver-demo-trained") as server,
+        Client(server.grpc_url, timeout_s=300) as client,
+    ):
+        yield client
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
+from PIL import Image
 
 from s2i.cli import main
 from s2i.training.world import write_dataset
@@ -38,7 +39,9 @@ def test_world_cli_builds_a_diffusers_checkpoint_and_rates_it_when_run_small(tmp
     assert rates["n"] == 2 and rates["split"] == "dev"
     assert all(0.0 <= rates[name] <= 1.0 for name in ("faithful", "colour", "shape", "count", "emotion"))
     assert rates["faithful"] <= min(rates["colour"], rates["shape"])
-    assert grid.stat().st_size > 0
+    # Two 32 px images, 4x enlarged, in one row of the grid's 8 columns.
+    with Image.open(grid) as image:
+        assert image.size == (8 * 32 * 4, 32 * 4)
     assert "on 2 dev captions: faithful" in capsys.readouterr().out
 
 

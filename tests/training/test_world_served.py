@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 
 from s2i.pipeline.prompt import StyleTemplates, compose_prompt
-from s2i.server import ServerOptions, TritonServer
 from s2i.training.world import Scene
 from s2i.training.world_detector import detect
-from tests.conftest import BUILD_DIR, ROOT
+from tests.conftest import ROOT, started_server
 
 WORLD_DIR = Path(os.environ.get("S2I_WORLD_DIR", ROOT / "build" / "demo-trained" / "diffusion"))
 REPOSITORY = WORLD_DIR / "model_repository"
@@ -38,15 +37,8 @@ pytestmark = pytest.mark.skipif(
 def world_client():
     from s2i.client import Client
 
-    server = TritonServer(
-        ServerOptions(str(REPOSITORY)).with_free_ports(), log_file=BUILD_DIR / "tritonserver-world.log"
-    )
-    server.start()
-    try:
-        with Client(server.grpc_url, timeout_s=120) as client:
-            yield client
-    finally:
-        server.stop()
+    with started_server(REPOSITORY, "tritonserver-world") as server, Client(server.grpc_url, timeout_s=120) as client:
+        yield client
 
 
 def test_served_world_images_equal_the_in_process_pipeline_when_captions_are_held_out(world_client):

@@ -505,8 +505,12 @@ def test_sample_follows_the_configured_sentence_and_emotion_when_they_are_set(co
     assert options["sample"] == {"hindi": "दो लाल गोले", "english": "two red circles"}
     # A new sentence gets its own cache file, not the default sample's.
     assert len(_sample_files(config)) == 2 and spoken != default
-    duration_s = soundfile.info(io.BytesIO(spoken)).duration
-    assert 0.3 < duration_s < soundfile.info(io.BytesIO(default)).duration
+    spoken_frames, default_frames = (soundfile.info(io.BytesIO(audio)).frames for audio in (spoken, default))
+    assert 0.3 * 22_050 < spoken_frames < default_frames
+    with TestClient(create_app(dataclasses.replace(configured, sample_strong=True))) as http:
+        strongly = http.get("/api/sample.wav").content
+    # Strongly sad is slower still: the strong intensity is spoken, not only named in the cache file.
+    assert len(_sample_files(config)) == 3 and soundfile.info(io.BytesIO(strongly)).frames > spoken_frames
 
 
 def test_web_app_and_its_entry_point_import_neither_torch_nor_diffusers_when_loaded():

@@ -268,6 +268,9 @@ class WebApp:
         self._stream = stream
         self._client = None
         self._sample_lock = asyncio.Lock()
+        # Named after what is spoken, so a changed sample is spoken again rather than served stale.
+        spoken = f"{config.sample_emotion or ''}\n{config.sample_strong}\n{config.sample_text}"
+        self._sample_path = config.cache_dir / f"sample-hi-{hashlib.sha256(spoken.encode()).hexdigest()[:16]}.wav"
 
     async def client(self):
         """The shared :class:`s2i.client.AsyncClient` (one gRPC channel for all jobs), made on first use."""
@@ -330,22 +333,23 @@ class WebApp:
         """The configured Hindi sample, spoken by espeak-ng into the cache folder on first use."""
         from s2i.speech import speak
 
-        path = self.config.cache_dir / f"sample-hi-{self._sample_key()}.wav"
+        path = self._sample_path
         async with self._sample_lock:
             if not path.exists():
                 try:
                     partial = path.with_suffix(".partial.wav")
-                    await asyncio.to_thread(speak, self.config.sample_text, partial, emotion=self.config.sample_emotion)
+                    await asyncio.to_thread(
+                        speak,
+                        self.config.sample_text,
+                        partial,
+                        emotion=self.config.sample_emotion,
+                        strong=self.config.sample_strong,
+                    )
                     partial.replace(path)
                 except (RuntimeError, OSError, ValueError, subprocess.CalledProcessError) as e:
                     LOGGER.warning("could not make the sample: %s", e)
                     return JSONResponse({"error": "The sample is not available on this server."}, status_code=503)
         return FileResponse(path, media_type="audio/wav", headers={"cache-control": "no-cache"})
-
-    def _sample_key(self) -> str:
-        """Names the sample's cache file after what is spoken, so a changed sample is spoken again."""
-        spoken = f"{self.config.sample_emotion or ''}\n{self.config.sample_strong}\n{self.config.sample_text}"
-        return hashlib.sha256(spoken.encode("utf-8")).hexdigest()[:16]
 
     async def generate(self, request: Request) -> Response:
         """Check everything, then stream the job's events (see the module docstring)."""

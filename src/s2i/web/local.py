@@ -9,14 +9,12 @@ from pathlib import Path
 from s2i.web.config import WebConfig
 
 LOGGER = logging.getLogger(__name__)
-# The tiny Whisper is random and rarely emits <|endoftext|>; a short budget keeps each image quick.
-TINY_MAX_NEW_TOKENS = 16
 
 
 def serve_tiny(config: WebConfig, build_dir: Path, *, forwarded_allow_ips: str | None = None) -> int:
     """Build (cached) and convert the tiny models into ``build_dir``, then serve them with the app."""
     from s2i.conversion.convert import convert
-    from s2i.tiny import build_tiny_checkpoints
+    from s2i.tiny import TINY_MAX_NEW_TOKENS, build_tiny_checkpoints
 
     print(f"[0/2] tiny checkpoints and model repository in {build_dir} (cached) ...", flush=True)
     checkpoints = build_tiny_checkpoints(build_dir / "checkpoints")
