@@ -407,6 +407,25 @@ SPOKEN_SCORES_FILE = "spoken_scenes.json"
 INTENSITIES = ("normal", "strong")
 
 
+def check_voices_unheard(actors: Sequence[int], voices: Sequence[str] = UNSEEN_VOICES) -> None:
+    """Refuse to score with ``voices`` that the synthetic corpus's ``actors`` speak with.
+
+    Raises:
+        ValueError: An actor's voice is one of ``voices`` (the message names the actor count that avoids them).
+    """
+    from s2i.stages.emotion.ravdess import actor_variant
+
+    heard = {f"hi+{actor_variant(actor)}": actor for actor in actors}
+    clashes = sorted(voice for voice in voices if voice in heard)
+    if clashes:
+        clashing = sorted(heard[voice] for voice in clashes)
+        raise ValueError(
+            f"Scoring speaks with voices the classifier must never have heard ({', '.join(voices)}), but actors "
+            f"{clashing} of the synthetic corpus speak with {', '.join(clashes)}: synthesize at most "
+            f"{clashing[0] - 1} actors to score on unheard voices."
+        )
+
+
 @dataclasses.dataclass
 class SpokenScores:
     """How often a classifier names the emotion sentences were spoken with.

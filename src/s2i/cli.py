@@ -204,6 +204,14 @@ def cmd_train_emotion(args: argparse.Namespace) -> int:
     from s2i.stages.emotion.config import EmotionConfig
     from s2i.training.emotion import TrainingConfig, train_emotion
 
+    if args.synthesize and args.score_scenes:
+        from s2i.training.emotion import check_voices_unheard
+
+        try:
+            check_voices_unheard(range(1, args.synthesize + 1))
+        except ValueError as error:
+            print(f"error: --synthesize {args.synthesize} with --score-scenes: {error}", file=sys.stderr)
+            return 2
     if args.synthesize:
         from s2i.stages.emotion.ravdess import synthesize_corpus
 

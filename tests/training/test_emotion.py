@@ -18,6 +18,7 @@ from s2i.training.emotion import (
     apply_gain,
     augment,
     change_speed,
+    check_voices_unheard,
     class_weights,
     confusion_matrix,
     f1_per_class,
@@ -142,6 +143,31 @@ def test_cli_train_emotion_reports_a_folder_without_ravdess_files(tmp_path, caps
 
     assert main(["train", "emotion", "--data", str(tmp_path)]) == 2
     assert "holds no RAVDESS files" in capsys.readouterr().err
+
+
+def test_check_voices_unheard_accepts_the_actors_that_do_not_speak_with_the_scoring_voices():
+    check_voices_unheard(range(1, 13))
+    check_voices_unheard([1, 2, 3], voices=("hi+m4", "hi+f2"))
+
+
+@pytest.mark.parametrize(
+    ("actors", "clashing", "most"),
+    [(range(1, 14), r"\[13\].*hi\+m7", 12), (range(1, 15), r"\[13, 14\].*hi\+Annie, hi\+m7", 12)],
+)
+def test_check_voices_unheard_names_the_actors_that_speak_with_a_scoring_voice(actors, clashing, most):
+    with pytest.raises(ValueError, match=clashing + f".*at most {most} actors"):
+        check_voices_unheard(actors)
+    with pytest.raises(ValueError, match=r"actors \[2\].*hi\+f1.*at most 1 actors"):
+        check_voices_unheard([1, 2, 3], voices=("hi+f1",))
+
+
+def test_cli_train_emotion_refuses_to_score_on_voices_its_corpus_would_train_on(tmp_path, capsys):
+    from s2i.cli import main
+
+    data = tmp_path / "ravdess"
+    assert main(["train", "emotion", "--data", str(data), "--synthesize", "14", "--score-scenes", "1"]) == 2
+    assert "at most 12 actors" in capsys.readouterr().err
+    assert not data.exists()  # refused before synthesizing anything
 
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
