@@ -675,7 +675,7 @@ def add_train_parser(train_commands) -> None:
     data.add_argument(
         "--caption-dropout", type=float, default=_default("caption_dropout"), help="share of empty captions (for CFG)"
     )
-    parser.add_argument(
+    data.add_argument(
         "--unconditional-prompt",
         default=_default("unconditional_prompt"),
         help="what a dropped caption becomes (default empty; the served negative prompt teaches guidance's other side)",

@@ -232,7 +232,7 @@ class CaptionDataset:
         ).input_ids
         # What classifier-free guidance's unconditional branch encodes: the empty prompt (Stable
         # Diffusion's training), or the negative prompt a server always sends in its place.
-        self.empty_ids = tokenizer(
+        self.unconditional_ids = tokenizer(
             unconditional_prompt,
             max_length=tokenizer.model_max_length,
             padding="max_length",
@@ -254,7 +254,7 @@ class CaptionDataset:
         pixels = image_to_array(image, self.resolution, center_crop=self.center_crop, flip=self.random_flip, rng=rng)
         # Drawn after the crop and flip, so runs without dropout see the augmentations they always did.
         dropped = self.caption_dropout and rng.random() < self.caption_dropout
-        return {"pixel_values": pixels, "input_ids": self.empty_ids if dropped else self.input_ids[index]}
+        return {"pixel_values": pixels, "input_ids": self.unconditional_ids if dropped else self.input_ids[index]}
 
 
 def collate(items: list[dict]) -> dict:
